@@ -178,7 +178,7 @@ def vit_problem(
 
 def example_problem() -> Problem:
     """The bundled example: a small two-stage bottleneck ResNet at paper granularity."""
-    return resnet_problem(depths=(2, 2), mids=(32, 64), expansion=4, step=16, resolution=64, batch=64,
+    return resnet_problem(depths=(2, 2), mids=(64, 128), expansion=4, step=32, resolution=128, batch=64,
                           seed=7, name="example_resnet_2stage")
 
 
