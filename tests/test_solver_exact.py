@@ -19,12 +19,14 @@ def _budget_between_min_and_dense(problem, seed, blocks=True, latency_problem=No
     return lowest + rng.uniform(0.05, 0.95) * (dense - lowest)
 
 
+@pytest.mark.parametrize("formulation", ["monolithic", "hub"])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_optimum_matches_brute_force(seed):
+def test_optimum_matches_brute_force(seed, formulation):
     problem = random_problem(seed)
     budget = _budget_between_min_and_dense(problem, seed)
     reference_value, _, _ = brute_force(problem, budget)
-    solution = solve_problem(problem, f"{budget!r}ms")
+    solution = solve_problem(problem, f"{budget!r}ms", formulation=formulation)
+    assert solution.status == "nothing_to_prune" or solution.solver["formulation"] == formulation
     assert solution.status in ("optimal", "nothing_to_prune")
     assert solution.objective == pytest.approx(reference_value, rel=1e-7, abs=1e-9)
     # Reported numbers recompute exactly from the chosen options, and the budget holds exactly.
@@ -37,19 +39,28 @@ def test_optimum_matches_brute_force(seed):
 
 @pytest.mark.parametrize("seed", range(0, 60, 3))
 def test_block_enumeration_matches_brute_force(seed):
-    """The per-block Pareto enumeration is an exact alternative formulation too."""
-    import mdp_cli.solve.solver as solver_module
-
+    """The monolithic MILP with per-block Pareto enumeration is an exact alternative formulation too."""
     problem = random_problem(seed)
     budget = _budget_between_min_and_dense(problem, seed)
     reference_value, _, _ = brute_force(problem, budget)
-    original = solver_module.build_formulation
-    solver_module.build_formulation = lambda *a, **k: original(*a, **{**k, "enumerate_blocks": True})
-    try:
-        solution = solve_problem(problem, f"{budget!r}ms")
-    finally:
-        solver_module.build_formulation = original
+    solution = solve_problem(problem, f"{budget!r}ms", formulation="blocks")
     assert solution.objective == pytest.approx(reference_value, rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vit_structure_hub_and_monolithic_agree_with_brute_force(seed):
+    """A two-block ViT (E shared, heads/qk/v/mlp private, 3-dim tables, removable branches)."""
+    from mdp_cli.solve.synthetic import vit_problem
+
+    problem = vit_problem(depth=2, embed=48, heads=2, head_dim=16, mlp=64, embed_step=16, qk_step=8, v_step=8,
+                          mlp_step=32, tokens=17, batch=8, seed=seed)
+    for fraction in (0.35, 0.7):
+        budget = fraction * problem.dense_latency
+        reference_value, _, _ = brute_force(problem, budget)
+        for formulation in ("hub", "monolithic"):
+            solution = solve_problem(problem, fraction, formulation=formulation)
+            assert solution.objective == pytest.approx(reference_value, rel=1e-9)
+            assert solution.predicted_latency <= budget
 
 
 @pytest.mark.parametrize("seed", range(0, 60, 4))

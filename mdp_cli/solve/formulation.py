@@ -128,6 +128,7 @@ class _BlockConfigs:
     private_index: np.ndarray  # per config: (n_configs, len(private)) option indices
     latency: np.ndarray
     importance: np.ndarray
+    interface_shape: tuple[int, ...] = ()
     variables: list = dataclasses.field(default_factory=list)
 
 
@@ -155,7 +156,7 @@ def _enumerate_block(gate, interface, private, terms, entries, problem) -> _Bloc
     private_shape = shape[len(interface):]
     private_index = np.stack(np.unravel_index(flat_private, private_shape), axis=-1) if private else np.zeros((len(rows), 0), int)
     return _BlockConfigs(gate, interface, private, rows, private_index,
-                         latency[rows, flat_private], importance[rows, flat_private])
+                         latency[rows, flat_private], importance[rows, flat_private], tuple(shape[: len(interface)]))
 
 
 @dataclasses.dataclass

@@ -15,12 +15,18 @@ from pyomo.contrib.solver.solvers.highs import Highs
 from mdp_cli.artifacts import library_versions
 from mdp_cli.errors import InfeasibleBudgetError, MdpError
 from mdp_cli.solve.budget import parse_budget
-from mdp_cli.solve.formulation import Formulation, build_formulation
+import numpy as np
+
+from mdp_cli.solve.decompose import analyse, solve_decomposed
+from mdp_cli.solve.decompose import minimum_latency as decomposed_minimum_latency
+from mdp_cli.solve.formulation import build_formulation
 from mdp_cli.solve.linear import linearize
 from mdp_cli.solve.problem import Problem
 from mdp_cli.solve.solution import Solution
 
 LATENCY_MODELS = ("multidim", "linear")
+# auto: hub decomposition where the shared dims have few joint options, else the monolithic MILP.
+FORMULATIONS = ("auto", "hub", "monolithic", "blocks")
 # HiGHS accepts a row as satisfied within its feasibility tolerance; we tighten the budget by this much
 # of its value when the exactly recomputed latency lands above it, so "never over budget" holds exactly.
 _BUDGET_RETRY_SHRINK = 1e-7
@@ -36,6 +42,7 @@ def solve_problem(
     rel_gap: float = 0.0,
     threads: int | None = None,
     verbose: bool = False,
+    formulation: str = "auto",
 ) -> Solution:
     """Maximise kept importance subject to predicted latency <= budget.
 
@@ -44,6 +51,8 @@ def solve_problem(
     which case the best solution found and its gap are returned. Raises InfeasibleBudgetError naming the
     smallest reachable latency when no configuration fits.
     """
+    if formulation not in FORMULATIONS:
+        raise MdpError(f"formulation {formulation!r}: choose one of {', '.join(FORMULATIONS)}")
     if latency_model not in LATENCY_MODELS:
         raise MdpError(f"latency model {latency_model!r}: choose one of {', '.join(LATENCY_MODELS)}")
     dense_latency = problem.dense_latency
@@ -83,8 +92,45 @@ def solve_problem(
                              dense_latency if latency_model == "linear" else None)
 
     latency_problem = linearize(problem) if latency_model == "linear" else problem
+    structure = None
     started = time.perf_counter()
-    form = build_formulation(problem, latency_problem, blocks_enabled=blocks)
+    if formulation in ("auto", "hub"):
+        structure = analyse(problem, latency_problem, blocks)
+        if structure is None and formulation == "hub":
+            raise MdpError("--formulation hub: this problem's shared dims have too many joint options to branch on; "
+                           "use --formulation auto")
+    if structure is not None:
+        solver_info["formulation"] = "hub"
+        solver_info["model_size"] = {"hub_dims": list(structure.hub), "hub_assignments": int(np.prod(structure.hub_shape)),
+                                     "blocks": len(structure.groups),
+                                     "configurations": int(sum(len(g.configs.latency) for g in structure.groups))}
+        build_s = time.perf_counter() - started
+        target = budget_value
+        for _attempt in range(4):
+            outcome = solve_decomposed(structure, problem, target, time_limit, threads, verbose, _run_highs)
+            if outcome.status == "infeasible":
+                _raise_infeasible(problem, budget_value, decomposed_minimum_latency(structure), latency_model)
+            if outcome.objective == -np.inf:
+                raise MdpError("the time limit ran out before any configuration within the budget was found; "
+                               "raise --time-limit")
+            choice, kept = outcome.choice, outcome.kept
+            check = latency_problem.latency(choice, kept)
+            if check <= budget_value * (1 + 1e-9) + 1e-12:
+                break
+            target -= max(abs(target) * _BUDGET_RETRY_SHRINK, check - budget_value)
+        else:
+            raise MdpError("could not find a configuration within the budget within solver tolerances")
+        solver_info["decomposition"] = {"knapsacks_solved": outcome.solved, "bounded_out": outcome.pruned,
+                                        **{k: round(v, 4) for k, v in outcome.timings.items()}}
+        timings = {"build_s": build_s, "solve_s": time.perf_counter() - started - build_s}
+        value = problem.objective(choice, kept)
+        gap = 0.0 if outcome.status == "optimal" else _relative_gap(value, outcome.bound)
+        return make_solution(choice, kept, outcome.status, gap, outcome.bound if outcome.status != "optimal" else value,
+                             timings, solver_info,
+                             linear_latency=latency_problem.latency(choice, kept) if latency_model == "linear" else None)
+
+    solver_info["formulation"] = "monolithic"
+    form = build_formulation(problem, latency_problem, blocks_enabled=blocks, enumerate_blocks=formulation == "blocks")
     model = form.model
     model.budget = pyo.Param(mutable=True, initialize=budget_value)
     model.latency_budget = pyo.Constraint(expr=form.latency_expression() <= model.budget)
@@ -99,12 +145,8 @@ def solve_problem(
         timings["solve_s"] += solve_s
         condition = result.termination_condition
         if condition in (TerminationCondition.provenInfeasible, TerminationCondition.infeasibleOrUnbounded):
-            smallest = minimum_latency(problem, latency_problem, blocks, threads=threads)
-            raise InfeasibleBudgetError(
-                f"budget {budget_value:.4g} {problem.units} is below the smallest reachable latency "
-                f"{smallest:.4g} {problem.units} ({smallest / dense_latency:.1%} of dense"
-                f"{', linear model' if latency_model == 'linear' else ''}); raise --budget to at least that"
-            )
+            _raise_infeasible(problem, budget_value, minimum_latency(problem, latency_problem, blocks, threads=threads),
+                              latency_model)
         if result.incumbent_objective is None:
             raise MdpError(
                 f"HiGHS stopped ({condition.name}) before finding any configuration within the budget; "
@@ -128,6 +170,14 @@ def solve_problem(
     return make_solution(
         choice, kept, status, gap, bound, timings, solver_info,
         linear_latency=latency_problem.latency(choice, kept) if latency_model == "linear" else None,
+    )
+
+
+def _raise_infeasible(problem: Problem, budget_value: float, smallest: float, latency_model: str):
+    raise InfeasibleBudgetError(
+        f"budget {budget_value:.4g} {problem.units} is below the smallest reachable latency "
+        f"{smallest:.4g} {problem.units} ({smallest / problem.dense_latency:.1%} of dense"
+        f"{', linear model' if latency_model == 'linear' else ''}); raise --budget to at least that"
     )
 
 
