@@ -113,12 +113,14 @@ def test_time_limited_search_reports_incumbent_and_gap():
     from mdp_cli.solve.synthetic import resnet_problem
 
     problem = resnet_problem(step=32, seed=1)
-    solution = solve_problem(problem, 0.4, time_limit=3)
+    solution = solve_problem(problem, 0.4, time_limit=0.5, formulation="monolithic")
     assert solution.predicted_latency <= solution.budget
     assert solution.status in ("optimal", "time_limit")
-    if solution.status == "time_limit":
-        assert solution.gap is not None and solution.gap >= 0
-        assert solution.bound >= solution.objective - 1e-9
+    assert solution.status == "time_limit"  # 0.5 s cannot prove this one
+    # The incumbent (HiGHS's or the greedy fallback) is reported with HiGHS's bound when it has one.
+    assert solution.objective > 0
+    if solution.bound is not None:
+        assert solution.gap >= 0 and solution.bound >= solution.objective - 1e-9
 
 
 def test_formulation_is_linear_and_small_for_gated_three_dim_terms():

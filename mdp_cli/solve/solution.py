@@ -61,7 +61,8 @@ class Solution:
     def summary(self) -> str:
         removed = sorted(b for b, k in self.kept.items() if not k)
         lines = [
-            f"status      {self.status}" + (f" (gap {self.gap:.3%})" if self.gap else ""),
+            f"status      {self.status}" + (f" (gap {self.gap:.3%})" if self.gap else
+                                                (" (gap unknown: no bound yet)" if self.status == "time_limit" else "")),
             f"latency     {self.predicted_latency:.4g} {self.units} predicted = {self.latency_ratio:.1%} of dense "
             f"{self.dense_latency:.4g} {self.units} (budget {self.budget:.4g} {self.units})",
         ]

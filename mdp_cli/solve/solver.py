@@ -20,6 +20,7 @@ import numpy as np
 from mdp_cli.solve.decompose import analyse, solve_decomposed
 from mdp_cli.solve.decompose import minimum_latency as decomposed_minimum_latency
 from mdp_cli.solve.formulation import build_formulation
+from mdp_cli.solve.greedy import greedy_solution
 from mdp_cli.solve.linear import linearize
 from mdp_cli.solve.problem import Problem
 from mdp_cli.solve.solution import Solution
@@ -148,10 +149,17 @@ def solve_problem(
             _raise_infeasible(problem, budget_value, minimum_latency(problem, latency_problem, blocks, threads=threads),
                               latency_model)
         if result.incumbent_objective is None:
-            raise MdpError(
-                f"HiGHS stopped ({condition.name}) before finding any configuration within the budget; "
-                f"raise --time-limit"
-            )
+            # Stopped before HiGHS found any configuration: fall back to the greedy one, with HiGHS's bound.
+            fallback = greedy_solution(problem, budget_value, latency_problem, blocks)
+            if fallback is None:
+                raise MdpError(f"HiGHS stopped ({condition.name}) before finding any configuration within the "
+                               f"budget; raise --time-limit")
+            choice, kept = fallback
+            value = problem.objective(choice, kept)
+            bound = result.objective_bound
+            solver_info["incumbent"] = "greedy"
+            return make_solution(choice, kept, "time_limit", _relative_gap(value, bound), bound, timings, solver_info,
+                                 linear_latency=latency_problem.latency(choice, kept) if latency_model == "linear" else None)
         result.solution_loader.load_vars()
         choice, kept = form.chosen()
         check = latency_problem.latency(choice, kept)
