@@ -119,7 +119,7 @@ def test_time_limited_search_reports_incumbent_and_gap():
     assert solution.status == "time_limit"  # 0.5 s cannot prove this one
     # The incumbent (HiGHS's or the greedy fallback) is reported with HiGHS's bound when it has one.
     assert solution.objective > 0
-    if solution.bound is not None:
+    if solution.gap is not None:
         assert solution.gap >= 0 and solution.bound >= solution.objective - 1e-9
 
 
