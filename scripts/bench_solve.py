@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.7, 0.5, 0.3])
     parser.add_argument("--formulation", default="auto", choices=FORMULATIONS)
+    parser.add_argument("--knapsack", default="dp", choices=["dp", "highs"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--time-limit", type=float, default=300.0)
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
@@ -50,11 +51,13 @@ def main() -> None:
             problem = PROBLEMS[name](seed)
             generate_s = time.perf_counter() - started
             for budget in args.budgets:
-                solution = solve_problem(problem, budget, time_limit=args.time_limit, formulation=args.formulation)
+                solution = solve_problem(problem, budget, time_limit=args.time_limit, formulation=args.formulation,
+                                         knapsack=args.knapsack)
                 size = solution.solver.get("model_size", {})
                 rows.append({
                     "problem": name, "seed": seed, "budget": budget,
-                    "dims": len(problem.dims), "columns": size.get("columns", 0),
+                    "dims": len(problem.dims), "formulation": solution.solver.get("formulation"),
+                    "size": size.get("hub_assignments", size.get("joint_variables")),
                     "status": solution.status, "gap": solution.gap,
                     "build_s": round(solution.timings.get("build_s", 0.0), 2),
                     "solve_s": round(solution.timings.get("solve_s", 0.0), 2),

@@ -127,3 +127,29 @@ def test_formulation_is_linear_and_small_for_gated_three_dim_terms():
     problem = random_problem(5)
     form = build_formulation(problem)
     assert form.stats["binaries"] == sum(len(d.options) for d in problem.dims) + sum(b.removable for b in problem.blocks)
+
+
+@pytest.mark.parametrize("seed", range(0, 60, 2))
+def test_hub_search_with_lagrangian_bounds_and_highs_knapsacks(seed, monkeypatch):
+    """Large-hub path (vectorised Lagrangian bounds, lazily tightened) and the HiGHS knapsack engine."""
+    import mdp_cli.solve.decompose as decompose
+
+    monkeypatch.setattr(decompose, "EXACT_BOUNDS_UP_TO", 0)
+    problem = random_problem(seed)
+    budget = _budget_between_min_and_dense(problem, seed)
+    reference_value, _, _ = brute_force(problem, budget)
+    for engine in ("dp", "highs"):
+        solution = solve_problem(problem, f"{budget!r}ms", formulation="hub", knapsack=engine)
+        assert solution.objective == pytest.approx(reference_value, rel=1e-7, abs=1e-9)
+        assert solution.predicted_latency <= budget
+
+
+@pytest.mark.parametrize("budget", [0.8, 0.55, 0.35])
+def test_hub_and_monolithic_agree_on_a_resnet_shaped_problem(budget):
+    from mdp_cli.solve.synthetic import resnet_problem
+
+    problem = resnet_problem(depths=(2, 2), mids=(64, 128), step=32, resolution=64, batch=64, seed=3)
+    hub = solve_problem(problem, budget, formulation="hub")
+    monolithic = solve_problem(problem, budget, formulation="monolithic")
+    assert hub.status == monolithic.status == "optimal"
+    assert hub.objective == pytest.approx(monolithic.objective, rel=1e-9)

@@ -9,7 +9,7 @@ import click
 
 from mdp_cli.errors import MdpError
 from mdp_cli.solve.problem import load_problem
-from mdp_cli.solve.solver import LATENCY_MODELS, solve_problem
+from mdp_cli.solve.solver import FORMULATIONS, KNAPSACK_ENGINES, LATENCY_MODELS, solve_problem
 
 EXAMPLE = "example_problem.json"
 
@@ -31,18 +31,23 @@ def example_problem_path() -> Path:
 @click.option("--time-limit", type=float, help="Seconds; the best solution found and its gap are reported.")
 @click.option("--gap", "rel_gap", type=float, default=0.0, show_default=True,
               help="Relative optimality gap at which to stop (0 proves the optimum).")
+@click.option("--formulation", type=click.Choice(FORMULATIONS), default="auto", show_default=True,
+              help="auto: hub decomposition when the shared dims allow it, else the monolithic MILP.")
+@click.option("--knapsack", type=click.Choice(KNAPSACK_ENGINES), default="dp", show_default=True,
+              help="Engine for the hub decomposition's per-branch knapsacks.")
 @click.option("--threads", type=int, help="HiGHS threads.")
 @click.option("--verbose", "-v", is_flag=True, help="Show the HiGHS log.")
 @click.option("--show-dims", is_flag=True, help="List every dim's chosen size, not only the pruned ones.")
-def solve_command(problem, example, budget, output, latency_model, no_blocks, time_limit, rel_gap, threads,
-                  verbose, show_dims):
+def solve_command(problem, example, budget, output, latency_model, no_blocks, time_limit, rel_gap, formulation,
+                  knapsack, threads, verbose, show_dims):
     """Choose every dim's size and every block's fate to keep the most importance within the budget."""
     if example == (problem is not None):
         raise MdpError("give a PROBLEM file or --example (not both)")
     path = example_problem_path() if example else problem
     loaded = load_problem(path)
     solution = solve_problem(loaded, budget, latency_model=latency_model, blocks=not no_blocks,
-                             time_limit=time_limit, rel_gap=rel_gap, threads=threads, verbose=verbose)
+                             time_limit=time_limit, rel_gap=rel_gap, threads=threads, verbose=verbose,
+                             formulation=formulation, knapsack=knapsack)
     click.echo(f"problem     {path} ({loaded.name}, {len(loaded.dims)} dims, {len(loaded.terms)} latency terms, "
                f"{len(loaded.blocks)} blocks)")
     if solution.status == "nothing_to_prune":

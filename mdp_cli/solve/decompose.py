@@ -18,6 +18,7 @@ enough to enumerate; otherwise the monolithic formulation is used.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import math
 import time
@@ -28,9 +29,14 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression
 
 from mdp_cli.solve.formulation import MAX_ENUMERATED_CELLS, _BlockConfigs, _broadcast, _enumerate_block
+from mdp_cli.solve.knapsack import KnapsackGroup, lp_bound, solve_mckp
 from mdp_cli.solve.problem import Problem
 
-MAX_HUB_ASSIGNMENTS = 4096
+MAX_HUB_ASSIGNMENTS = 2_000_000
+# Hubs up to this many assignments get the exact LP bound of each up front; larger ones get vectorised
+# Lagrangian bounds first and the exact LP bound only when an assignment comes up for solving.
+EXACT_BOUNDS_UP_TO = 4096
+_LAGRANGE_MULTIPLIERS = 48
 
 
 @dataclasses.dataclass
@@ -99,16 +105,21 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
 
 
 def minimum_latency(structure: HubStructure) -> float:
-    """Smallest reachable latency: per hub assignment, every block at its cheapest (or removed)."""
-    best = math.inf
-    for h, hub_index in enumerate(itertools.product(*(range(n) for n in structure.hub_shape))):
-        total = structure.base_latency[h]
-        for group in structure.groups:
-            value = _interface_value(group, structure.hub, hub_index)
-            _, latency, _ = _items(group, value)
-            total += 0.0 if group.removable else (latency.min() if latency.size else math.inf)
-        best = min(best, total)
-    return best
+    """Smallest reachable latency: the best hub assignment with every block at its cheapest (or removed)."""
+    total = structure.base_latency.reshape(structure.hub_shape) if structure.hub_shape else structure.base_latency[0]
+    for group in structure.groups:
+        cheapest = _per_interface_value(group, np.inf, group.configs.latency, np.minimum)
+        if group.removable:
+            cheapest = np.zeros_like(cheapest)
+        total = total + _broadcast(cheapest, group.configs.interface, structure.hub)
+    return float(np.min(total))
+
+
+def _per_interface_value(group: _Group, fill: float, values: np.ndarray, reduce) -> np.ndarray:
+    """Reduce per-config ``values`` to one number per interface value (array shaped like the interface)."""
+    out = np.full(max(1, math.prod(group.configs.interface_shape)), fill)
+    reduce.at(out, group.configs.interface_index, values)
+    return out.reshape(group.configs.interface_shape) if group.configs.interface else np.asarray(out[0])
 
 
 def _interface_value(group: _Group, hub: tuple[str, ...], hub_index: tuple[int, ...]) -> int:
@@ -120,45 +131,6 @@ def _interface_value(group: _Group, hub: tuple[str, ...], hub_index: tuple[int, 
 def _items(group: _Group, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows = group.fronts.get(value, np.zeros(0, int))
     return rows, group.configs.latency[rows], group.configs.importance[rows]
-
-
-def _lp_bound(groups_items, residual: float) -> float:
-    """MCKP LP relaxation: each group starts at its cheapest allowed item, then the steepest hull
-    segments across all groups are bought greedily, the last one fractionally."""
-    value, spend = 0.0, 0.0
-    segments = []
-    for latency, importance, removable in groups_items:
-        if removable:
-            latency = np.concatenate([[0.0], latency])
-            importance = np.concatenate([[0.0], importance])
-        if latency.size == 0:
-            return -math.inf
-        spend += latency[0]
-        value += importance[0]
-        # Upper concave hull of the front (points sorted by latency, importance increasing).
-        hull = [0]
-        for i in range(1, latency.size):
-            while len(hull) >= 2:
-                a, b = hull[-2], hull[-1]
-                if (importance[b] - importance[a]) * (latency[i] - latency[a]) <= (importance[i] - importance[a]) * (latency[b] - latency[a]):
-                    hull.pop()
-                else:
-                    break
-            hull.append(i)
-        for a, b in zip(hull, hull[1:]):
-            d_lat, d_imp = latency[b] - latency[a], importance[b] - importance[a]
-            segments.append((d_imp / d_lat if d_lat > 0 else math.inf, d_lat, d_imp))
-    left = residual - spend
-    if left < -1e-12:
-        return -math.inf
-    for _slope, d_lat, d_imp in sorted(segments, key=lambda s: -s[0]):
-        if d_lat <= left:
-            left -= d_lat
-            value += d_imp
-        else:
-            value += d_imp * left / d_lat
-            break
-    return value
 
 
 @dataclasses.dataclass
@@ -174,50 +146,105 @@ class DecomposedResult:
     status: str  # optimal | time_limit | infeasible
 
 
+def lagrangian_bounds(structure: HubStructure, budget: float) -> np.ndarray:
+    """Upper bound on every hub assignment's knapsack at once. For any multiplier lam >= 0,
+    base_imp + lam * (budget - base_lat) + sum_g max(0 if removable, max_c imp_c - lam * lat_c)
+    bounds it from above (weak duality), and its least value over lam is the knapsack's LP bound.
+    A coarse grid of multipliers over the items' importance/latency ratios finds where the best
+    assignments' minima lie; a fine grid there makes their bounds nearly the LP bounds."""
+    ratios = np.concatenate([g.configs.importance / np.maximum(g.configs.latency, 1e-12) for g in structure.groups]
+                            or [np.zeros(1)])
+    coarse = np.unique(np.concatenate([[0.0], np.quantile(ratios, np.linspace(0, 1, _LAGRANGE_MULTIPLIERS))]))
+    best = np.full(structure.base_latency.shape, np.inf)
+    argmin = np.zeros(structure.base_latency.shape, int)
+    for i, lam in enumerate(coarse):
+        value = _lagrangian(structure, budget, lam)
+        better = value < best
+        best[better], argmin[better] = value[better], i
+    # Refine around the multipliers that bound the most promising assignments.
+    top = np.argsort(-best)[: max(1, min(best.size, 256))]
+    fine = [np.linspace(coarse[max(i - 1, 0)], coarse[min(i + 1, coarse.size - 1)], _LAGRANGE_MULTIPLIERS)
+            for i in np.unique(argmin[top])]
+    for lam in np.unique(np.concatenate(fine)):
+        best = np.minimum(best, _lagrangian(structure, budget, lam))
+    return best
+
+
+def _lagrangian(structure: HubStructure, budget: float, lam: float) -> np.ndarray:
+    total = structure.base_importance + lam * (budget - structure.base_latency)
+    total = total.reshape(structure.hub_shape) if structure.hub_shape else total
+    for group in structure.groups:
+        table = _per_interface_value(group, 0.0 if group.removable else -np.inf,
+                                     group.configs.importance - lam * group.configs.latency, np.maximum)
+        total = total + _broadcast(table, group.configs.interface, structure.hub)
+    return np.broadcast_to(total, structure.hub_shape or (1,)).ravel()
+
+
 def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, time_limit: float | None,
-                     threads: int | None, verbose: bool, run_highs) -> DecomposedResult:
+                     threads: int | None, verbose: bool, run_highs, knapsack: str = "dp") -> DecomposedResult:
+    """Best-first search over hub assignments; see the module docstring."""
     started = time.perf_counter()
-    hub_assignments = list(itertools.product(*(range(n) for n in structure.hub_shape)))
-    bounds = np.full(len(hub_assignments), -math.inf)
-    per_assignment_items = []
-    for h, hub_index in enumerate(hub_assignments):
-        items = []
-        for group in structure.groups:
-            _, latency, importance = _items(group, _interface_value(group, structure.hub, hub_index))
-            items.append((latency, importance, group.removable))
-        per_assignment_items.append(items)
+    shape = structure.hub_shape
+    count = int(math.prod(shape))
+
+    def assignment(h: int) -> tuple[int, ...]:
+        return tuple(int(i) for i in np.unravel_index(h, shape)) if shape else ()
+
+    def exact_bound(h: int) -> float:
         residual = budget - structure.base_latency[h]
-        if residual >= -1e-12:
-            bounds[h] = structure.base_importance[h] + _lp_bound(items, residual)
+        if residual < -1e-12:
+            return -math.inf
+        hub_index = assignment(h)
+        groups = [KnapsackGroup(*_items(group, _interface_value(group, structure.hub, hub_index))[1:], group.removable)
+                  for group in structure.groups]
+        return float(structure.base_importance[h]) + lp_bound(groups, residual)
+
+    if count <= EXACT_BOUNDS_UP_TO:
+        bounds = np.array([exact_bound(h) for h in range(count)])
+        is_exact = np.ones(count, bool)
+    else:
+        bounds = lagrangian_bounds(structure, budget)
+        is_exact = np.zeros(count, bool)
     bound_s = time.perf_counter() - started
 
-    order = np.argsort(-bounds, kind="stable")
+    heap = [(-b, h) for h, b in enumerate(bounds.tolist()) if b > -math.inf]
+    heapq.heapify(heap)
     best_value, best = -math.inf, None
-    solved = 0
+    solved = tightened = 0
     knapsack_s = 0.0
     status = "optimal"
-    for h in order:
-        if not math.isfinite(bounds[h]) or bounds[h] <= best_value + 1e-12 * max(1.0, abs(best_value)):
+    open_bound = -math.inf
+    while heap:
+        negative, h = heap[0]
+        if -negative <= best_value + 1e-12 * max(1.0, abs(best_value)):
             break
         if time_limit is not None and time.perf_counter() - started > time_limit:
-            status = "time_limit"
+            status, open_bound = "time_limit", -negative
             break
+        heapq.heappop(heap)
+        if not is_exact[h]:
+            is_exact[h] = True
+            tightened += 1
+            tighter = exact_bound(h)
+            if tighter > best_value:
+                heapq.heappush(heap, (-tighter, h))
+            continue
         remaining = None if time_limit is None else max(1.0, time_limit - (time.perf_counter() - started))
         t0 = time.perf_counter()
-        outcome = _solve_knapsack(structure, h, hub_assignments[h], budget, remaining, threads, verbose, run_highs,
-                                  problem)
+        if knapsack == "dp":
+            outcome = _solve_knapsack_dp(structure, h, assignment(h), budget, best_value)
+        else:
+            outcome = _solve_knapsack(structure, h, assignment(h), budget, remaining, threads, verbose, run_highs)
         knapsack_s += time.perf_counter() - t0
         solved += 1
         if outcome is not None and outcome[0] > best_value:
-            best_value, best = outcome[0], (hub_assignments[h], outcome[1])
+            best_value, best = outcome[0], (assignment(h), outcome[1])
+    timings = {"bound_s": bound_s, "knapsack_s": knapsack_s}
     if best is None:
-        return DecomposedResult({}, {}, -math.inf, -math.inf, solved, len(hub_assignments), 0,
-                                {"bound_s": bound_s, "knapsack_s": knapsack_s}, "infeasible" if status == "optimal" else status)
-    remaining_bounds = [b for i, b in enumerate(bounds[order]) if i >= solved and math.isfinite(b)]
-    overall_bound = max([best_value] + remaining_bounds[:1]) if status != "optimal" else best_value
-
+        return DecomposedResult({}, {}, -math.inf, -math.inf, solved, count, count - solved, timings,
+                                "infeasible" if status == "optimal" else status)
     hub_index, picks = best
-    choice = {d: problem.dim(d).full_index for d in (x.name for x in problem.dims)}
+    choice = {d.name: d.full_index for d in problem.dims}
     for d, k in zip(structure.hub, hub_index):
         choice[d] = int(k)
     kept = {}
@@ -226,11 +253,26 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
         if row is not None:
             for d, k in zip(group.configs.private, group.configs.private_index[row]):
                 choice[d] = int(k)
-    return DecomposedResult(choice, kept, best_value, overall_bound, solved, len(hub_assignments),
-                            len(hub_assignments) - solved, {"bound_s": bound_s, "knapsack_s": knapsack_s}, status)
+    timings["bounds_tightened"] = tightened
+    return DecomposedResult(choice, kept, best_value, max(best_value, open_bound), solved, count, count - solved,
+                            timings, status)
 
 
-def _solve_knapsack(structure, h, hub_index, budget, time_limit, threads, verbose, run_highs, problem):
+def _solve_knapsack_dp(structure, h, hub_index, budget, best_value):
+    """Exact knapsack of one hub assignment by Pareto-state DP; None unless it reaches ``best_value``."""
+    groups = []
+    for group in structure.groups:
+        rows, latency, importance = _items(group, _interface_value(group, structure.hub, hub_index))
+        groups.append((rows, KnapsackGroup(latency, importance, group.removable)))
+    base = float(structure.base_importance[h])
+    result = solve_mckp([g for _, g in groups], budget - structure.base_latency[h], best_value - base)
+    if result is None:
+        return None
+    value, picks = result
+    return base + value, [None if p is None else int(rows[p]) for (rows, _), p in zip(groups, picks)]
+
+
+def _solve_knapsack(structure, h, hub_index, budget, time_limit, threads, verbose, run_highs):
     """Exact MCKP for one hub assignment: one item (or removal) per block within the residual budget."""
     model = pyo.ConcreteModel()
     model.pick = pyo.VarList(domain=pyo.Binary)

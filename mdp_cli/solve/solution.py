@@ -73,7 +73,9 @@ class Solution:
             f"({self.objective / self.dense_objective:.1%})" if self.dense_objective else f"importance  {self.objective:.6g}"
         )
         lines.append(f"blocks      {len(removed)} removed" + (f": {', '.join(removed)}" if removed else ""))
-        lines.append(f"time        build {self.timings.get('build_s', 0):.2f} s, solve {self.timings.get('solve_s', 0):.2f} s")
+        how = self.solver.get("formulation", "")
+        lines.append(f"time        build {self.timings.get('build_s', 0):.2f} s, solve {self.timings.get('solve_s', 0):.2f} s"
+                     + (f" ({how} formulation)" if how else ""))
         return "\n".join(lines)
 
 

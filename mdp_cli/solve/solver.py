@@ -28,6 +28,8 @@ from mdp_cli.solve.solution import Solution
 LATENCY_MODELS = ("multidim", "linear")
 # auto: hub decomposition where the shared dims have few joint options, else the monolithic MILP.
 FORMULATIONS = ("auto", "hub", "monolithic", "blocks")
+# Per-branch knapsacks of the hub decomposition: Pareto-state DP (exact, fast on near-ties) or HiGHS.
+KNAPSACK_ENGINES = ("dp", "highs")
 # HiGHS accepts a row as satisfied within its feasibility tolerance; we tighten the budget by this much
 # of its value when the exactly recomputed latency lands above it, so "never over budget" holds exactly.
 _BUDGET_RETRY_SHRINK = 1e-7
@@ -44,6 +46,7 @@ def solve_problem(
     threads: int | None = None,
     verbose: bool = False,
     formulation: str = "auto",
+    knapsack: str = "dp",
 ) -> Solution:
     """Maximise kept importance subject to predicted latency <= budget.
 
@@ -52,6 +55,8 @@ def solve_problem(
     which case the best solution found and its gap are returned. Raises InfeasibleBudgetError naming the
     smallest reachable latency when no configuration fits.
     """
+    if knapsack not in KNAPSACK_ENGINES:
+        raise MdpError(f"knapsack engine {knapsack!r}: choose one of {', '.join(KNAPSACK_ENGINES)}")
     if formulation not in FORMULATIONS:
         raise MdpError(f"formulation {formulation!r}: choose one of {', '.join(FORMULATIONS)}")
     if latency_model not in LATENCY_MODELS:
@@ -102,13 +107,14 @@ def solve_problem(
                            "use --formulation auto")
     if structure is not None:
         solver_info["formulation"] = "hub"
+        solver_info["knapsack"] = knapsack
         solver_info["model_size"] = {"hub_dims": list(structure.hub), "hub_assignments": int(np.prod(structure.hub_shape)),
                                      "blocks": len(structure.groups),
                                      "configurations": int(sum(len(g.configs.latency) for g in structure.groups))}
         build_s = time.perf_counter() - started
         target = budget_value
         for _attempt in range(4):
-            outcome = solve_decomposed(structure, problem, target, time_limit, threads, verbose, _run_highs)
+            outcome = solve_decomposed(structure, problem, target, time_limit, threads, verbose, _run_highs, knapsack)
             if outcome.status == "infeasible":
                 _raise_infeasible(problem, budget_value, decomposed_minimum_latency(structure), latency_model)
             if outcome.objective == -np.inf:
@@ -201,11 +207,12 @@ def minimum_latency(problem: Problem, latency_problem: Problem | None = None, bl
     return latency_problem.latency(choice, kept)
 
 
-def _run_highs(model: pyo.ConcreteModel, time_limit, rel_gap, threads, verbose) -> tuple[Any, float]:
+def _run_highs(model: pyo.ConcreteModel, time_limit, rel_gap, threads, verbose,
+               extra_options: dict[str, Any] | None = None) -> tuple[Any, float]:
     solver = Highs()
     if not solver.available():
         raise MdpError("HiGHS is not available: pip install highspy")
-    options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0}
+    options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0, **(extra_options or {})}
     started = time.perf_counter()
     sink = io.StringIO()
     with redirect_stdout(sink) if not verbose else _nullcontext():

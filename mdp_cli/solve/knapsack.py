@@ -1,0 +1,158 @@
+"""Exact multiple-choice knapsack by Pareto-state dynamic programming with LP-bound pruning.
+
+The hub decomposition leaves, per hub assignment, a multiple-choice knapsack (one configuration per block,
+or removal; total latency within the residual budget; maximise importance). Latencies are real numbers,
+so a capacity-indexed DP does not apply; a general MIP solver proves these knapsacks slowly because many
+combinations tie to within 1e-6. This solver is exact on real weights: it merges the blocks one at a time
+into the set of partial selections that no other partial selection beats on both latency and importance
+(the Nemhauser-Ullmann scheme), and drops a partial selection as soon as even the LP relaxation of the
+blocks still to come cannot lift it to the best complete selection known. Every dropped state is
+dominated or bounded out, so the best surviving complete selection is optimal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class KnapsackGroup:
+    latency: np.ndarray  # the group's items (a Pareto front: latency ascending, importance ascending)
+    importance: np.ndarray
+    removable: bool  # removal (zero latency, zero importance) allowed
+
+
+def _with_removal(group: KnapsackGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items as arrays plus their original index (-1 = removal)."""
+    index = np.arange(group.latency.size)
+    if group.removable:
+        return (np.concatenate([[0.0], group.latency]), np.concatenate([[0.0], group.importance]),
+                np.concatenate([[-1], index]))
+    return group.latency.astype(float), group.importance.astype(float), index
+
+
+def _hull_segments(latency: np.ndarray, importance: np.ndarray) -> list[tuple[float, float, float]]:
+    """Segments of the upper concave hull of a front (from its cheapest item): (slope, d_lat, d_imp)."""
+    order = np.lexsort((-importance, latency))
+    latency, importance = latency[order], importance[order]
+    hull = [0]
+    for i in range(1, latency.size):
+        if importance[i] <= importance[hull[-1]]:
+            continue
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (importance[b] - importance[a]) * (latency[i] - latency[a]) <= (importance[i] - importance[a]) * (latency[b] - latency[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    segments = []
+    for a, b in zip(hull, hull[1:]):
+        d_lat, d_imp = latency[b] - latency[a], importance[b] - importance[a]
+        segments.append((d_imp / d_lat if d_lat > 0 else np.inf, d_lat, d_imp))
+    return segments
+
+
+def _cheapest(latency: np.ndarray, importance: np.ndarray) -> tuple[float, float]:
+    """The least latency and the most importance reachable at exactly that latency."""
+    least = float(latency.min())
+    return least, float(importance[latency == least].max())
+
+
+class _SuffixBound:
+    """LP bound of groups k.. as a concave piecewise-linear function of the budget left for them."""
+
+    def __init__(self, items):
+        cheapest = [_cheapest(lat, imp) for lat, imp, _ in items]
+        self.minimum = sum(c[0] for c in cheapest)
+        self.base = sum(c[1] for c in cheapest)
+        segments = sorted((s for lat, imp, _ in items for s in _hull_segments(lat, imp)), key=lambda s: -s[0])
+        self.x = np.concatenate([[0.0], np.cumsum([s[1] for s in segments])])
+        self.y = np.concatenate([[0.0], np.cumsum([s[2] for s in segments])])
+
+    def __call__(self, budget_left: np.ndarray) -> np.ndarray:
+        slack = budget_left - self.minimum
+        value = self.base + np.interp(slack, self.x, self.y)
+        return np.where(slack >= -1e-12, value, -np.inf)
+
+
+def lp_bound(groups: list[KnapsackGroup], capacity: float) -> float:
+    """The knapsack's LP relaxation value (the classic greedy over each group's upper concave hull)."""
+    items = [_with_removal(g) for g in groups]
+    if any(lat.size == 0 for lat, _, _ in items):
+        return -np.inf
+    return float(_SuffixBound(items)(np.asarray(capacity)))
+
+
+def _greedy_value(items, capacity: float) -> float:
+    """Value of the LP solution's integral part: hull segments bought whole in slope order while they fit
+    (a group's later segments are skipped once one of its segments is). A feasible selection's value."""
+    cheapest = [_cheapest(lat, imp) for lat, imp, _ in items]
+    spend = sum(c[0] for c in cheapest)
+    if spend > capacity:
+        return -np.inf
+    value = sum(c[1] for c in cheapest)
+    segments = [(slope, d_lat, d_imp, g) for g, (lat, imp, _) in enumerate(items) for slope, d_lat, d_imp in _hull_segments(lat, imp)]
+    blocked = set()
+    for _slope, d_lat, d_imp, g in sorted(segments, key=lambda s: -s[0]):
+        if g in blocked:
+            continue
+        if spend + d_lat <= capacity:
+            spend += d_lat
+            value += d_imp
+        else:
+            blocked.add(g)
+    return value
+
+
+def solve_mckp(groups: list[KnapsackGroup], capacity: float, lower_bound: float = -np.inf,
+               max_states: int = 5_000_000):
+    """Maximise total importance with one item per group (or removal where allowed), latency <= capacity.
+
+    Returns (value, picks) with picks[g] the chosen item index of group g or None for removal; or None if
+    no selection fits, or none reaches ``lower_bound`` (a value already achieved elsewhere)."""
+    items = [_with_removal(g) for g in groups]
+    if any(lat.size == 0 for lat, _, _ in items):
+        return None
+    suffix = [_SuffixBound(items[k:]) for k in range(len(items) + 1)]
+    tolerance = 1e-9 * max(1.0, abs(lower_bound) if np.isfinite(lower_bound) else 1.0)
+
+    lower_bound = max(lower_bound, _greedy_value(items, capacity) - tolerance)
+    latency_states = np.zeros(1)
+    value_states = np.zeros(1)
+    parents: list[tuple[np.ndarray, np.ndarray]] = []
+    for k, (lat, imp, original) in enumerate(items):
+        total_lat = (latency_states[:, None] + lat[None, :]).ravel()
+        total_val = (value_states[:, None] + imp[None, :]).ravel()
+        parent = np.repeat(np.arange(latency_states.size), lat.size)
+        item = np.tile(np.arange(lat.size), latency_states.size)
+        keep = total_lat <= capacity + 1e-12
+        optimistic = total_val + suffix[k + 1](capacity - total_lat)
+        keep &= optimistic >= lower_bound - tolerance
+        total_lat, total_val, parent, item = total_lat[keep], total_val[keep], parent[keep], item[keep]
+        if total_lat.size == 0:
+            return None
+        # Pareto filter: cheapest first (ties: most valuable first); keep strict improvements only.
+        order = np.lexsort((-total_val, total_lat))
+        total_lat, total_val, parent, item = total_lat[order], total_val[order], parent[order], item[order]
+        running = np.maximum.accumulate(total_val)
+        strict = np.concatenate([[True], total_val[1:] > running[:-1]])
+        total_lat, total_val, parent, item = total_lat[strict], total_val[strict], parent[strict], item[strict]
+        if total_lat.size > max_states:
+            raise MemoryError(f"knapsack state space exceeded {max_states} states")
+        latency_states, value_states = total_lat, total_val
+        parents.append((parent, item))
+    best = int(np.argmax(value_states))
+    value = float(value_states[best])
+    if value < lower_bound - tolerance:
+        return None
+    picks: list = [None] * len(items)
+    state = best
+    for k in range(len(items) - 1, -1, -1):
+        parent, item = parents[k]
+        original = items[k][2][item[state]]
+        picks[k] = None if original < 0 else int(original)
+        state = parent[state]
+    return value, picks
