@@ -212,7 +212,7 @@ def data_config(model: torch.nn.Module | None = None, img_size: int | None = Non
     """Input size, mean, std, interpolation and crop fraction for ``model`` (timm's resolution rules)."""
     from timm.data import resolve_data_config
 
-    config = resolve_data_config({}, model=model) if model is not None else resolve_data_config({})
+    config = resolve_data_config({}, model=model) if model is not None else resolve_data_config(pretrained_cfg={"input_size": (3, 224, 224)})
     arch_cfg = getattr(model, "mdp_data_config", None)  # exported models may carry their own
     if isinstance(arch_cfg, dict):
         config.update({k: v for k, v in arch_cfg.items() if k in config})
