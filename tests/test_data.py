@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from mdp_cli.cli import main
 from mdp_cli.data import data_config, make_dataset, make_loader, parse_spec
 from mdp_cli.errors import MdpError
+from train_helpers import needs_fashion_mnist
 
 
 def _image_tree(root: Path, per_class: int = 6, classes=("cat", "dog")) -> Path:
@@ -39,6 +40,7 @@ def test_spec_parsing() -> None:
             parse_spec(bad)
 
 
+@needs_fashion_mnist
 def test_builtin_fashion_mnist_is_the_real_data_set() -> None:
     train, val = make_dataset("builtin:fashion-mnist", "train"), make_dataset("builtin:fashion-mnist", "val")
     assert (len(train), len(val)) == (60000, 10000)
@@ -49,6 +51,7 @@ def test_builtin_fashion_mnist_is_the_real_data_set() -> None:
     assert (counts == 6000).all()
 
 
+@needs_fashion_mnist
 def test_subsets_are_fixed_and_mixed() -> None:
     a = make_dataset("builtin:fashion-mnist?train=500", "train")
     b = make_dataset("builtin:fashion-mnist", "train", limit=500)
@@ -104,6 +107,7 @@ def test_loaders_use_model_resolution_and_shard(tmp_path: Path) -> None:
         make_loader(root, "train", config=config, batch_size=64, train=True)
 
 
+@needs_fashion_mnist
 def test_eval_dense_model_and_json(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "eval.json"
@@ -116,6 +120,7 @@ def test_eval_dense_model_and_json(tmp_path: Path) -> None:
     assert "top1" in result.output
 
 
+@needs_fashion_mnist
 def test_eval_errors_are_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["eval", "test_resnet", "--img-size", "32", "--data", str(tmp_path / "nothing")])

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import ROOT, subprocess_env
+from train_helpers import ROOT, needs_fashion_mnist, subprocess_env
+
+pytestmark = needs_fashion_mnist
 
 ARGS = ["finetune", "test_vit", "--num-classes", "10", "--img-size", "32", "--data",
         "builtin:fashion-mnist?train=1024&val=256", "--epochs", "2", "--batch-size", "32", "--lr", "0.05",

@@ -16,11 +16,14 @@ from safetensors.torch import load_file
 from mdp_cli.cli import main
 from mdp_cli.export.spec import load_exported
 from mdp_cli.train.engine import FinetuneConfig, evaluate, finetune, lr_factor
-from train_helpers import ROOT, SMALL_DATA, TinyCNN, export_tiny, mdp_command, prune_tiny, subprocess_env
+from train_helpers import (ROOT, SMALL_DATA, TinyCNN, export_tiny, mdp_command, needs_fashion_mnist, prune_tiny,
+                           subprocess_env)
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
+needs_data = needs_fashion_mnist
 
 
+@needs_data
 def test_finetune_recovers_pruned_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
     export_tiny(tmp_path / "dense0", TinyCNN([32, 64, 64]))
@@ -54,6 +57,7 @@ def _finetune_args(out: Path, *extra: str) -> list[str]:
                        "--ema-decay", "0.9", "--no-progress", *extra)
 
 
+@needs_data
 def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
     env = subprocess_env()
     reference = tmp_path / "reference"
@@ -85,6 +89,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
     assert (reference / "steps.csv").read_text() == (killed / "steps.csv").read_text()
 
 
+@needs_data
 def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
     args = ["finetune", "test_resnet", "--num-classes", "10", "--img-size", "32", "--data",
             "builtin:fashion-mnist?train=64&val=32", "-o", str(tmp_path / "run"), "--epochs", "1",
@@ -125,3 +130,18 @@ def test_lr_schedule_shapes() -> None:
     assert lr_factor(100, total, warm, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_factor(55, total, warm, "linear", 0.0) == pytest.approx(0.5)
     assert lr_factor(70, total, 0, "constant", 0.0) == 1.0
+
+
+@needs_data
+def test_hard_distillation_for_deit_distillation_token(tmp_path: Path) -> None:
+    common = ["--num-classes", "10", "--img-size", "32", "--data", "builtin:fashion-mnist?train=64&val=32",
+              "--epochs", "1", "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3", "--kd", "hard",
+              "--teacher", "test_vit", "--clip-grad", "1.0", "--no-progress"]
+    result = CliRunner().invoke(main, ["finetune", "deit_tiny_distilled", "-o", str(tmp_path / "a"), *common])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "final" / "model.safetensors").is_file()
+    result = CliRunner().invoke(main, ["finetune", "test_resnet", "-o", str(tmp_path / "b"), *common])
+    assert result.exit_code == 2 and "distillation token" in result.output
+    result = CliRunner().invoke(main, ["finetune", "test_resnet", "-o", str(tmp_path / "c"), "--kd", "soft",
+                                       *common[:-7], "--no-progress"])
+    assert result.exit_code == 2 and "needs --teacher" in result.output

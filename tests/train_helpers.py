@@ -70,3 +70,9 @@ def prune_tiny(model: TinyCNN, keep: float) -> TinyCNN:
     pruned.fc.weight.copy_(model.fc.weight[:, previous])
     pruned.fc.bias.copy_(model.fc.bias)
     return pruned.eval()
+
+
+FASHION_MNIST_MISSING = not Path(os.environ.get("MDP_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
+                                 "t10k-images-idx3-ubyte.gz").is_file()
+needs_fashion_mnist = __import__("pytest").mark.skipif(
+    FASHION_MNIST_MISSING, reason="builtin:fashion-mnist not installed (make setup, or apt-get install dataset-fashion-mnist)")
