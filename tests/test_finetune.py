@@ -60,8 +60,9 @@ def _finetune_args(out: Path, *extra: str) -> list[str]:
 @needs_data
 def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
     env = subprocess_env()
-    reference = tmp_path / "reference"
-    subprocess.run(_finetune_args(reference), env=env, check=True, cwd=ROOT, capture_output=True)
+    reference = tmp_path / "reference"  # runs beside the one that gets killed
+    ref_proc = subprocess.Popen(_finetune_args(reference), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_finetune_args(killed), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -80,6 +81,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
     refused = subprocess.run(_finetune_args(killed), env=env, cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr
     subprocess.run(_finetune_args(killed, "--resume"), env=env, check=True, cwd=ROOT, capture_output=True)
+    assert ref_proc.wait() == 0, ref_proc.stderr.read()[-2000:]
 
     for name in ("final/model.safetensors", "final_ema/model.safetensors"):
         ref, got = load_file(str(reference / name)), load_file(str(killed / name))

@@ -101,6 +101,7 @@ def eval_command(model, data, split, pretrained, num_classes, img_size, batch_si
 @click.option("--train-limit", type=int, help="Train on a fixed subset of this many images.")
 @click.option("--val-limit", type=int, help="Validate on a fixed subset of this many images.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sync-bn", is_flag=True, help="SyncBatchNorm over processes (torchrun on CUDA).")
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda (torchrun: one GPU per rank).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

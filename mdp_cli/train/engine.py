@@ -192,6 +192,7 @@ class FinetuneConfig:
     train_limit: int | None = None
     val_limit: int | None = None
     seed: int = 0
+    sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA DDP only)
     num_classes: int | None = None
     pretrained: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -391,6 +392,12 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
             log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
 
     train_model: nn.Module = model
+    if cfg.sync_bn and ctx.enabled:
+        if ctx.device.type != "cuda":
+            raise MdpError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on CPU)")
+        # Converted after the checkpoint was restored: SyncBatchNorm keeps the same parameter and buffer names.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameter objects: optimiser and EMA stay valid
+        train_model = model
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
