@@ -14,6 +14,11 @@ Built-in data sets:
     (``/usr/share/datasets/fashion-mnist``; ``MDP_FASHION_MNIST_DIR`` overrides the location).
     Split ``val`` is the official test set. Images are converted to 3-channel RGB.
 
+``digits``
+    The UCI hand-written digits bundled with scikit-learn (``sklearn.datasets.load_digits``: 1,797 8x8
+    grayscale images, 10 classes; CC BY 4.0), a small pip-only fallback where apt is not available.
+    Fixed split: in each class every fifth image is ``val`` (1,442 train, 355 val).
+
 Transforms are timm's (``timm.data.create_transform``) for the model's input size and normalisation, as
 resolved from the model's ``pretrained_cfg`` (ImageNet defaults when it has none); ``img_size`` overrides
 the resolution. Subsets (``?train=N``, ``limit=N``) are a fixed pseudo-random choice (seed 0) so that the
@@ -151,7 +156,30 @@ def _fashion_mnist(split: str, transform: Callable | None) -> Dataset:
     return ArrayImages(images, labels, FASHION_MNIST_CLASSES, transform)
 
 
-BUILTINS: dict[str, Callable[[str, Callable | None], Dataset]] = {"fashion-mnist": _fashion_mnist}
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise MdpError("builtin:digits needs scikit-learn: pip install scikit-learn (or 'make setup')") from None
+    bunch = load_digits()
+    images = np.round(bunch.images * (255 / 16)).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    # Fixed split: within each class, every fifth image (in file order) is validation.
+    rank_in_class = np.zeros(len(labels), dtype=np.int64)
+    for digit in range(10):
+        where = np.flatnonzero(labels == digit)
+        rank_in_class[where] = np.arange(len(where))
+    return images, labels, rank_in_class % 5 == 4
+
+
+def _digits(split: str, transform: Callable | None) -> Dataset:
+    images, labels, is_val = _digits_arrays()
+    keep = is_val if split == "val" else ~is_val
+    return ArrayImages(images[keep], labels[keep], [str(d) for d in range(10)], transform)
+
+
+BUILTINS: dict[str, Callable[[str, Callable | None], Dataset]] = {"fashion-mnist": _fashion_mnist, "digits": _digits}
 
 
 def _image_folder(root: str, split: str, transform: Callable | None) -> Dataset:

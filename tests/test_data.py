@@ -59,6 +59,18 @@ def test_subsets_are_fixed_and_mixed() -> None:
     assert len(set(a.targets)) == 10
 
 
+def test_builtin_digits_fallback() -> None:
+    pytest.importorskip("sklearn")
+    train, val = make_dataset("builtin:digits", "train"), make_dataset("builtin:digits", "val")
+    assert (len(train), len(val)) == (1442, 355) and train.classes == [str(d) for d in range(10)]
+    image, label = train[0]
+    assert image.mode == "RGB" and image.size == (8, 8) and label == 0
+    loader = make_loader("builtin:digits?train=256", "train", config=data_config(None, img_size=16), batch_size=32,
+                         train=True)
+    images, labels = next(iter(loader))
+    assert images.shape == (32, 3, 16, 16) and len(loader) == 8
+
+
 def test_missing_builtin_files_name_the_package(monkeypatch, tmp_path: Path) -> None:
     import mdp_cli.data as data
 
