@@ -66,14 +66,36 @@ def load_model(spec: str, pretrained: str | None = None, num_classes: int | None
             module.mdp_data_config = arch["data_config"]
         return LoadedModel(module, str(path), arch)
     from mdp_cli.models import create_model
+    from mdp_cli.weights import is_builtin, resolve_weights
 
+    if is_builtin(pretrained):
+        pretrained = str(resolve_weights(pretrained, spec))
     overrides: dict[str, Any] = {}
     if num_classes is not None:
         overrides["num_classes"] = num_classes
+    def create(**kwargs: Any) -> nn.Module:
+        try:
+            return create_model(spec, pretrained=pretrained, **kwargs, **({"img_size": img_size} if img_size else {}))
+        except TypeError:  # families without an img_size argument (CNNs) take any resolution as it is
+            return create_model(spec, pretrained=pretrained, **kwargs)
+
     try:
-        module = create_model(spec, pretrained=pretrained, **overrides, **({"img_size": img_size} if img_size else {}))
-    except TypeError:  # families without an img_size argument (CNNs) take any resolution as it is
-        module = create_model(spec, pretrained=pretrained, **overrides)
+        module = create(**overrides)
+    except (MdpError, RuntimeError) as exc:  # load_state_dict raises RuntimeError on shape mismatches
+        mismatch = exc if isinstance(exc, MdpError) else MdpError(
+            f"{pretrained}: weights do not fit {spec} ({str(exc).splitlines()[-1].strip()}); "
+            f"check --num-classes and --img-size")
+        # Pretrained weights with another classifier (e.g. ImageNet's 1000 classes): load them with their own
+        # head, then give the model a new --num-classes head (timm models), initialised from the seed.
+        if num_classes is None or pretrained is None:
+            raise mismatch from None
+        try:
+            module = create()
+        except (MdpError, RuntimeError):
+            raise mismatch from None
+        if not hasattr(module, "reset_classifier"):
+            raise mismatch from None
+        module.reset_classifier(num_classes)
     return LoadedModel(module, spec)
 
 
