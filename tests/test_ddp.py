@@ -20,7 +20,7 @@ from train_helpers import ROOT, needs_fashion_mnist, subprocess_env
 pytestmark = needs_fashion_mnist
 
 ARGS = ["finetune", "test_vit", "--num-classes", "10", "--img-size", "32", "--data",
-        "builtin:fashion-mnist?train=1024&val=256", "--epochs", "2", "--batch-size", "32", "--lr", "0.05",
+        "builtin:fashion-mnist?train=512&val=256", "--epochs", "2", "--batch-size", "32", "--lr", "0.05",
         "--warmup-epochs", "0.5", "--no-augment", "--ema-decay", "0.95", "--no-progress"]
 
 
@@ -39,7 +39,8 @@ def test_two_process_gloo_matches_one_process(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
     losses_one, losses_two = _losses(one), _losses(two)
-    assert len(losses_one) == len(losses_two) == 64
+    assert len(losses_one) == len(losses_two) == 32
+    print(f"max |loss(1 proc) - loss(2 procs)| over 32 steps: {max(abs(a - b) for a, b in zip(losses_one, losses_two)):.2e}")
     assert torch.allclose(torch.tensor(losses_one), torch.tensor(losses_two), rtol=1e-4, atol=1e-5), (
         max(abs(a - b) for a, b in zip(losses_one, losses_two)))
     for name in ("final/model.safetensors", "final_ema/model.safetensors"):

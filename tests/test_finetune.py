@@ -52,7 +52,7 @@ def test_finetune_recovers_pruned_model(tmp_path: Path) -> None:
 def _finetune_args(out: Path, *extra: str) -> list[str]:
     # augmentation + EMA + warm-up + AdamW: every source of state that resume has to restore
     return mdp_command("finetune", "test_resnet", "--num-classes", "10", "--img-size", "32",
-                       "--data", "builtin:fashion-mnist?train=2048&val=256", "-o", str(out), "--epochs", "2",
+                       "--data", "builtin:fashion-mnist?train=1024&val=128", "-o", str(out), "--epochs", "2",
                        "--batch-size", "32", "--optimizer", "adamw", "--lr", "0.002", "--warmup-epochs", "1",
                        "--ema-decay", "0.9", "--no-progress", *extra)
 
@@ -67,12 +67,13 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_finetune_args(killed), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    pointer = killed / "checkpoint.json"
+    pointer, metrics = killed / "checkpoint.json", killed / "metrics.csv"
     deadline = time.monotonic() + 240
-    while not (pointer.exists() and json.loads(pointer.read_text())["epoch"] == 1):
+    while not (pointer.exists() and metrics.exists()):  # metrics.csv follows the epoch-1 checkpoint
         assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
-    time.sleep(0.8)  # inside epoch 2 (an epoch takes a few seconds here)
+        time.sleep(0.02)
+    epoch_seconds = float(metrics.read_text().splitlines()[1].split(",")[9])
+    time.sleep(0.4 * epoch_seconds)  # about 40 % into epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads(pointer.read_text())["epoch"] == 1, "killed too late: epoch 2 had already finished"
