@@ -430,53 +430,11 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
                                       "config": config, "data_config": {k: list(v) if isinstance(v, tuple) else v
                                                                         for k, v in dcfg.items()}})
 
+    parts = _Parts(model, train_model, optimizer, scheduler, scaler, ema, criterion, amp_dtype)
     row: dict[str, Any] = rows[-1] if rows else {}
     for epoch in range(start_epoch, cfg.epochs):
-        _seed_epoch(cfg.seed, epoch, ctx.rank)
-        train_loader.sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(cfg.seed * 1009 + epoch)
-        train_model.train()
-        losses = torch.zeros(steps_per_epoch, dtype=torch.float64)
-        hits = torch.zeros(2, dtype=torch.float64)
-        started = time.perf_counter()
-        batches = train_loader
-        bar = None
-        if progress and ctx.is_main:
-            from tqdm import tqdm
-
-            bar = batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                                 dynamic_ncols=True)
-        for i, (images, targets) in enumerate(batches):
-            images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
-            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                output = train_model(images)
-                loss = criterion(images, output, targets)
-            if step == 0 and i == 0:
-                _check_classes(model, _logits(output), classes, str(data))
-            if not torch.isfinite(loss):
-                raise MdpError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; lower --lr or use --clip-grad")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            if ema is not None:
-                ema.update(model, step=step)
-            losses[i] = loss.item()
-            hits += torch.tensor([(_logits(output).argmax(-1) == targets).sum().item(), len(targets)],
-                                 dtype=torch.float64)
-            if bar is not None:
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(loss=f"{losses[: i + 1].mean().item():.4f}",
-                                acc=f"{100 * hits[0].item() / hits[1].item():.1f}",
-                                img_s=f"{(i + 1) * cfg.batch_size / elapsed:.0f}", refresh=False)
-        train_seconds = time.perf_counter() - started
-        losses = all_sum(ctx, losses) / ctx.world_size
-        hits = all_sum(ctx, hits)
+        losses, hits, train_seconds, step = _train_epoch(parts, train_loader, cfg, ctx, epoch, step, progress,
+                                                         check=lambda out: _check_classes(model, out, classes, str(data)))
         val = _run_eval(model, val_loader, ctx, amp_dtype, str(data))
         ema_val = _run_eval(ema.module, val_loader, ctx, amp_dtype, str(data)) if ema is not None else None
         if cfg.kd == "hard":
@@ -494,15 +452,15 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
         }
         if ctx.is_main:
             rows.append(row)
-            # The best model and the step log first, the checkpoint last: it is the commit point of the epoch.
+            # Everything else first, the checkpoint last: it is the commit point of the epoch.
             if improved:
                 _save_model(out / "best", ema.module if ema is not None else model, loaded, cfg,
                             epoch=epoch + 1, val_top1=score)
             _append_steps(out / "steps.csv", epoch, step - steps_per_epoch, losses)
+            _write_csv(out / "metrics.csv", rows)  # rows past the checkpoint's epoch are dropped on resume
             ckpt.save_checkpoint(out, epoch=epoch + 1, step=step, model=model, optimizer=optimizer,
                                  scheduler=scheduler, scaler=scaler, ema=ema.module if ema is not None else None,
                                  best=best, config=config)
-            _write_csv(out / "metrics.csv", rows)
             log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
                 f"top1 {row['train_top1']:.2f} | val loss {val['loss']:.4f} top1 {val['top1']:.2f} "
                 f"top5 {val['top5']:.2f}" + (f" | ema top1 {ema_val['top1']:.2f}" if ema_val else "")
@@ -514,6 +472,63 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
             _save_model(out / "final_ema", ema.module, loaded, cfg, epoch=cfg.epochs)
     barrier(ctx)
     return row
+
+
+@dataclass
+class _Parts:
+    model: nn.Module  # the bare module (checkpoints, EMA, evaluation)
+    train_model: nn.Module  # the same, wrapped in DDP when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    ema: Any
+    criterion: DistillationLoss
+    amp_dtype: torch.dtype | None
+
+
+def _train_epoch(p: _Parts, loader, cfg: FinetuneConfig, ctx: Dist, epoch: int, step: int, progress: bool,
+                 check: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """One epoch; returns per-step losses and (hits, images), both reduced over ranks, seconds, next step."""
+    _seed_epoch(cfg.seed, epoch, ctx.rank)
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(cfg.seed * 1009 + epoch)
+    p.train_model.train()
+    losses = torch.zeros(len(loader), dtype=torch.float64)
+    hits = torch.zeros(2, dtype=torch.float64)
+    started = time.perf_counter()
+    batches = bar = None
+    if progress and ctx.is_main:
+        from tqdm import tqdm
+
+        batches = bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+    for i, (images, targets) in enumerate(batches if batches is not None else loader):
+        images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=p.amp_dtype, enabled=p.amp_dtype is not None):
+            output = p.train_model(images)
+            loss = p.criterion(images, output, targets)
+        if i == 0:
+            check(_logits(output))
+        if not torch.isfinite(loss):
+            raise MdpError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; lower --lr or use --clip-grad")
+        p.optimizer.zero_grad(set_to_none=True)
+        p.scaler.scale(loss).backward()
+        if cfg.clip_grad is not None:
+            p.scaler.unscale_(p.optimizer)
+            nn.utils.clip_grad_norm_(p.model.parameters(), cfg.clip_grad)
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+        p.scheduler.step()
+        step += 1
+        if p.ema is not None:
+            p.ema.update(p.model, step=step)
+        losses[i] = loss.item()
+        hits += torch.tensor([(_logits(output).argmax(-1) == targets).sum().item(), len(targets)], dtype=torch.float64)
+        if bar is not None:
+            bar.set_postfix(loss=f"{losses[: i + 1].mean().item():.4f}",
+                            acc=f"{100 * hits[0].item() / hits[1].item():.1f}",
+                            img_s=f"{(i + 1) * cfg.batch_size / (time.perf_counter() - started):.0f}", refresh=False)
+    seconds = time.perf_counter() - started
+    return all_sum(ctx, losses) / ctx.world_size, all_sum(ctx, hits), seconds, step
 
 
 def _append_steps(path: Path, epoch: int, first_step: int, losses: torch.Tensor) -> None:
