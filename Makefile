@@ -5,9 +5,20 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup setup-data demo test test-slow bench clean
 
-setup: $(BIN)/mdp
+setup: $(BIN)/mdp setup-data
+
+# builtin:fashion-mnist (the demo/test/bench data) is the Debian package dataset-fashion-mnist (MIT licence).
+setup-data:
+	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "make setup: builtin:fashion-mnist needs the Debian package dataset-fashion-mnist;" \
+		     "run 'sudo apt-get install dataset-fashion-mnist', or set MDP_FASHION_MNIST_DIR to a folder" \
+		     "holding the four Fashion-MNIST IDX .gz files (tests that need it are skipped meanwhile)" >&2; \
+	fi
 
 $(BIN)/mdp: pyproject.toml
 	$(PY) -m venv $(VENV)
