@@ -1,0 +1,70 @@
+"""`mdp solve`: read a problem, solve it under a budget, write the solution (click layer only)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from mdp_cli.errors import MdpError
+from mdp_cli.solve.problem import load_problem
+from mdp_cli.solve.solver import LATENCY_MODELS, solve_problem
+
+EXAMPLE = "example_problem.json"
+
+
+def example_problem_path() -> Path:
+    return Path(str(resources.files("mdp_cli") / "data" / EXAMPLE))
+
+
+@click.command("solve")
+@click.argument("problem", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--example", is_flag=True, help="Solve the bundled example problem (a small bottleneck ResNet).")
+@click.option("--budget", "-b", default="0.5", show_default=True,
+              help="Fraction of the dense latency (0.5), percentage (50%) or absolute latency (3.5ms, 800us).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the solution JSON here (atomically; nothing is written on error).")
+@click.option("--latency-model", type=click.Choice(LATENCY_MODELS), default="multidim", show_default=True,
+              help="multidim: the measured tables; linear: HALP-style per-dim costs (ablation).")
+@click.option("--no-blocks", is_flag=True, help="Never remove blocks: prune channels/dims only (ablation).")
+@click.option("--time-limit", type=float, help="Seconds; the best solution found and its gap are reported.")
+@click.option("--gap", "rel_gap", type=float, default=0.0, show_default=True,
+              help="Relative optimality gap at which to stop (0 proves the optimum).")
+@click.option("--threads", type=int, help="HiGHS threads.")
+@click.option("--verbose", "-v", is_flag=True, help="Show the HiGHS log.")
+@click.option("--show-dims", is_flag=True, help="List every dim's chosen size, not only the pruned ones.")
+def solve_command(problem, example, budget, output, latency_model, no_blocks, time_limit, rel_gap, threads,
+                  verbose, show_dims):
+    """Choose every dim's size and every block's fate to keep the most importance within the budget."""
+    if example == (problem is not None):
+        raise MdpError("give a PROBLEM file or --example (not both)")
+    path = example_problem_path() if example else problem
+    loaded = load_problem(path)
+    solution = solve_problem(loaded, budget, latency_model=latency_model, blocks=not no_blocks,
+                             time_limit=time_limit, rel_gap=rel_gap, threads=threads, verbose=verbose)
+    click.echo(f"problem     {path} ({loaded.name}, {len(loaded.dims)} dims, {len(loaded.terms)} latency terms, "
+               f"{len(loaded.blocks)} blocks)")
+    if solution.status == "nothing_to_prune":
+        click.echo(f"budget {solution.budget:.4g} {loaded.units} is at or above the dense latency "
+                   f"{solution.dense_latency:.4g} {loaded.units}: nothing to prune, the dense model is the solution")
+    click.echo(solution.summary())
+    _echo_dims(loaded, solution, show_dims)
+    if output:
+        solution.save(output, problem=str(path), budget_arg=str(budget))
+        click.echo(f"wrote       {output}")
+
+
+def _echo_dims(problem, solution, show_all: bool, limit: int = 40) -> None:
+    rows = [(d.name, d.size, solution.choice[d.name]) for d in problem.dims
+            if show_all or solution.choice[d.name] != d.size]
+    removed = {b for b, kept in solution.kept.items() if not kept}
+    if not rows:
+        return
+    width = max(len(r[0]) for r in rows)
+    click.echo(f"{'dim':<{width}}  {'full':>6}  {'kept':>6}")
+    for name, full, kept in rows[:limit]:
+        note = "  (in a removed block)" if any(name.startswith(b + ".") for b in removed) else ""
+        click.echo(f"{name:<{width}}  {full:>6}  {kept:>6}{note}")
+    if len(rows) > limit:
+        click.echo(f"... {len(rows) - limit} more (see the solution file)")
