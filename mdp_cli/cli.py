@@ -40,11 +40,7 @@ def _not_built(stage: str, issue: int):
 
 
 for _stage, _issue, _help in [
-    ("profile", 4, "Measure latency lookup tables (LUT CSV) for a model's pruning space."),
-    ("score", 4, "Compute importance scores (JSON) on images."),
-    ("export", 4, "Cut a physically smaller model from a solution."),
     ("finetune", 6, "Finetune a pruned model."),
-    ("run", 4, "Run the stages of a YAML pipeline config in order."),
 ]:
     main.command(_stage, help=_help + " (not built yet)",
                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(
@@ -54,3 +50,8 @@ for _stage, _issue, _help in [
 from mdp_cli.solve.cli import solve_command  # noqa: E402  (registered after the group exists)
 
 main.add_command(solve_command)
+
+from mdp_cli.commands.cnn_stages import COMMANDS as _CNN_COMMANDS  # noqa: E402
+
+for _command in _CNN_COMMANDS:
+    main.add_command(_command)

@@ -2,7 +2,8 @@
 
 Columns: op, signature (model-independent op identity: op kind + fixed context, see
 ``SpaceTerm.signature``), sizes ("cin=64;cout=128", the sizes of the term's dims by role; empty for a
-fixed part), device (hardware name), dtype, batch, threads, median_ms, spread_ms (inter-quartile range),
+fixed part), device (hardware name), dtype, batch, threads, clock (thread_cpu: the timing thread's CPU
+time, used on CPU with one thread; wall; cuda_event), median_ms, spread_ms (inter-quartile range),
 p10_ms (10th percentile), ref_ms (median of a fixed reference op timed in the same rounds: a load
 indicator, see latency/timing.py), repeats, warmup, created. Lookups read ``median_ms`` by default or
 ``p10_ms`` (``stat="p10"``: for an oversubscribed CPU, where medians of long calls include preemptions). A JSON sidecar (``<name>.json``, schema ``mdp.lut``) holds the provenance.
@@ -25,7 +26,7 @@ from mdp_cli.errors import MdpError, SchemaError
 
 SCHEMA = "mdp.lut"
 VERSION = 1
-COLUMNS = ["op", "signature", "sizes", "device", "dtype", "batch", "threads", "median_ms", "spread_ms",
+COLUMNS = ["op", "signature", "sizes", "device", "dtype", "batch", "threads", "clock", "median_ms", "spread_ms",
            "p10_ms", "ref_ms", "repeats", "warmup", "created"]
 
 
@@ -86,10 +87,14 @@ class Lut:
         return lut
 
     def check(self, device: str, dtype: str, batch: int, threads: int) -> None:
+        from mdp_cli.latency.timing import clock_for
+
         f = self.frame
         if not len(f):
             return
-        for column, want in (("device", device), ("dtype", dtype), ("batch", batch), ("threads", threads)):
+        clock = clock_for("cuda" if "cuda" in str(f["clock"].iloc[0]) else "cpu", threads)
+        for column, want in (("device", device), ("dtype", dtype), ("batch", batch), ("threads", threads),
+                             ("clock", clock)):
             found = sorted({str(v) for v in f[column]})
             if found != [str(want)]:
                 raise SchemaError(

@@ -17,7 +17,7 @@ from typing import Any
 
 from mdp_cli.latency.lut import Lut, grid_indices, lut_filename, sizes_key
 from mdp_cli.latency.ops import get_op
-from mdp_cli.latency.timing import canonical_dtype, check_device, device_name, threads as use_threads, time_round_robin, reference_item
+from mdp_cli.latency.timing import canonical_dtype, check_device, device_name, threads as use_threads, time_round_robin, reference_item, clock_for
 from mdp_cli.space.core import PruningSpace
 
 # Families register their ops on import.
@@ -70,6 +70,7 @@ def profile_space(
     hw = device_name(device)
     path = Path(lut_path) if lut_path else Path(lut_dir) / lut_filename(hw, dtype, batch, num_threads)
     lut = Lut.open(path, hw, dtype, batch, num_threads)
+    clock = clock_for(device, num_threads)
     todo = [c for c in configurations(space, grid) if (c[1], sizes_key(c[2], [c[4][r] for r in c[2]])) not in lut]
     total = len(configurations(space, grid))
     start = time.perf_counter()
@@ -92,7 +93,7 @@ def profile_space(
             ref_ms = timings.pop(0)[0]
             for (op, signature, roles, _context, sizes), (median, spread, p10) in zip(part, timings):
                 rows.append({"op": op, "signature": signature, "sizes": sizes_key(roles, [sizes[r] for r in roles]),
-                             "device": hw, "dtype": dtype, "batch": batch, "threads": num_threads,
+                             "device": hw, "dtype": dtype, "batch": batch, "threads": num_threads, "clock": clock,
                              "median_ms": median, "spread_ms": spread, "p10_ms": p10, "ref_ms": ref_ms, "repeats": repeats, "warmup": warmup,
                              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
             del built
