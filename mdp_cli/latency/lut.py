@@ -79,11 +79,15 @@ class Lut:
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
             raise SchemaError(f"{path}: LUT is missing columns {missing}")
+        for column in ("median_ms", "p10_ms"):
+            values = pd.to_numeric(frame[column], errors="coerce")
+            if len(frame) and (values.isna().any() or (values < 0).any() or not np.isfinite(values).all()):
+                row = int(np.argmax(~np.isfinite(values.to_numpy(dtype=float)) | (values.to_numpy(dtype=float) < 0)))
+                raise SchemaError(f"{path}: column {column} row {row + 2} holds a NaN, negative or non-numeric "
+                                  "latency; re-profile (mdp profile)")
+            frame[column] = values.astype(float)
         lut = cls(path, device, dtype, batch, threads, frame, stat=stat)
         lut.check(device, dtype, batch, threads)
-        values = pd.to_numeric(frame["median_ms"], errors="coerce")
-        if len(frame) and (values.isna().any() or (values < 0).any() or not np.isfinite(values).all()):
-            raise SchemaError(f"{path}: column median_ms holds a NaN, negative or non-numeric latency; re-profile")
         return lut
 
     def check(self, device: str, dtype: str, batch: int, threads: int) -> None:
