@@ -274,8 +274,12 @@ def _hash_inputs(section: Any, files: list[Path]) -> str:
 
 
 def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str], None] = print,
-                 force: bool = False, progress: bool = True, check_budget: bool = True) -> dict[str, Any]:
-    """Run profile -> score -> problem -> solve -> export into ``run_dir``, skipping unchanged stages."""
+                 force: bool = False, progress: bool = True, check_budget: bool = True,
+                 until: str = "export") -> dict[str, Any]:
+    """Run profile -> score -> problem -> solve -> export into ``run_dir``, skipping unchanged stages
+    (stopping after ``until``)."""
+    if until not in STAGES:
+        raise MdpError(f"unknown stage {until!r} (stages: {', '.join(STAGES)})")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.json"
@@ -324,6 +328,8 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
     step("score", lambda: _hash_inputs([model_key, cfg["score"]], []), [paths["importance"]], do_score)
     step("problem", lambda: _hash_inputs([model_key, cfg["profile"]["stat"]], [lut, paths["importance"]]),
          [paths["problem"]], do_problem)
+    if until == "problem":
+        return {"problem": str(paths["problem"])}
     result: dict[str, Any] = {}
 
     def do_solve():
@@ -372,3 +378,33 @@ def format_report(r: dict[str, Any]) -> str:
     if r.get("onnx"):
         lines.append(f"onnx       {r['onnx']['path']} (max |onnx - torch| = {r['onnx']['max_abs_diff']:.1e})")
     return "\n".join(lines)
+
+
+def ensure_problem(path: str | Path, echo: Callable[[str], None] = print, progress: bool = True) -> Path:
+    """What `mdp solve` reads when pointed at a run directory or a config instead of a problem file.
+
+    - a problem JSON: itself;
+    - a run directory: its problem.json, (re)built from its config.json when missing or out of date;
+    - a YAML config: the stages up to the problem (profile, score, problem) run into runs/<config name>/,
+      skipping unchanged ones, and that problem.json is returned.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        return path
+    if path.is_dir():
+        saved = path / "config.json"
+        if not saved.is_file():
+            if (path / "problem.json").is_file():
+                return path / "problem.json"
+            raise MdpError(f"{path}: not a run directory (no config.json or problem.json); run 'mdp run CONFIG' first")
+        cfg = read_json(saved, "mdp.config", 1)["config"]
+        run_dir = path
+    elif path.suffix in (".yaml", ".yml"):
+        cfg = load_config(path)
+        run_dir = Path(cfg.get("run_dir") or Path("runs") / path.stem)
+        write_json(run_dir / "config.json", {"schema": "mdp.config", "version": 1, "provenance": provenance(),
+                                             "config": cfg})
+    else:
+        raise MdpError(f"{path}: expected a problem JSON, a run directory or a YAML config")
+    run_pipeline(cfg, run_dir, echo=echo, progress=progress, check_budget=False, until="problem")
+    return run_dir / "problem.json"

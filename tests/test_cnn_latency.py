@@ -107,12 +107,15 @@ def test_grid_profiling_interpolates(tmp_path):
 
 
 def test_prediction_matches_measured_exported_latency(small_resnet):
-    """Sum of the LUT's terms vs the exported model's measured latency on this CPU (1 thread).
+    """Sum of the LUT's terms vs the exported model's measured latency on this CPU (1 thread, thread clock).
 
-    Tolerance: median |error| <= 15 %, worst <= 40 % over 6 random solutions. The machine is shared (other
-    jobs run at the same time); with the thread CPU clock, resnet18 at 32-64 px typically shows 1-5 %
-    median error; the worst case is a tiny configuration (< 2 ms) where fixed per-op overheads and cache
-    misses dominate. The slow bench (scripts/bench_latency_model.py) measures this at scale on resnet50.
+    Tolerances, and why: the machine is shared and other jobs run at the same time; the very same network
+    measured minutes apart moves by about +-6 % (cache and memory-bandwidth interference that the thread
+    CPU clock cannot remove). So (a) the dense prediction must be within 30 % of the measurement, and (b)
+    for 6 random solutions the predicted fraction of dense vs the measured fraction (pruned and dense
+    timed in turns, which cancels the load drift of the measuring side) must agree to a median of 12 %
+    and a worst case of 35 % (tiny configurations, < 2 ms, carry fixed per-op overheads). The bench
+    (scripts/bench_latency_model.py, resnet50 @ 64 px, 32 configurations) measured a median of 3.7 %.
     """
     model, analysis, summary = small_resnet
     problem = build_problem(analysis.space, _open(summary), None)
@@ -120,12 +123,16 @@ def test_prediction_matches_measured_exported_latency(small_resnet):
 
     rng = random.Random(11)
     x = torch.randn(1, 3, 32, 32)
+    dense_net, _ = prune_cnn(model, analysis, {}, {})
     errors = []
     with threads(1):
-        for k in range(6):
-            choice, kept = random_solution(analysis, rng, keep_prob=0.8) if k else ({}, {})
+        (dense_ms, _, _), = time_round_robin([(dense_net, x)], warmup=10, repeats=30)
+        assert abs(problem.dense_latency - dense_ms) / dense_ms <= 0.30, (problem.dense_latency, dense_ms)
+        for _ in range(6):
+            choice, kept = random_solution(analysis, rng, keep_prob=0.8)
             net, _ = prune_cnn(model, analysis, choice, kept)
-            (measured, _, _), = time_round_robin([(net, x)], warmup=10, repeats=30)
-            errors.append(abs(predicted_latency(problem, choice, kept) - measured) / measured)
-    assert statistics.median(errors) <= 0.15, errors
-    assert max(errors) <= 0.40, errors
+            (measured, _, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)], warmup=10, repeats=30)
+            predicted = predicted_latency(problem, choice, kept) / problem.dense_latency
+            errors.append(abs(predicted / (measured / dense_now) - 1))
+    assert statistics.median(errors) <= 0.12, errors
+    assert max(errors) <= 0.35, errors

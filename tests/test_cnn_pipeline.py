@@ -75,3 +75,40 @@ def test_config_errors_are_one_line(tmp_path):
     assert r.exit_code == 2 and "devise" in r.output and r.output.count("\n") == 1
     r = CliRunner().invoke(main, ["profile", "--model", "resnet18", "--device", "tpu"])
     assert r.exit_code == 2 and "unknown device" in r.output
+
+
+def test_ensure_problem_from_config_and_run_dir(tiny_config, tmp_path, monkeypatch):
+    from mdp_cli.pipeline import ensure_problem
+
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    path = ensure_problem(tiny_config, echo=lines.append, progress=False)
+    assert path.resolve() == (tmp_path / "runs" / "tiny" / "problem.json").resolve() and path.is_file()
+    assert ensure_problem(path.parent, echo=lines.append) == path
+    assert any("skipped" in line for line in lines)
+
+
+def test_score_reads_local_pretrained_weights(tiny_config, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from mdp_cli.importance.taylor import read_importance
+    from mdp_cli.models import create_model
+
+    model = create_model("resnet18")
+    torch.manual_seed(5)
+    with torch.no_grad():
+        model.bn1.weight.mul_(3.0)
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    runner = CliRunner()
+    out_a, out_b = tmp_path / "a.json", tmp_path / "b.json"
+    assert runner.invoke(main, ["score", "--config", str(tiny_config), "-o", str(out_a)]).exit_code == 0
+    r = runner.invoke(main, ["score", "--config", str(tiny_config), "--pretrained", str(weights), "-o", str(out_b)])
+    assert r.exit_code == 0, r.output
+    assert read_importance(out_b)["provenance"]["pretrained"] == str(weights)
+    assert read_importance(out_a)["dims"] != read_importance(out_b)["dims"]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = runner.invoke(main, ["score", "--config", str(tiny_config), "--pretrained", str(bad), "-o", str(out_b)])
+    assert r.exit_code == 2 and "bad.pt" in r.output
