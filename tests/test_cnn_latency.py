@@ -136,3 +136,31 @@ def test_prediction_matches_measured_exported_latency(small_resnet):
             errors.append(abs(predicted / (measured / dense_now) - 1))
     assert statistics.median(errors) <= 0.12, errors
     assert max(errors) <= 0.35, errors
+
+
+@pytest.mark.slow
+def test_resnet50_prediction_at_scale(tmp_path):
+    """resnet50 @ 48 px, 10 random solutions, relative-to-dense error (see the fast test for why)."""
+    import torch
+
+    model, analysis = discover_space("resnet50", 48, max_options=6, multiple=8)
+    summary = profile_space(analysis.space, lut_dir=tmp_path, warmup=10, repeats=30, progress=False)
+    problem = build_problem(analysis.space, _open(summary), None)
+    from mdp_cli.solve.linear import linearize
+    from mdp_cli.space.to_problem import choice_indices
+
+    linear = linearize(problem)
+    rng = random.Random(2)
+    x = torch.randn(1, 3, 48, 48)
+    dense_net, _ = prune_cnn(model, analysis, {}, {})
+    errors, linear_errors = [], []
+    with threads(1):
+        for _ in range(10):
+            choice, kept = random_solution(analysis, rng, keep_prob=0.7)
+            net, _ = prune_cnn(model, analysis, choice, kept)
+            (measured, _, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)], warmup=10, repeats=30)
+            idx = choice_indices(problem, choice)
+            errors.append(abs(problem.latency(idx, kept) / problem.dense_latency / (measured / dense_now) - 1))
+            linear_errors.append(abs(linear.latency(idx, kept) / problem.dense_latency / (measured / dense_now) - 1))
+    assert statistics.median(errors) <= 0.10, errors
+    assert statistics.median(linear_errors) > statistics.median(errors), (errors, linear_errors)
