@@ -32,6 +32,19 @@ def load_op_modules() -> None:
             pass
 
 
+ORDER = "shuffle"  # how configurations are grouped into round-robin rounds: shuffle | footprint
+
+
+def _footprint(context: dict, sizes: dict) -> float:
+    """Rough bytes an op touches (weights + input), to time ops among others of similar size."""
+    merged = {**{k: v for k, v in context.items() if isinstance(v, int)}, **sizes}
+    cin = merged.get("cin", merged.get("c", 1))
+    cout = merged.get("cout", merged.get("c", 1))
+    k = context.get("k", [1, 1])
+    hw = context.get("hw", [1, 1])
+    return cin * cout * k[0] * k[1] + cin * hw[0] * hw[1]
+
+
 def configurations(space: PruningSpace, grid: int = 1) -> list[tuple[str, str, tuple[str, ...], dict, dict]]:
     """Unique (op, signature, roles, context, sizes-by-role) to measure for the space."""
     seen: dict[tuple[str, str], tuple] = {}
@@ -84,7 +97,9 @@ def profile_space(
     torch.manual_seed(0)
     import random
 
-    random.Random(0).shuffle(todo)  # neighbours in a round differ in size, as in a network
+    random.Random(0).shuffle(todo)
+    if ORDER == "footprint":
+        todo.sort(key=lambda c: _footprint(c[3], c[4]))
     with use_threads(num_threads if device == "cpu" else None):
         for start_k in range(0, len(todo), chunk):
             part = todo[start_k:start_k + chunk]
