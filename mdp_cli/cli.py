@@ -32,32 +32,9 @@ def main() -> None:
     """
 
 
-def _not_built(stage: str, issue: int):
-    def command(**_kwargs):
-        raise MdpError(f"'mdp {stage}' is not built yet (tracked in issue {issue})")
-
-    return command
-
-
-for _stage, _issue, _help in [
-    ("profile", 4, "Measure latency lookup tables (LUT CSV) for a model's pruning space."),
-    ("score", 4, "Compute importance scores (JSON) on images."),
-    ("export", 4, "Cut a physically smaller model from a solution."),
-    ("run", 4, "Run the stages of a YAML pipeline config in order."),
-]:
-    main.command(_stage, help=_help + " (not built yet)",
-                 context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(
-        _not_built(_stage, _issue)
-    )
-
+from mdp_cli.commands.cnn_stages import COMMANDS as _STAGE_COMMANDS  # noqa: E402
+from mdp_cli.solve.cli import solve_command  # noqa: E402  (registered after the group exists)
 from mdp_cli.train.cli import eval_command, finetune_command  # noqa: E402
 
-main.add_command(finetune_command)
-main.add_command(eval_command)
-
-try:  # the solver lands from its own branch; the lead drops this guard at merge
-    from mdp_cli.solve.cli import solve_command  # noqa: E402  (registered after the group exists)
-except ImportError:
-    pass
-else:
-    main.add_command(solve_command)
+for _command in (*_STAGE_COMMANDS, solve_command, finetune_command, eval_command):
+    main.add_command(_command)

@@ -19,7 +19,7 @@ def example_problem_path() -> Path:
 
 
 @click.command("solve")
-@click.argument("problem", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("problem", required=False, type=click.Path(path_type=Path))
 @click.option("--example", is_flag=True, help="Solve the bundled example problem (a small bottleneck ResNet).")
 @click.option("--budget", "-b", default="0.5", show_default=True,
               help="Fraction of the dense latency (0.5), percentage (50%) or absolute latency (3.5ms, 800us).")
@@ -40,10 +40,18 @@ def example_problem_path() -> Path:
 @click.option("--show-dims", is_flag=True, help="List every dim's chosen size, not only the pruned ones.")
 def solve_command(problem, example, budget, output, latency_model, no_blocks, time_limit, rel_gap, formulation,
                   knapsack, threads, verbose, show_dims):
-    """Choose every dim's size and every block's fate to keep the most importance within the budget."""
+    """Choose every dim's size and every block's fate to keep the most importance within the budget.
+
+    PROBLEM is a problem JSON, a run directory (its problem.json is rebuilt if out of date) or a YAML
+    pipeline config (profile, score and problem stages run first, skipping unchanged ones)."""
     if example == (problem is not None):
         raise MdpError("give a PROBLEM file or --example (not both)")
     path = example_problem_path() if example else problem
+    if not example and (path.is_dir() or path.suffix in (".yaml", ".yml")):
+        # A run directory or a pipeline config: build (or reuse) its problem from space + LUT + importance.
+        from mdp_cli.pipeline import ensure_problem
+
+        path = ensure_problem(path, echo=click.echo)
     loaded = load_problem(path)
     solution = solve_problem(loaded, budget, latency_model=latency_model, blocks=not no_blocks,
                              time_limit=time_limit, rel_gap=rel_gap, threads=threads, verbose=verbose,

@@ -41,6 +41,8 @@ class SpaceDim:
     slices: list[Slice] = dataclasses.field(default_factory=list)
     block: str | None = None
     kind: str = "channels"  # channels | heads | qk | v | embed | mlp
+    align: int = 1  # elements pruned together (channels per group of a grouped conv); options are multiples
+    coupled: list[str] = dataclasses.field(default_factory=list)  # the layers whose outputs share this dim
 
     def chunk_count(self) -> int:
         return len(self.options)
@@ -81,3 +83,54 @@ class PruningSpace:
             if dim.name == name:
                 return dim
         raise KeyError(name)
+
+    # -- serialisation and display --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "family": self.family,
+            "input_shape": list(self.input_shape),
+            "dims": [dataclasses.asdict(d) for d in self.dims],
+            "terms": [dataclasses.asdict(t) for t in self.terms],
+            "blocks": [dataclasses.asdict(b) for b in self.blocks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruningSpace":
+        dims = []
+        for d in data["dims"]:
+            d = dict(d)
+            d["options"] = tuple(d["options"])
+            d["slices"] = [Slice(**s) for s in d.get("slices", [])]
+            dims.append(SpaceDim(**d))
+        terms = []
+        for t in data["terms"]:
+            t = dict(t)
+            t["dims"], t["roles"] = tuple(t["dims"]), tuple(t["roles"])
+            terms.append(SpaceTerm(**t))
+        return cls(data["model"], data["family"], tuple(data["input_shape"]), dims, terms,
+                   [SpaceBlock(**b) for b in data["blocks"]])
+
+    def describe(self) -> str:
+        """Human-readable summary: dims (size, step, options, coupled layers), blocks, term counts."""
+        lines = [f"model {self.model_name} ({self.family}), input {list(self.input_shape)}",
+                 f"{len(self.dims)} prunable dims:"]
+        for d in self.dims:
+            opts = list(d.options)
+            shown = opts if len(opts) <= 8 else opts[:3] + ["..."] + opts[-2:]
+            extra = f" align={d.align}" if d.align > 1 else ""
+            blk = f" block={d.block}" if d.block else ""
+            coupled = f" coupled={d.coupled}" if len(d.coupled) > 1 else ""
+            lines.append(f"  {d.name}: size={d.size} step={d.step} options({len(opts)})={shown}{extra}{blk}{coupled}")
+        removable = [b for b in self.blocks if b.removable]
+        fixed = [b for b in self.blocks if not b.removable]
+        lines.append(f"{len(removable)} removable blocks: {', '.join(b.name for b in removable)}")
+        lines.append(f"{len(fixed)} fixed parts:")
+        for b in fixed:
+            lines.append(f"  {b.name}: {', '.join(b.modules)}")
+        counts: dict[str, int] = {}
+        for t in self.terms:
+            counts[t.op] = counts.get(t.op, 0) + 1
+        lines.append(f"{len(self.terms)} latency terms: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        lines.append(f"{len({t.signature() for t in self.terms})} distinct op signatures (LUT keys)")
+        return "\n".join(lines)

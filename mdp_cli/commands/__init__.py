@@ -1,0 +1,1 @@
+"""Click commands of the stages (thin layers over the library)."""

@@ -1,0 +1,173 @@
+"""Click commands for space, profile, score, problem, export and run (thin: each calls mdp_cli.pipeline).
+
+Every command takes ``--config FILE`` (YAML, see configs/) and flags that override its keys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from mdp_cli import pipeline
+
+
+def _model_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--config", "-c", "config", type=click.Path(dir_okay=False, path_type=Path),
+                     help="YAML config (configs/*.yaml); flags override its keys."),
+        click.option("--model", "-m", help="Model name (torchvision/timm), e.g. resnet50."),
+        click.option("--resolution", "-r", type=int, help="Input resolution (square)."),
+        click.option("--pretrained", type=click.Path(dir_okay=False), help="Local weights (safetensors or torch weights-only)."),
+        click.option("--step", type=int, help="Channels per option step (default: size / max-options)."),
+        click.option("--max-options", type=int, help="Options per dim when --step is not given."),
+        click.option("--multiple", type=int, help="Restrict widths to multiples of this (hardware-friendly, e.g. 8)."),
+        click.option("--prune-stem/--keep-stem", default=None, help="Let the stem's output width be pruned (default: keep)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _profile_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--device", help="cpu or cuda[:N]."),
+        click.option("--dtype", help="float32 | float16 | bfloat16."),
+        click.option("--batch", type=int, help="Batch size the latency is measured at."),
+        click.option("--threads", type=int, help="CPU intra-op threads (default 1)."),
+        click.option("--lut-dir", type=click.Path(file_okay=False), help="Directory of LUT CSVs (default luts/)."),
+        click.option("--stat", type=click.Choice(["median", "p10"]), help="Latency statistic read from the LUT."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _config(config: Path | None, kw: dict[str, Any]) -> dict[str, Any]:
+    top = {k: kw.pop(k) for k in ("model", "resolution", "pretrained") if k in kw}
+    space = {k: kw.pop(k) for k in ("step", "max_options", "multiple", "prune_stem") if k in kw}
+    profile = {k: kw.pop(k) for k in ("device", "dtype", "batch", "threads", "lut_dir", "stat", "warmup", "repeats", "grid")
+               if k in kw}
+    over: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
+    over["space"] = {k: v for k, v in space.items() if v is not None}
+    over["profile"] = {k: v for k, v in profile.items() if v is not None}
+    for section, keys in (("score", ("data", "batches", "batch_size", "seed")), ("solve", ("budget",)),
+                          ("export", ("tolerance", "onnx", "measure"))):
+        over[section] = {k: kw.pop(k) for k in keys if kw.get(k) is not None}
+    return pipeline.load_config(config, over)
+
+
+@click.command("space")
+@_model_options
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the space as JSON.")
+def space_command(config, json_out, **kw):
+    """Discover and print a model's pruning space: dims, sizes, steps, couplings, blocks."""
+    cfg = _config(config, kw)
+    _, analysis = pipeline.discover(cfg)
+    click.echo(analysis.space.describe())
+    if json_out:
+        from mdp_cli.artifacts import provenance, write_json
+
+        write_json(json_out, {"schema": "mdp.space", "version": 1, "provenance": provenance(model=cfg["model"]),
+                              **analysis.space.to_dict()})
+        click.echo(f"wrote {json_out}")
+
+
+@click.command("profile")
+@_model_options
+@_profile_options
+@click.option("--warmup", type=int, help="Warm-up calls per configuration (default 10).")
+@click.option("--repeats", type=int, help="Timed calls per configuration (default 30; median reported).")
+@click.option("--grid", type=int, help="Measure every N-th option only; the problem builder interpolates between.")
+@click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="Write to this LUT CSV instead of lut-dir/<device>.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def profile_command(config, lut_path, quiet, **kw):
+    """Measure every latency term over its dims' options into a LUT CSV (reusing rows already measured)."""
+    cfg = _config(config, kw)
+    summary = pipeline.stage_profile(cfg, progress=not quiet, lut_path=lut_path)
+    click.echo(f"LUT {summary['lut']}: {summary['measured']} configurations measured, {summary['reused']} reused, "
+               f"{summary['seconds']:.1f} s on {summary['device']} ({summary['dtype']}, batch {summary['batch']}, "
+               f"{summary['threads']} thread(s))")
+
+
+@click.command("score")
+@_model_options
+@click.option("--data", help="ImageFolder directory (one sub-folder per class), or 'synthetic' (random images, smoke tests only).")
+@click.option("--batches", type=int, help="Number of batches to accumulate scores over.")
+@click.option("--batch-size", type=int, help="Images per batch.")
+@click.option("--seed", type=int)
+@click.option("--device", help="Device for the forward/backward passes.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("importance.json"),
+              show_default=True)
+def score_command(config, output, **kw):
+    """First-order Taylor importance (BN parameters, coupled layers summed) into an importance JSON."""
+    cfg = _config(config, kw)
+    summary = pipeline.stage_score(cfg, output)
+    note = " (synthetic data: scores are meaningless)" if cfg["score"]["data"] == "synthetic" else ""
+    click.echo(f"wrote {output}: {summary['batches']} batches in {summary['seconds']:.1f} s{note}")
+
+
+@click.command("problem")
+@_model_options
+@_profile_options
+@click.option("--importance", type=click.Path(dir_okay=False, path_type=Path),
+              help="Importance JSON from 'mdp score' (omit for a latency-only problem).")
+@click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="LUT CSV (default: lut-dir/<this device>).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("problem.json"),
+              show_default=True)
+def problem_command(config, importance, lut_path, output, **kw):
+    """Build the solver's problem file from space + LUT + importance."""
+    cfg = _config(config, kw)
+    problem = pipeline.stage_problem(cfg, importance, output, lut_path=lut_path)
+    click.echo(f"wrote {output}: {len(problem.dims)} dims, {len(problem.terms)} terms, {len(problem.blocks)} blocks, "
+               f"dense latency {problem.dense_latency:.3f} ms")
+
+
+@click.command("export")
+@_model_options
+@_profile_options
+@click.option("--solution", "-s", type=click.Path(dir_okay=False, path_type=Path),
+              help="Solution JSON from 'mdp solve' (omit: export the dense model in the same format).")
+@click.option("--importance", type=click.Path(dir_okay=False, path_type=Path), help="Importance JSON (channel order).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"), show_default=True)
+@click.option("--onnx/--no-onnx", default=None, help="Also write model.onnx and check it against PyTorch.")
+@click.option("--tolerance", type=float, help="Allowed overshoot of the budget by the measured latency (0.2 = 20%).")
+@click.option("--measure/--no-measure", default=None, help="Measure the exported model's latency (default on).")
+def export_command(config, solution, importance, output, **kw):
+    """Cut the physically smaller model; report params, FLOPs, measured vs predicted latency; gate on budget."""
+    cfg = _config(config, kw)
+    report = pipeline.stage_export(cfg, solution, output, importance, check_budget=False)
+    click.echo(pipeline.format_report(report))
+    click.echo(f"wrote {output}/arch.json, model.safetensors, report.json")
+    if report.get("within_tolerance") is False:
+        from mdp_cli.errors import MdpError
+
+        raise MdpError(f"measured latency {report['measured_ms']:.3f} ms misses the budget {report['budget_ms']:.3f} ms "
+                       f"by more than the tolerance {report['tolerance']:.0%}")
+
+
+@click.command("run")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (default runs/<config name>).")
+@click.option("--force", is_flag=True, help="Re-run every stage even if its inputs did not change.")
+@click.option("--budget", help="Override solve.budget (0.5, 50%, 12ms).")
+@click.option("--model", "-m")
+@click.option("--resolution", "-r", type=int)
+@click.option("--data")
+@click.option("--device")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--no-gate", is_flag=True, help="Exit 0 even when the measured latency misses the budget.")
+def run_command(config, run_dir, force, quiet, no_gate, **kw):
+    """Run profile -> score -> problem -> solve -> export from CONFIG, skipping unchanged stages."""
+    cfg = _config(config, kw)
+    run_dir = run_dir or Path("runs") / config.stem
+    from mdp_cli.artifacts import write_json
+
+    write_json(run_dir / "config.json", {"schema": "mdp.config", "version": 1, "provenance": {}, "config": cfg})
+    pipeline.run_pipeline(cfg, run_dir, echo=click.echo, force=force, progress=not quiet, check_budget=not no_gate)
+
+
+COMMANDS = [space_command, profile_command, score_command, problem_command, export_command, run_command]

@@ -1,0 +1,178 @@
+"""First-order Taylor importance of CNN channels from BN parameters, written as ``mdp.importance`` v1.
+
+Per channel c of a BN layer: |γ_c·∂L/∂γ_c + β_c·∂L/∂β_c|, accumulated over batches (absolute value per
+batch, then summed), and summed over every BN whose channels belong to the same (coupled) dim. A dim
+without any BN falls back to the weight Taylor score of its producing convs/linears (|Σ w·∂L/∂w| per
+output channel).
+
+Chunking: element scores are summed into units of ``align`` channels (1, or the group size of a grouped
+conv), units are sorted by score, and ``cumulative[k]`` is the sum of the top units that make up option k.
+For a dim shared by several residual blocks the per-block parts are kept apart (``gated``): the part from
+a block's own BN vanishes when the solver removes that block.
+
+JSON: ``{"schema": "mdp.importance", "version": 1, "model", "provenance", "dims": {name: {"scores",
+"step", "options", "align", "order", "cumulative", "base", "block", "gated": {block: cumulative}}}}``.
+NaN or negative scores are refused on write and on read, with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mdp_cli.artifacts import is_finite_number, provenance, read_json, write_json
+from mdp_cli.errors import MdpError, SchemaError
+from mdp_cli.space.cnn import CnnAnalysis
+
+SCHEMA = "mdp.importance"
+VERSION = 1
+
+
+def bn_taylor_scores(model: nn.Module, analysis: CnnAnalysis, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     device: str = "cpu") -> tuple[dict[str, np.ndarray], int]:
+    """Per-node scores: BN nodes (and producer convs/linears as a fallback), summed over batches."""
+    model = model.to(device).eval()  # eval: running statistics are used and left untouched
+    modules = dict(model.named_modules())
+    bn_nodes = [n for n in analysis.graph.nodes if n.op == "bn" and n.module]
+    weight_nodes = [n for n in analysis.graph.nodes if n.op in ("conv", "linear") and n.module]
+    acc: dict[str, torch.Tensor] = {}
+    count = 0
+    loss_fn = nn.CrossEntropyLoss()
+    for images, labels in batches:
+        model.zero_grad(set_to_none=True)
+        out = model(images.to(device))
+        loss = loss_fn(out, labels.to(device) % out.shape[1])
+        loss.backward()
+        for n in bn_nodes:
+            bn = modules[n.module]
+            if bn.weight is None or bn.weight.grad is None:
+                continue
+            s = (bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).abs().detach().cpu().double()
+            acc[n.name] = acc.get(n.name, 0) + s
+        for n in weight_nodes:
+            w = modules[n.module].weight
+            if w.grad is None:
+                continue
+            s = (w * w.grad).detach().cpu().double().flatten(1).sum(1).abs()
+            acc["w:" + n.name] = acc.get("w:" + n.name, 0) + s
+        count += 1
+    if count == 0:
+        raise MdpError("no batches to score on (empty data set?)")
+    model.zero_grad(set_to_none=True)
+    return {k: v.numpy() for k, v in acc.items()}, count
+
+
+def importance_record(analysis: CnnAnalysis, node_scores: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Aggregate node scores into per-dim element scores, order, cumulative and per-block parts."""
+    dims: dict[str, dict[str, Any]] = {}
+    for dim in analysis.space.dims:
+        parts: dict[str | None, np.ndarray] = {}
+        bns = analysis.bn_nodes_of(dim.name)
+        sources = [(n.name, n.name) for n in bns]
+        if not bns:  # fallback: weight Taylor of the producers
+            sources = [("w:" + n.name, n.name) for n in analysis.graph.nodes
+                       if n.op in ("conv", "linear") and analysis.dim_out(n) == dim.name
+                       and "w:" + n.name in node_scores and len(node_scores["w:" + n.name]) == dim.size]
+        for key, node_name in sources:
+            if key not in node_scores:
+                continue
+            blk = analysis.node_block.get(node_name)
+            part = None if blk is None or blk == dim.block else blk
+            parts[part] = parts.get(part, 0) + node_scores[key]
+        total = sum(parts.values()) if parts else np.zeros(dim.size)
+        align = dim.align
+        units = np.asarray(total, dtype=float).reshape(-1, align).sum(1)
+        unit_order = np.argsort(-units, kind="stable")
+        order = [int(u * align + j) for u in unit_order for j in range(align)]
+
+        def cumulative(values: np.ndarray) -> list[float]:
+            per_unit = np.asarray(values, dtype=float).reshape(-1, align).sum(1)[unit_order]
+            csum = np.concatenate([[0.0], np.cumsum(per_unit)])
+            out = [float(csum[opt // align]) for opt in dim.options]
+            return list(np.maximum.accumulate(out))  # guard float noise: cumulative is non-decreasing
+
+        base = parts.get(None, np.zeros(dim.size))
+        dims[dim.name] = {
+            "scores": [float(v) for v in total],
+            "step": dim.step,
+            "options": list(dim.options),
+            "align": align,
+            "order": order,
+            "cumulative": cumulative(total),
+            "base": cumulative(base),
+            "block": dim.block,
+            "gated": {blk: cumulative(v) for blk, v in parts.items() if blk is not None},
+        }
+    return dims
+
+
+def write_importance(path: str | Path, model_name: str, dims: dict[str, dict[str, Any]], **provenance_fields: Any) -> None:
+    _check_dims(dims, str(path))
+    write_json(path, {"schema": SCHEMA, "version": VERSION, "model": model_name,
+                      "provenance": provenance(model=model_name, **provenance_fields), "dims": dims})
+
+
+def read_importance(path: str | Path) -> dict[str, Any]:
+    data = read_json(path, SCHEMA, VERSION)
+    if not isinstance(data.get("dims"), dict):
+        raise SchemaError(f"{path}: field 'dims' must be an object of dim name -> scores")
+    _check_dims(data["dims"], str(path))
+    return data
+
+
+def _check_dims(dims: dict[str, Any], source: str) -> None:
+    for name, rec in dims.items():
+        for field in ("scores", "cumulative"):
+            values = rec.get(field)
+            if not isinstance(values, list):
+                raise SchemaError(f"{source}: dims.{name}.{field} must be a list of numbers")
+            for k, v in enumerate(values):
+                if not is_finite_number(v) or (isinstance(v, float) and math.isnan(v)):
+                    raise SchemaError(f"{source}: dims.{name}.{field}[{k}] is {v!r}; scores must be finite "
+                                      "(NaN usually means the loss diverged; re-run 'mdp score')")
+                if v < 0:
+                    raise SchemaError(f"{source}: dims.{name}.{field}[{k}] is negative ({v})")
+        cum = rec["cumulative"]
+        if len(cum) != len(rec.get("options", cum)):
+            raise SchemaError(f"{source}: dims.{name}.cumulative needs one value per option")
+        if any(b < a - 1e-12 * max(1.0, abs(a)) for a, b in zip(cum, cum[1:])):
+            raise SchemaError(f"{source}: dims.{name}.cumulative decreases; it must be non-decreasing")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data for scoring: one small function so the shared data pipeline can replace it.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def scoring_batches(data: str, resolution: int, batch_size: int, batches: int, seed: int = 0,
+                    num_classes: int = 1000):
+    """Yield ``batches`` (images, labels) batches from an ImageFolder directory, or from ``synthetic``
+    (random-noise images with random labels: only for smoke tests and demos, the scores mean nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    if data == "synthetic":
+        for _ in range(batches):
+            yield (torch.randn(batch_size, 3, resolution, resolution, generator=g),
+                   torch.randint(0, num_classes, (batch_size,), generator=g))
+        return
+    from torchvision import datasets, transforms
+
+    root = Path(data)
+    if not root.is_dir():
+        raise MdpError(f"--data {data}: not a directory (expected an ImageFolder: one sub-folder per class) "
+                       "or 'synthetic'")
+    tf = transforms.Compose([transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    try:
+        dataset = datasets.ImageFolder(str(root), transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise MdpError(f"--data {data}: {str(exc).splitlines()[0]}") from None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, num_workers=0)
+    for k, batch in enumerate(loader):
+        if k >= batches:
+            break
+        yield batch

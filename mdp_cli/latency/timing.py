@@ -1,0 +1,212 @@
+"""Timing a callable the same way everywhere (profiling, export report, tests, bench).
+
+CPU: a fixed number of intra-op threads (default 1; more threads on a shared machine spin-wait and
+explode the variance), ``perf_counter`` around each call. CUDA: CUDA events around each call and a
+synchronisation before reading them. Always warm-up calls first, then the median of ``repeats`` samples
+and the inter-quartile range as the spread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from mdp_cli.errors import MdpError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise MdpError(f"unknown dtype {name!r} (use one of {sorted(DTYPES)})") from None
+
+
+def canonical_dtype(name: str) -> str:
+    return str(torch_dtype(name)).removeprefix("torch.")
+
+
+def check_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MdpError(f"device {device!r} requested but CUDA is not available on this machine")
+        return device
+    raise MdpError(f"unknown device {device!r} (use cpu or cuda[:N])")
+
+
+def device_name(device: str) -> str:
+    """A stable, human-readable name of the hardware (what a LUT belongs to)."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return name or platform.processor() or platform.machine() or "cpu"
+
+
+CLOCK = "auto"  # auto | wall | thread
+
+
+def cpu_clock() -> Callable[[], float]:
+    """The clock for CPU timing: with one intra-op thread the op runs in the calling thread, so that
+    thread's CPU time (``time.thread_time``) is its latency minus the time the OS gave the core to other
+    processes; on a shared, oversubscribed machine wall-clock medians of long calls (a whole network)
+    include preemptions that short calls (one op) escape, which biased sum-of-parts predictions by 2x
+    here. With more threads the work runs in pool threads and only the wall clock is meaningful."""
+    if CLOCK == "thread" or (CLOCK == "auto" and torch.get_num_threads() == 1):
+        return time.thread_time
+    return time.perf_counter
+
+
+def clock_for(device: str, num_threads: int) -> str:
+    """Name of the clock used for a device and thread count (recorded in, and checked against, LUTs)."""
+    if device.startswith("cuda"):
+        return "cuda_event"
+    if CLOCK == "thread" or (CLOCK == "auto" and num_threads == 1):
+        return "thread_cpu"
+    return "wall"
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def time_callable(fn: Callable[[], Any], device: str = "cpu", warmup: int = 10, repeats: int = 30) -> tuple[float, float, list[float]]:
+    """Median and IQR (ms) of ``repeats`` calls after ``warmup`` calls, plus the samples."""
+    samples: list[float] = []
+    with torch.inference_mode():
+        if device.startswith("cuda"):
+            for _ in range(warmup):
+                fn()
+            torch.cuda.synchronize(device)
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(device)
+                samples.append(start.elapsed_time(end))
+        else:
+            clock = cpu_clock()
+            for _ in range(warmup):
+                fn()
+            for _ in range(repeats):
+                t0 = clock()
+                fn()
+                samples.append((clock() - t0) * 1e3)
+    return statistics.median(samples), _iqr(samples), samples
+
+
+def _p10(samples: list[float]) -> float:
+    """10th percentile: on an oversubscribed CPU the median of a long call includes preemptions that
+    short calls escape; the low percentile of both is what the hardware does when it gets the core."""
+    ordered = sorted(samples)
+    return ordered[max(0, int(round(0.1 * len(ordered))) - 1)]
+
+
+def _iqr(samples: list[float]) -> float:
+    if len(samples) < 4:
+        return max(samples) - min(samples)
+    q = statistics.quantiles(samples, n=4)
+    return q[2] - q[0]
+
+
+def time_module(module: torch.nn.Module, example: Any, device: str = "cpu", dtype: str = "float32",
+                warmup: int = 10, repeats: int = 30) -> tuple[float, float]:
+    """Median and IQR latency (ms) of ``module(example)`` on ``device`` in ``dtype``."""
+    td = torch_dtype(dtype)
+    module = module.to(device=device, dtype=td).eval()
+    if isinstance(example, (tuple, list)):
+        example = tuple(t.to(device=device, dtype=td) for t in example)
+        fn = lambda: module(example)  # noqa: E731  (ops taking a pair, e.g. add)
+    else:
+        example = example.to(device=device, dtype=td)
+        fn = lambda: module(example)  # noqa: E731
+    median, spread, _ = time_callable(fn, device, warmup, repeats)
+    return median, spread
+
+
+def time_round_robin(items: list[tuple[Any, Any]], device: str = "cpu", dtype: str = "float32",
+                     warmup: int = 10, repeats: int = 30) -> list[tuple[float, float, float]]:
+    """Median, IQR and 10th percentile (ms) of each (module, input) when the modules take turns, one call each per round.
+
+    Timing one small op many times in a row keeps its weights and input hot in cache and underestimates
+    what it costs inside a network, where other ops run in between (measured here: sum of back-to-back
+    medians 35 % below the network, round-robin within a few %). Round-robin reproduces that context.
+    """
+    td = torch_dtype(dtype)
+    fns = []
+    for module, example in items:
+        module = module.to(device=device, dtype=td).eval()
+        if isinstance(example, (tuple, list)):
+            example = tuple(t.to(device=device, dtype=td) for t in example)
+        else:
+            example = example.to(device=device, dtype=td)
+        fns.append((module, example))
+    samples: list[list[float]] = [[] for _ in fns]
+    cuda = device.startswith("cuda")
+    clock = cpu_clock()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for module, example in fns:
+                module(example)
+        if cuda:
+            torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            for k, (module, example) in enumerate(fns):
+                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    module(example)
+                    end.record()
+                    torch.cuda.synchronize(device)
+                    samples[k].append(start.elapsed_time(end))
+                else:
+                    t0 = clock()
+                    module(example)
+                    samples[k].append((clock() - t0) * 1e3)
+    return [(statistics.median(s), _iqr(s), _p10(s)) for s in samples]
+
+
+def reference_item(batch: int = 1) -> tuple[Any, Any]:
+    """A fixed small workload timed beside everything else (conv3x3 32->32 + BN + ReLU at 16x16).
+
+    On a shared machine the speed of the CPU seen by one process drifts with the other processes' load.
+    The LUT records it per profiling round (``ref_ms``) as a load indicator: a LUT whose ref_ms varies
+    a lot was measured on a busy machine. (Dividing by it does not cancel load: the reference itself
+    runs slower beside a whole network than beside small ops, from cache effects.)"""
+    from torch import nn
+
+    torch.manual_seed(1234)
+    module = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()).eval()
+    return module, torch.randn(batch, 32, 16, 16)
+
+
+def time_against_reference(module: torch.nn.Module, example: Any, device: str = "cpu", dtype: str = "float32",
+                           warmup: int = 10, repeats: int = 30) -> dict[str, float]:
+    """Time ``module`` and the reference in turns: raw median, spread and the reference's median (ms)."""
+    (ref_ms, _, _), (median, spread, p10) = time_round_robin([reference_item(), (module, example)], device, dtype,
+                                                     warmup, repeats)
+    return {"median_ms": median, "spread_ms": spread, "p10_ms": p10, "ref_ms": ref_ms}
+

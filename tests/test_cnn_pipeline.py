@@ -1,0 +1,114 @@
+"""`mdp run` and the stage commands end to end on a tiny config, with content-hash skipping."""
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mdp_cli.cli import main
+
+TINY = {
+    "model": "resnet18", "resolution": 32,
+    "space": {"max_options": 2, "multiple": 8},
+    "profile": {"warmup": 2, "repeats": 5},
+    "score": {"data": "synthetic", "batches": 1, "batch_size": 2},
+    "solve": {"budget": 0.6},
+    "export": {"tolerance": 10.0, "repeats": 5},
+}
+
+
+@pytest.fixture()
+def tiny_config(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["profile"]["lut_dir"] = str(tmp_path / "luts")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_run_then_skip_then_rerun_changed_stage(tiny_config, tmp_path):
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    first = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q"])
+    assert first.exit_code == 0, first.output
+    for name in ("space.json", "importance.json", "problem.json", "solution.json", "exported/arch.json",
+                 "exported/model.safetensors", "exported/report.json", "state.json"):
+        assert (run_dir / name).is_file(), name
+    assert "predicted" in first.output and "measured" in first.output
+    second = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q"])
+    assert second.exit_code == 0, second.output
+    assert second.output.count("skipped") == 5, second.output
+    third = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q", "--budget", "0.8"])
+    assert third.exit_code == 0, third.output
+    assert "[profile] unchanged" in third.output and "[problem] unchanged" in third.output
+    assert "[solve] done" in third.output and "[export] done" in third.output
+
+
+def test_stage_commands_and_budget_gate(tiny_config, tmp_path):
+    runner = CliRunner()
+    c = ["--config", str(tiny_config)]
+    r = runner.invoke(main, ["space", *c])
+    assert r.exit_code == 0 and "layer2.res" in r.output and "removable blocks" in r.output
+    r = runner.invoke(main, ["profile", *c, "-q"])
+    assert r.exit_code == 0, r.output
+    imp, prob, sol = tmp_path / "imp.json", tmp_path / "prob.json", tmp_path / "sol.json"
+    assert runner.invoke(main, ["score", *c, "-o", str(imp)]).exit_code == 0
+    r = runner.invoke(main, ["problem", *c, "--importance", str(imp), "-o", str(prob)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["solve", str(prob), "--budget", "0.5", "-o", str(sol)])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "exp"
+    r = runner.invoke(main, ["export", *c, "--solution", str(sol), "--importance", str(imp), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "params" in r.output and "FLOPs" in r.output and "predicted" in r.output
+    # a tolerance no real measurement meets: the gate fails with exit code 2 and one line
+    r = runner.invoke(main, ["export", *c, "--solution", str(sol), "--importance", str(imp), "-o", str(out),
+                             "--tolerance", "-0.99"])
+    assert r.exit_code == 2 and "misses the budget" in r.output
+
+
+def test_config_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: resnet18\nprofile: {devise: cpu}\n")
+    r = CliRunner().invoke(main, ["space", "--config", str(bad)])
+    assert r.exit_code == 2 and "devise" in r.output and r.output.count("\n") == 1
+    r = CliRunner().invoke(main, ["profile", "--model", "resnet18", "--device", "tpu"])
+    assert r.exit_code == 2 and "unknown device" in r.output
+
+
+def test_ensure_problem_from_config_and_run_dir(tiny_config, tmp_path, monkeypatch):
+    from mdp_cli.pipeline import ensure_problem
+
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    path = ensure_problem(tiny_config, echo=lines.append, progress=False)
+    assert path.resolve() == (tmp_path / "runs" / "tiny" / "problem.json").resolve() and path.is_file()
+    assert ensure_problem(path.parent, echo=lines.append) == path
+    assert any("skipped" in line for line in lines)
+
+
+def test_score_reads_local_pretrained_weights(tiny_config, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from mdp_cli.importance.taylor import read_importance
+    from mdp_cli.models import create_model
+
+    model = create_model("resnet18")
+    torch.manual_seed(5)
+    with torch.no_grad():
+        model.bn1.weight.mul_(3.0)
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    runner = CliRunner()
+    out_a, out_b = tmp_path / "a.json", tmp_path / "b.json"
+    assert runner.invoke(main, ["score", "--config", str(tiny_config), "-o", str(out_a)]).exit_code == 0
+    r = runner.invoke(main, ["score", "--config", str(tiny_config), "--pretrained", str(weights), "-o", str(out_b)])
+    assert r.exit_code == 0, r.output
+    assert read_importance(out_b)["provenance"]["pretrained"] == str(weights)
+    assert read_importance(out_a)["dims"] != read_importance(out_b)["dims"]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = runner.invoke(main, ["score", "--config", str(tiny_config), "--pretrained", str(bad), "-o", str(out_b)])
+    assert r.exit_code == 2 and "bad.pt" in r.output
