@@ -151,13 +151,25 @@ def _check_dims(dims: dict[str, Any], source: str) -> None:
 
 def scoring_batches(data: str, resolution: int, batch_size: int, batches: int, seed: int = 0,
                     num_classes: int = 1000):
-    """Yield ``batches`` (images, labels) batches from an ImageFolder directory, or from ``synthetic``
-    (random-noise images with random labels: only for smoke tests and demos, the scores mean nothing)."""
+    """Yield ``batches`` (images, labels) batches from a data spec of mdp_cli.data (``builtin:NAME`` or a
+    directory with train/val splits), a flat ImageFolder directory (one sub-folder per class), or
+    ``synthetic`` (random-noise images with random labels: smoke tests only, the scores mean nothing)."""
     g = torch.Generator().manual_seed(seed)
     if data == "synthetic":
         for _ in range(batches):
             yield (torch.randn(batch_size, 3, resolution, resolution, generator=g),
                    torch.randint(0, num_classes, (batch_size,), generator=g))
+        return
+    if data.startswith("builtin:") or (Path(data) / "train").is_dir():
+        # The shared data pipeline (mdp_cli.data): built-in real data sets and train/val trees.
+        from mdp_cli.data import make_loader
+
+        loader = make_loader(data, "train", batch_size=batch_size, train=True, augment=False, img_size=resolution,
+                             seed=seed)
+        for k, batch in enumerate(loader):
+            if k >= batches:
+                break
+            yield batch
         return
     from torchvision import datasets, transforms
 
