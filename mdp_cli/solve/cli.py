@@ -53,9 +53,12 @@ def solve_command(problem, example, budget, output, latency_model, no_blocks, ti
 
         path = ensure_problem(path, echo=click.echo)
     loaded = load_problem(path)
-    solution = solve_problem(loaded, budget, latency_model=latency_model, blocks=not no_blocks,
-                             time_limit=time_limit, rel_gap=rel_gap, threads=threads, verbose=verbose,
-                             formulation=formulation, knapsack=knapsack)
+    try:
+        solution = solve_problem(loaded, budget, latency_model=latency_model, blocks=not no_blocks,
+                                 time_limit=time_limit, rel_gap=rel_gap, threads=threads, verbose=verbose,
+                                 formulation=formulation, knapsack=knapsack)
+    except MdpError as exc:  # name the problem file in solver errors too
+        raise type(exc)(f"{path}: {exc}") from None
     click.echo(f"problem     {path} ({loaded.name}, {len(loaded.dims)} dims, {len(loaded.terms)} latency terms, "
                f"{len(loaded.blocks)} blocks)")
     if solution.status == "nothing_to_prune":
@@ -81,3 +84,38 @@ def _echo_dims(problem, solution, show_all: bool, limit: int = 40) -> None:
         click.echo(f"{name:<{width}}  {full:>6}  {kept:>6}{note}")
     if len(rows) > limit:
         click.echo(f"... {len(rows) - limit} more (see the solution file)")
+
+
+@click.command("pareto")
+@click.argument("problem", required=False, type=click.Path(path_type=Path))
+@click.option("--example", is_flag=True, help="Use the bundled example problem.")
+@click.option("--budgets", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True,
+              help="Comma-separated fractions of the dense latency.")
+@click.option("--ablations", is_flag=True, help="Also sweep the linear latency model and channels-only pruning.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="CSV table of the front.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="PNG plot of the front.")
+@click.option("--time-limit", type=float, help="Seconds per solve.")
+def pareto_command(problem, example, budgets, ablations, output, plot, time_limit):
+    """Solve at a sweep of budgets: importance kept vs latency (with --ablations, the paper's variants)."""
+    from mdp_cli.solve.pareto import VARIANTS, pareto_front, save_plot, save_table
+
+    if example == (problem is not None):
+        raise MdpError("give a PROBLEM file or --example (not both)")
+    path = example_problem_path() if example else problem
+    if not example and (path.is_dir() or path.suffix in (".yaml", ".yml")):
+        from mdp_cli.pipeline import ensure_problem
+
+        path = ensure_problem(path, echo=click.echo)
+    try:
+        fractions = [float(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise MdpError(f"--budgets {budgets!r}: expected comma-separated fractions such as 0.3,0.5,0.7") from None
+    loaded = load_problem(path)
+    table = pareto_front(loaded, fractions, list(VARIANTS) if ablations else ["mdp"], time_limit)
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if output:
+        save_table(table, output)
+        click.echo(f"wrote {output}")
+    if plot:
+        save_plot(table, plot, title=f"{loaded.name}: importance kept vs latency")
+        click.echo(f"wrote {plot}")
