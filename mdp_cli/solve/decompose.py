@@ -145,6 +145,11 @@ class DecomposedResult:
     timings: dict[str, float]
     status: str  # optimal | time_limit | infeasible
 
+    @property
+    def best(self) -> float | None:
+        """The objective found, or None when the search found no configuration."""
+        return None if self.objective == -math.inf else self.objective
+
 
 def lagrangian_bounds(structure: HubStructure, budget: float) -> np.ndarray:
     """Upper bound on every hub assignment's knapsack at once. For any multiplier lam >= 0,

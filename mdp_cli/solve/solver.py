@@ -1,13 +1,16 @@
-"""Solve a pruning problem to proven optimality with HiGHS, through the Pyomo model of formulation.py."""
+"""Solve a pruning problem to its proven optimum: the hub decomposition where it applies, else the
+monolithic MILP (Pyomo model of formulation.py, solved by HiGHS)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import math
 import time
-from contextlib import redirect_stdout
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import pyomo.environ as pyo
 from pyomo.contrib.solver.common.results import TerminationCondition
 from pyomo.contrib.solver.solvers.highs import Highs
@@ -15,8 +18,6 @@ from pyomo.contrib.solver.solvers.highs import Highs
 from mdp_cli.artifacts import library_versions
 from mdp_cli.errors import InfeasibleBudgetError, MdpError
 from mdp_cli.solve.budget import parse_budget
-import numpy as np
-
 from mdp_cli.solve.decompose import analyse, solve_decomposed
 from mdp_cli.solve.decompose import minimum_latency as decomposed_minimum_latency
 from mdp_cli.solve.formulation import build_formulation
@@ -26,13 +27,26 @@ from mdp_cli.solve.problem import Problem
 from mdp_cli.solve.solution import Solution
 
 LATENCY_MODELS = ("multidim", "linear")
-# auto: hub decomposition where the shared dims have few joint options, else the monolithic MILP.
+# auto: hub decomposition where the shared dims allow it, else the monolithic MILP.
+# blocks: the monolithic MILP with each block's Pareto configurations enumerated (an exact variant).
 FORMULATIONS = ("auto", "hub", "monolithic", "blocks")
 # Per-branch knapsacks of the hub decomposition: Pareto-state DP (exact, fast on near-ties) or HiGHS.
 KNAPSACK_ENGINES = ("dp", "highs")
-# HiGHS accepts a row as satisfied within its feasibility tolerance; we tighten the budget by this much
-# of its value when the exactly recomputed latency lands above it, so "never over budget" holds exactly.
+# HiGHS accepts a row as satisfied within its feasibility tolerance; when the exactly recomputed latency
+# lands above the budget, the budget is tightened by at least this fraction and the search repeated, so
+# "never over budget" holds exactly.
 _BUDGET_RETRY_SHRINK = 1e-7
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What one search returns: a configuration, how sure it is, and what it cost."""
+
+    choice: dict[str, int]
+    kept: dict[str, bool]
+    status: str
+    bound: float | None
+    solve_s: float
 
 
 def solve_problem(
@@ -55,19 +69,19 @@ def solve_problem(
     which case the best solution found and its gap are returned. Raises InfeasibleBudgetError naming the
     smallest reachable latency when no configuration fits.
     """
-    if knapsack not in KNAPSACK_ENGINES:
-        raise MdpError(f"knapsack engine {knapsack!r}: choose one of {', '.join(KNAPSACK_ENGINES)}")
-    if formulation not in FORMULATIONS:
-        raise MdpError(f"formulation {formulation!r}: choose one of {', '.join(FORMULATIONS)}")
-    if latency_model not in LATENCY_MODELS:
-        raise MdpError(f"latency model {latency_model!r}: choose one of {', '.join(LATENCY_MODELS)}")
-    dense_latency = problem.dense_latency
-    budget_value = parse_budget(budget, dense_latency, problem.units)
-    dense_choice = problem.dense_choice()
-    dense_objective = problem.objective(dense_choice)
-    kept_all = {b.name: True for b in problem.blocks}
+    for value, allowed, what in ((knapsack, KNAPSACK_ENGINES, "knapsack engine"),
+                                 (formulation, FORMULATIONS, "formulation"),
+                                 (latency_model, LATENCY_MODELS, "latency model")):
+        if value not in allowed:
+            raise MdpError(f"{what} {value!r}: choose one of {', '.join(allowed)}")
+    budget_value = parse_budget(budget, problem.dense_latency, problem.units)
+    latency_problem = linearize(problem) if latency_model == "linear" else problem
+    info: dict[str, Any] = {"versions": library_versions(), "time_limit": time_limit, "rel_gap": rel_gap,
+                            "threads": threads}
 
-    def make_solution(choice, kept, status, gap, bound, timings, solver_info, linear_latency=None) -> Solution:
+    def finish(choice, kept, status, bound, timings) -> Solution:
+        value = problem.objective(choice, kept)
+        gap = 0.0 if status in ("optimal", "nothing_to_prune") else _relative_gap(value, bound)
         return Solution(
             problem_name=problem.name,
             problem_hash=problem.content_hash(),
@@ -75,116 +89,116 @@ def solve_problem(
             choice={d.name: d.options[choice[d.name]] for d in problem.dims},
             kept={b.name: bool(kept.get(b.name, True)) for b in problem.blocks},
             budget=budget_value,
-            dense_latency=dense_latency,
+            dense_latency=problem.dense_latency,
             predicted_latency=problem.latency(choice, kept),
-            objective=problem.objective(choice, kept),
-            dense_objective=dense_objective,
+            objective=value,
+            dense_objective=problem.objective(problem.dense_choice()),
             status=status,
             gap=gap,
-            bound=bound,
+            bound=value if status in ("optimal", "nothing_to_prune") else bound,
             latency_model=latency_model,
-            linear_latency=linear_latency,
+            linear_latency=latency_problem.latency(choice, kept) if latency_model == "linear" else None,
             blocks_enabled=blocks,
             units=problem.units,
             timings=timings,
-            solver=solver_info,
+            solver=info,
         )
 
-    solver_info = {"name": "highs", "interface": "pyomo.contrib.solver", "versions": library_versions(),
-                   "time_limit": time_limit, "rel_gap": rel_gap, "threads": threads}
-    if budget_value >= dense_latency:
-        # Nothing needs pruning; the dense model is the optimum by monotonicity of importance.
-        return make_solution(dense_choice, kept_all, "nothing_to_prune", 0.0, dense_objective, {}, solver_info,
-                             dense_latency if latency_model == "linear" else None)
+    if budget_value >= problem.dense_latency:
+        # Importance never decreases with size, so the dense model is optimal once it fits.
+        return finish(problem.dense_choice(), {}, "nothing_to_prune", None, {})
 
-    latency_problem = linearize(problem) if latency_model == "linear" else problem
-    structure = None
     started = time.perf_counter()
-    if formulation in ("auto", "hub"):
-        structure = analyse(problem, latency_problem, blocks)
-        if structure is None and formulation == "hub":
-            raise MdpError("--formulation hub: this problem's shared dims have too many joint options to branch on; "
-                           "use --formulation auto")
+    structure = analyse(problem, latency_problem, blocks) if formulation in ("auto", "hub") else None
+    if structure is None and formulation == "hub":
+        raise MdpError("--formulation hub: the shared dims of this problem have too many joint options to "
+                       "branch on; use --formulation auto")
     if structure is not None:
-        solver_info["formulation"] = "hub"
-        solver_info["knapsack"] = knapsack
-        solver_info["model_size"] = {"hub_dims": list(structure.hub), "hub_assignments": int(np.prod(structure.hub_shape)),
-                                     "blocks": len(structure.groups),
-                                     "configurations": int(sum(len(g.configs.latency) for g in structure.groups))}
-        build_s = time.perf_counter() - started
-        target = budget_value
-        for _attempt in range(4):
-            outcome = solve_decomposed(structure, problem, target, time_limit, threads, verbose, _run_highs, knapsack)
-            if outcome.status == "infeasible":
+        info.update(formulation="hub", knapsack=knapsack, engine="dp" if knapsack == "dp" else "highs via pyomo",
+                    model_size={"hub_dims": list(structure.hub),
+                                "hub_assignments": int(np.prod(structure.hub_shape)),
+                                "blocks": len(structure.groups),
+                                "configurations": int(sum(len(g.configs.latency) for g in structure.groups))})
+
+        def search(target: float) -> _Outcome:
+            t0 = time.perf_counter()
+            result = solve_decomposed(structure, problem, target, time_limit, threads, verbose, _run_highs, knapsack)
+            if result.status == "infeasible":
                 _raise_infeasible(problem, budget_value, decomposed_minimum_latency(structure), latency_model)
-            if outcome.objective == -np.inf:
+            if result.best is None:
                 raise MdpError("the time limit ran out before any configuration within the budget was found; "
                                "raise --time-limit")
-            choice, kept = outcome.choice, outcome.kept
-            check = latency_problem.latency(choice, kept)
-            if check <= budget_value * (1 + 1e-9) + 1e-12:
-                break
-            target -= max(abs(target) * _BUDGET_RETRY_SHRINK, check - budget_value)
-        else:
-            raise MdpError("could not find a configuration within the budget within solver tolerances")
-        solver_info["decomposition"] = {"knapsacks_solved": outcome.solved, "bounded_out": outcome.pruned,
-                                        **{k: round(v, 4) for k, v in outcome.timings.items()}}
-        timings = {"build_s": build_s, "solve_s": time.perf_counter() - started - build_s}
-        value = problem.objective(choice, kept)
-        gap = 0.0 if outcome.status == "optimal" else _relative_gap(value, outcome.bound)
-        return make_solution(choice, kept, outcome.status, gap, outcome.bound if outcome.status != "optimal" else value,
-                             timings, solver_info,
-                             linear_latency=latency_problem.latency(choice, kept) if latency_model == "linear" else None)
-
-    solver_info["formulation"] = "monolithic"
-    form = build_formulation(problem, latency_problem, blocks_enabled=blocks, enumerate_blocks=formulation == "blocks")
-    model = form.model
-    model.budget = pyo.Param(mutable=True, initialize=budget_value)
-    model.latency_budget = pyo.Constraint(expr=form.latency_expression() <= model.budget)
-    model.objective = pyo.Objective(expr=form.importance_expression(), sense=pyo.maximize)
-    build_s = time.perf_counter() - started
-    solver_info["model_size"] = form.stats
-
-    timings = {"build_s": build_s, "solve_s": 0.0}
-    target = budget_value
-    for _attempt in range(4):
-        result, solve_s = _run_highs(model, time_limit, rel_gap, threads, verbose)
-        timings["solve_s"] += solve_s
-        condition = result.termination_condition
-        if condition in (TerminationCondition.provenInfeasible, TerminationCondition.infeasibleOrUnbounded):
-            _raise_infeasible(problem, budget_value, minimum_latency(problem, latency_problem, blocks, threads=threads),
-                              latency_model)
-        if result.incumbent_objective is None:
-            # Stopped before HiGHS found any configuration: fall back to the greedy one, with HiGHS's bound.
-            fallback = greedy_solution(problem, budget_value, latency_problem, blocks)
-            if fallback is None:
-                raise MdpError(f"HiGHS stopped ({condition.name}) before finding any configuration within the "
-                               f"budget; raise --time-limit")
-            choice, kept = fallback
-            value = problem.objective(choice, kept)
-            bound = result.objective_bound
-            solver_info["incumbent"] = "greedy"
-            return make_solution(choice, kept, "time_limit", _relative_gap(value, bound), bound, timings, solver_info,
-                                 linear_latency=latency_problem.latency(choice, kept) if latency_model == "linear" else None)
-        result.solution_loader.load_vars()
-        choice, kept = form.chosen()
-        check = latency_problem.latency(choice, kept)
-        if check <= budget_value * (1 + 1e-9) + 1e-12:
-            break
-        # Tolerance-level overshoot: tighten the row a hair and re-solve.
-        target -= max(abs(target) * _BUDGET_RETRY_SHRINK, check - budget_value)
-        model.budget.set_value(target)
+            info["decomposition"] = {"knapsacks_solved": result.solved, "bounded_out": result.pruned,
+                                     **{k: round(v, 4) for k, v in result.timings.items()}}
+            return _Outcome(result.choice, result.kept, result.status, result.bound, time.perf_counter() - t0)
     else:
-        raise MdpError("could not find a configuration within the budget within solver tolerances")
+        info.update(formulation="monolithic", engine="highs via pyomo")
+        form = build_formulation(problem, latency_problem, blocks_enabled=blocks,
+                                 enumerate_blocks=formulation == "blocks")
+        model = form.model
+        model.budget = pyo.Param(mutable=True, initialize=budget_value)
+        model.latency_budget = pyo.Constraint(expr=form.latency_expression() <= model.budget)
+        model.objective = pyo.Objective(expr=form.importance_expression(), sense=pyo.maximize)
+        info["model_size"] = form.stats
 
-    incumbent, bound = result.incumbent_objective, result.objective_bound
-    gap = _relative_gap(incumbent, bound)
-    proven = condition == TerminationCondition.convergenceCriteriaSatisfied
-    status = "optimal" if proven and gap <= max(rel_gap, 1e-9) else ("time_limit" if not proven else "gap_limit")
-    return make_solution(
-        choice, kept, status, gap, bound, timings, solver_info,
-        linear_latency=latency_problem.latency(choice, kept) if latency_model == "linear" else None,
-    )
+        def search(target: float) -> _Outcome:
+            model.budget.set_value(target)
+            result, solve_s = _run_highs(model, time_limit, rel_gap, threads, verbose)
+            condition = result.termination_condition
+            if condition in (TerminationCondition.provenInfeasible, TerminationCondition.infeasibleOrUnbounded):
+                _raise_infeasible(problem, budget_value,
+                                  minimum_latency(problem, latency_problem, blocks, threads=threads), latency_model)
+            if result.incumbent_objective is None:
+                # Stopped before HiGHS found a configuration: the greedy one, with HiGHS's bound.
+                fallback = greedy_solution(problem, budget_value, latency_problem, blocks)
+                if fallback is None:
+                    raise MdpError(f"HiGHS stopped ({condition.name}) before finding any configuration within the "
+                                   f"budget; raise --time-limit")
+                info["incumbent"] = "greedy"
+                return _Outcome(*fallback, "time_limit", result.objective_bound, solve_s)
+            result.solution_loader.load_vars()
+            choice, kept = form.chosen()
+            gap = _relative_gap(result.incumbent_objective, result.objective_bound)
+            if condition != TerminationCondition.convergenceCriteriaSatisfied:
+                status = "time_limit"
+            else:
+                status = "optimal" if gap is not None and gap <= max(rel_gap, 1e-9) else "gap_limit"
+            return _Outcome(choice, kept, status, result.objective_bound, solve_s)
+
+    build_s = time.perf_counter() - started
+    outcome = _search_within_budget(search, latency_problem, budget_value)
+    return finish(outcome.choice, outcome.kept, outcome.status, outcome.bound,
+                  {"build_s": build_s, "solve_s": outcome.solve_s})
+
+
+def _search_within_budget(search: Callable[[float], _Outcome], latency_problem: Problem, budget: float) -> _Outcome:
+    """Run ``search`` and check the answer's latency exactly; on a tolerance-level overshoot tighten the
+    budget a hair and search again."""
+    target, spent = budget, 0.0
+    for _attempt in range(4):
+        outcome = search(target)
+        spent += outcome.solve_s
+        latency = latency_problem.latency(outcome.choice, outcome.kept)
+        if latency <= budget * (1 + 1e-9) + 1e-12:
+            outcome.solve_s = spent
+            return outcome
+        target -= max(abs(target) * _BUDGET_RETRY_SHRINK, latency - budget)
+    raise MdpError("could not find a configuration within the budget within solver tolerances")
+
+
+def minimum_latency(problem: Problem, latency_problem: Problem | None = None, blocks: bool = True,
+                    threads: int | None = None) -> float:
+    """The smallest latency any allowed configuration reaches (solved exactly, ignoring importance)."""
+    latency_problem = latency_problem or problem
+    structure = analyse(problem, latency_problem, blocks)
+    if structure is not None:
+        return decomposed_minimum_latency(structure)
+    form = build_formulation(problem, latency_problem, blocks_enabled=blocks)
+    form.model.objective = pyo.Objective(expr=form.latency_expression(), sense=pyo.minimize)
+    result, _ = _run_highs(form.model, None, 0.0, threads, False)
+    result.solution_loader.load_vars()
+    choice, kept = form.chosen()
+    return latency_problem.latency(choice, kept)
 
 
 def _raise_infeasible(problem: Problem, budget_value: float, smallest: float, latency_model: str):
@@ -195,18 +209,6 @@ def _raise_infeasible(problem: Problem, budget_value: float, smallest: float, la
     )
 
 
-def minimum_latency(problem: Problem, latency_problem: Problem | None = None, blocks: bool = True,
-                    threads: int | None = None) -> float:
-    """The smallest latency any allowed configuration reaches (solved exactly, ignoring importance)."""
-    latency_problem = latency_problem or problem
-    form = build_formulation(problem, latency_problem, blocks_enabled=blocks)
-    form.model.objective = pyo.Objective(expr=form.latency_expression(), sense=pyo.minimize)
-    result, _ = _run_highs(form.model, None, 0.0, threads, False)
-    result.solution_loader.load_vars()
-    choice, kept = form.chosen()
-    return latency_problem.latency(choice, kept)
-
-
 def _run_highs(model: pyo.ConcreteModel, time_limit, rel_gap, threads, verbose,
                extra_options: dict[str, Any] | None = None) -> tuple[Any, float]:
     solver = Highs()
@@ -214,26 +216,11 @@ def _run_highs(model: pyo.ConcreteModel, time_limit, rel_gap, threads, verbose,
         raise MdpError("HiGHS is not available: pip install highspy")
     options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0, **(extra_options or {})}
     started = time.perf_counter()
-    sink = io.StringIO()
-    with redirect_stdout(sink) if not verbose else _nullcontext():
-        result = solver.solve(
-            model,
-            tee=verbose,
-            time_limit=time_limit,
-            threads=threads,
-            load_solutions=False,
-            raise_exception_on_nonoptimal_result=False,
-            solver_options=options,
-        )
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        result = solver.solve(model, tee=verbose, time_limit=time_limit, threads=threads, load_solutions=False,
+                              raise_exception_on_nonoptimal_result=False, solver_options=options)
     return result, time.perf_counter() - started
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _relative_gap(incumbent: float | None, bound: float | None) -> float | None:
