@@ -49,22 +49,44 @@ DEFAULT_GRID = {"embed": 5, "heads": 4, "qk": 3, "v": 3, "hidden": 5}
 def measure_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int = 10, samples: int = 30,
                device: str = "cpu") -> float:
     """Median wall time (ms) of ``module(x)`` over ``samples`` calls after ``warmup`` calls."""
+    return measure_against(module, x, None, None, warmup, samples, device)[0]
+
+
+def measure_against(module: torch.nn.Module, x: torch.Tensor, ref: torch.nn.Module | None, x_ref: torch.Tensor | None,
+                    warmup: int = 10, samples: int = 30, device: str = "cpu") -> tuple[float, float | None]:
+    """Median times (ms) of ``module(x)`` and, called alternately with it, of a reference ``ref(x_ref)``.
+
+    On a shared machine absolute times drift by 10-40 % over minutes while the ratio of two
+    alternately timed models of similar cost stays within a few percent (measured: ±6 % under a load
+    of 3 on 2 cores, against ±40 % for separately timed medians).
+    """
     module = module.to(device).eval()
     x = x.to(device)
+    if ref is not None:
+        ref = ref.to(device).eval()
+        x_ref = x_ref.to(device)
     cuda = device.startswith("cuda")
-    times = []
+
+    def timed(m, inp):
+        t0 = time.perf_counter()
+        m(inp)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times, ref_times = [], []
     with torch.inference_mode():
         for _ in range(warmup):
             module(x)
+            if ref is not None:
+                ref(x_ref)
         if cuda:
             torch.cuda.synchronize()
         for _ in range(samples):
-            t0 = time.perf_counter()
-            module(x)
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+            times.append(timed(module, x))
+            if ref is not None:
+                ref_times.append(timed(ref, x_ref))
+    return 1000.0 * statistics.median(times), (1000.0 * statistics.median(ref_times) if ref_times else None)
 
 
 def subgrid(options: Iterable[int], n: int) -> list[int]:
@@ -104,6 +126,7 @@ def profile_vit(
     samples: int = 30,
     threads: int | None = 1,
     replicas: int | None = None,
+    rounds: int = 3,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every distinct term of the space on a sub-grid of its sizes; returns a LUT dict
@@ -112,20 +135,25 @@ def profile_vit(
     A block op is timed as a chain of distinct copies (as many as blocks share its signature, at most
     ``replicas``) and divided by their count: a single module re-run on its own keeps its weights in
     cache and reads 25-40 % faster than the same op inside the whole model (measured on deit_tiny, CPU).
+    The ``samples`` of each configuration are taken in ``rounds`` passes over all configurations (each
+    after ``warmup`` calls) and the median is over all of them, so a slow drift of the machine's load
+    during profiling spreads over every row instead of biasing the rows timed at the wrong moment.
     """
     grid = {**DEFAULT_GRID, **(grid or {})}
     if threads is not None and device == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    rows, cache, t_start = [], {}, time.perf_counter()
-    batch = None
+    t_start = time.perf_counter()
     copies: dict[str, int] = {}
     for term in space.terms:
-        if term.dims and term.op != "vit_stem" and term.op != "vit_head":
+        if term.op not in ("vit_stem", "vit_head"):
             copies[term.signature()] = copies.get(term.signature(), 0) + 1
+    configs: dict[tuple, tuple[SpaceTerm, dict[str, int], int]] = {}
+    row_keys: list[tuple[dict[str, Any], tuple]] = []
+    batch = 1
     for sig, term in _unique_terms(space).items():
         batch = term.context.get("batch", 1)
-        build = get_op(term.op)
+        n = copies.get(sig, 1) if replicas is None else max(1, min(int(replicas), copies.get(sig, 1)))
         for sizes in _points(space, term, grid):
             sizes_all = dict(sizes)
             if term.op == "vit_qk":
@@ -133,25 +161,51 @@ def profile_vit(
             elif term.op == "vit_vproj":
                 sizes_all["qk"] = term.context["qk_ref"]
             # the qk and vproj sub-grids share their reference points: time each configuration once
-            key = (term.op.replace("vit_qk", "attn").replace("vit_vproj", "attn"),
+            key = ("attn" if term.op in ("vit_qk", "vit_vproj") else term.op,
                    json.dumps(term.context, sort_keys=True), tuple(sorted(sizes_all.items())))
-            if key not in cache:
-                n = copies.get(sig, 1) if replicas is None else max(1, min(int(replicas), copies.get(sig, 1)))
-                module, x = build(term.context, sizes, batch)
-                if n > 1:  # a chain of distinct copies: weights stream from memory as in the whole model
-                    module = torch.nn.Sequential(module, *(build(term.context, sizes, batch)[0] for _ in range(n - 1)))
-                cache[key] = measure_ms(module, x, warmup, samples, device) / n
-                del module, x
-            rows.append({"op": term.op, "signature": sig, **sizes_all, "ms": cache[key]})
+            configs.setdefault(key, (term, sizes, n))
+            row_keys.append(({"op": term.op, "signature": sig, **sizes_all}, key))
+    rounds = max(1, int(rounds))
+    per_round = -(-samples // rounds)
+    times: dict[tuple, list[float]] = {key: [] for key in configs}
+    for r in range(rounds):
+        for key, (term, sizes, n) in configs.items():
+            build = get_op(term.op)
+            module, x = build(term.context, sizes, batch)
+            if n > 1:  # a chain of distinct copies: weights stream from memory as in the whole model
+                module = torch.nn.Sequential(module, *(build(term.context, sizes, batch)[0] for _ in range(n - 1)))
+            times[key] += [t / n for t in _sample_ms(module, x, warmup, per_round, device)]
+            del module, x
             if progress:
-                progress(f"{term.op} {sizes_all}: {cache[key]:.3f} ms")
+                progress(f"round {r + 1}/{rounds} {term.op} {sizes}: {statistics.median(times[key]):.3f} ms")
+    rows = [{**row, "ms": statistics.median(times[key])} for row, key in row_keys]
     seconds = time.perf_counter() - t_start
     prov = provenance(
         model=space.model_name, family=space.family, device=_device_name(device), dtype=_dtype_of(space),
-        batch=batch, threads=torch.get_num_threads() if device == "cpu" else None, warmup=warmup, samples=samples,
-        grid=grid, replicas=replicas, profile_seconds=round(seconds, 2), measurements=len(cache),
+        batch=batch, threads=torch.get_num_threads() if device == "cpu" else None, warmup=warmup,
+        samples=per_round * rounds, rounds=rounds, grid=grid, replicas=replicas,
+        profile_seconds=round(seconds, 2), measurements=len(configs),
     )
     return {"rows": rows, "provenance": prov}
+
+
+def _sample_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int, samples: int, device: str) -> list[float]:
+    module = module.to(device).eval()
+    x = x.to(device)
+    cuda = device.startswith("cuda")
+    out = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            module(x)
+        if cuda:
+            torch.cuda.synchronize()
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            module(x)
+            if cuda:
+                torch.cuda.synchronize()
+            out.append(1000.0 * (time.perf_counter() - t0))
+    return out
 
 
 def _dtype_of(space: PruningSpace) -> str:
