@@ -51,6 +51,10 @@ for _stage, _issue, _help in [
         _not_built(_stage, _issue)
     )
 
+from mdp_cli.vit_cli import vit_group  # noqa: E402  (mdp vit space|profile|score|problem|export|run)
+
+main.add_command(vit_group)
+
 from mdp_cli.solve.cli import solve_command  # noqa: E402  (registered after the group exists)
 
 main.add_command(solve_command)

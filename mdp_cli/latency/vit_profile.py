@@ -35,7 +35,7 @@ from mdp_cli.errors import MdpError
 from mdp_cli.latency.ops import get_op
 from mdp_cli.space.core import PruningSpace, SpaceTerm
 
-LUT_SCHEMA = "mdp.lut"
+LUT_SCHEMA = "mdp.vit_lut"  # sub-grid rows of the ViT profiler; to converge with latency/lut.py at merge
 LUT_VERSION = 1
 SIZE_COLUMNS = ("embed", "heads", "qk", "v", "hidden")
 DEFAULT_GRID = {"embed": 5, "heads": 4, "qk": 3, "v": 3, "hidden": 5}
