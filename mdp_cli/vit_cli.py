@@ -97,6 +97,10 @@ def problem_stage(space, lut_path: str | Path, importance_path: str | Path, out:
 
 def read_solution(path: str | Path) -> tuple[dict[str, int], dict[str, bool]]:
     data = read_json(path, "mdp.solution", 1)
+    return _choice_kept(data, path)
+
+
+def _choice_kept(data: Mapping[str, Any], path: Any) -> tuple[dict[str, int], dict[str, bool]]:
     choice, blocks = data.get("choice"), data.get("blocks", {})
     if not isinstance(choice, dict) or not isinstance(blocks, dict):
         raise MdpError(f"{path}: needs 'choice' (dim -> size) and 'blocks' (block -> kept)")
@@ -104,16 +108,48 @@ def read_solution(path: str | Path) -> tuple[dict[str, int], dict[str, bool]]:
 
 
 def export_stage(model, choice: Mapping[str, int], kept: Mapping[str, bool], out: str | Path,
-                 importance_path: str | Path | None = None, onnx: bool = False, **prov: Any) -> Path:
+                 importance_path: str | Path | None = None, onnx: bool = False,
+                 solution: Mapping[str, Any] | None = None, measure: Mapping[str, Any] | None = None,
+                 tolerance: float = 0.1, check_budget: bool = True, **prov: Any) -> Path:
+    """Cut, save (and ONNX) the pruned model. With ``measure`` (``{device, batch, threads, warmup,
+    samples}``) time it and the dense model, write ``report.json`` (``mdp.export_report``) and, like the
+    CNN export, fail when the measured latency exceeds the solution's budget by more than ``tolerance``."""
     from mdp_cli.export.spec import save_exported
     from mdp_cli.export.vit import export_vit, export_vit_onnx
 
     importance = read_importance(importance_path)["dims"] if importance_path else None
     pruned, arch = export_vit(model, choice, kept, importance)
+    out = Path(out)
     save_exported(out, pruned, arch, **prov)
     if onnx:
-        export_vit_onnx(pruned, str(Path(out) / "model.onnx"), arch)
-    return Path(out)
+        export_vit_onnx(pruned, str(out / "model.onnx"), arch)
+    solution = solution or {}
+    report: dict[str, Any] = {
+        "exported": str(out), "params": sum(p.numel() for p in pruned.parameters()),
+        "dense_params": sum(p.numel() for p in model.parameters()),
+        "predicted_ms": solution.get("predicted_latency"), "budget_ms": solution.get("budget"),
+        "tolerance": tolerance, "blocks_removed": sorted(b for b, k in kept.items() if not k),
+    }
+    if measure:
+        import torch
+
+        from mdp_cli.latency.vit_profile import clock_name, measure_against
+
+        torch.set_num_threads(int(measure.get("threads", 1)))
+        device = measure.get("device", "cpu")
+        x = torch.randn(int(measure.get("batch", 1)), int(arch["in_chans"]), *arch["img_size"])
+        ms, dense_ms = measure_against(pruned, x, model, x, int(measure.get("warmup", 10)),
+                                       int(measure.get("samples", 30)), device)
+        report.update(measured_ms=ms, measured_dense_ms=dense_ms, clock=clock_name(device), device=device)
+        if report["predicted_ms"]:
+            report["prediction_error"] = report["predicted_ms"] / ms - 1
+        if report["budget_ms"] is not None:
+            report["within_tolerance"] = ms <= float(report["budget_ms"]) * (1 + tolerance)
+    write_json(out / "report.json", {"schema": "mdp.export_report", "version": 1, "provenance": {}, **report})
+    if check_budget and report.get("within_tolerance") is False:
+        raise MdpError(f"measured latency {report['measured_ms']:.3f} ms misses the budget {report['budget_ms']:.3f} ms "
+                       f"by more than {tolerance:.0%} (predicted {report['predicted_ms']:.3f} ms); model written to {out}")
+    return out
 
 
 def run_vit_pipeline(config: Mapping[str, Any], run_dir: str | Path, solver: Callable | None = None,
@@ -158,13 +194,22 @@ def run_vit_pipeline(config: Mapping[str, Any], run_dir: str | Path, solver: Cal
                 raise MdpError("the solver (mdp_cli.solve.solve_problem) is not available in this build") from None
         problem = load_problem(paths["problem"])
         solution = solver(problem, config.get("solve", {}).get("budget", 0.5))
-        write_json(paths["solution"], {"schema": "mdp.solution", "version": 1, "provenance": {},
-                                       "choice": dict(solution.choice), "blocks": dict(solution.kept)})
+        if hasattr(solution, "save"):
+            solution.save(paths["solution"])
+        else:
+            write_json(paths["solution"], {"schema": "mdp.solution", "version": 1, "provenance": {},
+                                           "choice": dict(solution.choice), "blocks": dict(solution.kept),
+                                           **{k: getattr(solution, k) for k in ("predicted_latency", "budget")
+                                              if hasattr(solution, k)}})
     if not (paths["export"] / "arch.json").exists():
         log("export ...")
-        choice, kept = read_solution(paths["solution"])
-        export_stage(model, choice, kept, paths["export"], paths["importance"],
-                     onnx=bool(config.get("export", {}).get("onnx", False)), source_model=m)
+        sol = read_json(paths["solution"], "mdp.solution", 1)
+        choice, kept = _choice_kept(sol, paths["solution"])
+        ex = config.get("export", {})
+        measure = {**prof, "samples": ex.get("samples", prof.get("samples", 30))} if ex.get("measure", True) else None
+        export_stage(model, choice, kept, paths["export"], paths["importance"], onnx=bool(ex.get("onnx", False)),
+                     solution=sol, measure=measure, tolerance=float(ex.get("tolerance", 0.1)),
+                     check_budget=bool(ex.get("gate", True)), source_model=m)
     return paths
 
 
@@ -264,11 +309,20 @@ def problem_cmd(model, weights, img_size, num_classes, steps, lut, importance, o
               help="ranks the units to keep (default: weight magnitude)")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--onnx/--no-onnx", default=False)
-def export_cmd(model, weights, img_size, num_classes, steps, solution, importance, out, onnx):
+@click.option("--measure/--no-measure", default=False, help="time the pruned model and gate on the budget")
+@click.option("--device", default="cpu")
+@click.option("--batch", type=int, default=1)
+@click.option("--tolerance", type=float, default=0.1, help="allowed excess of measured latency over the budget")
+@click.option("--no-gate", "gate", flag_value=False, default=True, help="exit 0 even when the budget is missed")
+def export_cmd(model, weights, img_size, num_classes, steps, solution, importance, out, onnx, measure, device, batch,
+               tolerance, gate):
     """Cut the pruned model (arch.json + model.safetensors [+ model.onnx])."""
     m = load_vit(model, weights, img_size=img_size, num_classes=num_classes)
-    choice, kept = read_solution(solution)
-    export_stage(m, choice, kept, out, importance, onnx, source_model=model, solution=str(solution))
+    sol = read_json(solution, "mdp.solution", 1)
+    choice, kept = _choice_kept(sol, solution)
+    export_stage(m, choice, kept, out, importance, onnx, solution=sol,
+                 measure={"device": device, "batch": batch} if measure else None, tolerance=tolerance,
+                 check_budget=gate, source_model=model, solution_file=str(solution))
     click.echo(out)
 
 

@@ -6,6 +6,7 @@ import json
 import types
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from click.testing import CliRunner
@@ -33,7 +34,7 @@ def test_pipeline_runs_for_a_vit(tmp_path):
     cfg.update(img_size=32, num_classes=5)
     cfg["profile"].update(samples=3, warmup=1, grid={"embed": 2, "heads": 2, "qk": 2, "v": 2, "hidden": 2})
     cfg["score"].update(batches=1, batch_size=2)
-    cfg["export"]["onnx"] = False
+    cfg["export"].update(onnx=False, samples=3)
     paths = run_vit_pipeline(cfg, tmp_path / "run", solver=half_solver, log=lambda s: None)
     model = load_exported(paths["export"])
     with torch.no_grad():
@@ -66,3 +67,18 @@ def test_cli_space_score_export(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "pruned" / "model.onnx").is_file()
     assert load_exported(tmp_path / "pruned").stem.proj.out_channels == 64
+
+
+def test_export_gate_fails_on_missed_budget(tmp_path):
+    from mdp_cli.errors import MdpError
+    from mdp_cli.models import create_model
+    from mdp_cli.vit_cli import export_stage
+
+    model = create_model("deit_tiny", img_size=32, num_classes=5)
+    solution = {"predicted_latency": 1e-4, "budget": 1e-4}
+    measure = {"device": "cpu", "batch": 1, "warmup": 1, "samples": 3}
+    with pytest.raises(MdpError, match="misses the budget"):
+        export_stage(model, {"embed": 64}, {}, tmp_path / "a", solution=solution, measure=measure)
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["within_tolerance"] is False and report["measured_ms"] > 0
+    export_stage(model, {"embed": 64}, {}, tmp_path / "b", solution={**solution, "budget": 1e4}, measure=measure)

@@ -46,6 +46,19 @@ DEFAULT_GRID = {"embed": 5, "heads": 4, "qk": 3, "v": 3, "hidden": 5}
 # ---------------------------------------------------------------------------------------------------
 
 
+def clock_name(device: str) -> str:
+    """``thread_cpu`` on CPU with one intra-op thread (the op runs in the calling thread, so its CPU time
+    is its latency minus the time the OS gave the core to other processes: robust on a shared machine,
+    the same choice as latency/timing.py), ``wall`` with more threads, ``cuda_sync`` on GPU."""
+    if device.startswith("cuda"):
+        return "cuda_sync"
+    return "thread_cpu" if torch.get_num_threads() == 1 else "wall"
+
+
+def _clock(device: str):
+    return time.thread_time if clock_name(device) == "thread_cpu" else time.perf_counter
+
+
 def measure_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int = 10, samples: int = 30,
                device: str = "cpu") -> float:
     """Median wall time (ms) of ``module(x)`` over ``samples`` calls after ``warmup`` calls."""
@@ -66,13 +79,14 @@ def measure_against(module: torch.nn.Module, x: torch.Tensor, ref: torch.nn.Modu
         ref = ref.to(device).eval()
         x_ref = x_ref.to(device)
     cuda = device.startswith("cuda")
+    clock = _clock(device)
 
     def timed(m, inp):
-        t0 = time.perf_counter()
+        t0 = clock()
         m(inp)
         if cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return clock() - t0
 
     times, ref_times = [], []
     with torch.inference_mode():
@@ -182,7 +196,7 @@ def profile_vit(
     seconds = time.perf_counter() - t_start
     prov = provenance(
         model=space.model_name, family=space.family, device=_device_name(device), dtype=_dtype_of(space),
-        batch=batch, threads=torch.get_num_threads() if device == "cpu" else None, warmup=warmup,
+        batch=batch, threads=torch.get_num_threads() if device == "cpu" else None, clock=clock_name(device), warmup=warmup,
         samples=per_round * rounds, rounds=rounds, grid=grid, replicas=replicas,
         profile_seconds=round(seconds, 2), measurements=len(configs),
     )
@@ -193,6 +207,7 @@ def _sample_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int, samples: i
     module = module.to(device).eval()
     x = x.to(device)
     cuda = device.startswith("cuda")
+    clock = _clock(device)
     out = []
     with torch.inference_mode():
         for _ in range(warmup):
@@ -200,11 +215,11 @@ def _sample_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int, samples: i
         if cuda:
             torch.cuda.synchronize()
         for _ in range(samples):
-            t0 = time.perf_counter()
+            t0 = clock()
             module(x)
             if cuda:
                 torch.cuda.synchronize()
-            out.append(1000.0 * (time.perf_counter() - t0))
+            out.append(1000.0 * (clock() - t0))
     return out
 
 

@@ -160,3 +160,12 @@ def vit_problem(
     blocks = [Block(b.name, b.removable) for b in space.blocks]
     return make_problem(dims, entries, terms, blocks, constant_latency=constant_latency, name=space.model_name,
                         model=space.model_name, family="vit", **provenance_fields)
+
+
+def is_vit_model(model: nn.Module) -> bool:
+    """True for a timm VisionTransformer (the family the ``mdp`` commands dispatch to this module for)."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, VisionTransformer)
