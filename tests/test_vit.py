@@ -180,9 +180,11 @@ def test_importance_and_problem():
         c = np.asarray(rec["cumulative"])
         assert (np.diff(c) >= -1e-12).all() and c[-1] == pytest.approx(sum(rec["scores"]))
         assert c[0] > 0
-    parts = imp["dims"]["embed"]["parts"]
-    assert len(parts) == 1 + 2 * 12
-    assert np.allclose(np.sum([np.asarray(v) for v in parts.values()], axis=0), imp["dims"]["embed"]["cumulative"])
+    emb = imp["dims"]["embed"]
+    parts = emb["gated"]
+    assert len(parts) == 2 * 12 and emb["block"] is None
+    assert np.allclose(np.sum([np.asarray(v) for v in parts.values()], axis=0) + emb["base"], emb["cumulative"])
+    assert sorted(emb["order"]) == list(range(192))
     assert all(p.grad is None for p in model.parameters())
     # problem: synthetic tables of the right shapes
     tables = {t.name: np.ones([len(space.dim(d).options) for d in t.dims]) for t in space.terms}
@@ -190,9 +192,10 @@ def test_importance_and_problem():
     assert problem.dense_latency == pytest.approx(2 + 36)
     kept = {b.name: True for b in space.blocks}
     dense = problem.objective(problem.dense_choice(), kept)
-    assert dense == pytest.approx(sum(v["cumulative"][-1] for v in imp["dims"].values()))
+    assert dense == pytest.approx(100.0)  # rescaled: the dense total is 100
+    scale = 100.0 / sum(v["cumulative"][-1] for v in imp["dims"].values())
     # removing a branch drops its terms and its share of the embedding importance
     kept["blocks.0.mlp"] = False
-    drop = imp["dims"]["blocks.0.mlp.hidden"]["cumulative"][-1] + parts["blocks.0.mlp"][-1]
+    drop = (imp["dims"]["blocks.0.mlp.hidden"]["cumulative"][-1] + parts["blocks.0.mlp"][-1]) * scale
     assert problem.objective(problem.dense_choice(), kept) == pytest.approx(dense - drop)
     assert problem.latency(problem.dense_choice(), kept) == pytest.approx(37)

@@ -12,12 +12,15 @@ the absolute value taken, and the result summed over layers and batches:
   distillation token, position embedding, every LayerNorm, ``qkv`` and ``fc1`` input columns, ``proj``
   and ``fc2`` output rows, the final norm, the head(s).
 
-The embedding importance is also kept split by block (``parts``): the share from the layers of
-``blocks.i.attn`` / ``blocks.i.mlp`` vanishes when that branch is removed; ``fixed`` is the rest.
+The embedding importance is also kept split by block (``gated``): the share from the layers of
+``blocks.i.attn`` / ``blocks.i.mlp`` vanishes when that branch is removed; ``base`` is the rest (stem,
+final norm, head).
 
-Output: schema ``mdp.importance`` v1, ``{"model", "provenance", "dims": {name: {"scores", "step",
-"options", "cumulative", ["parts"]}}}`` where ``cumulative[k]`` = sum of the ``options[k]`` highest scores
-(``parts[b][k]``: the share of block b in the same channels, which are ranked by the total).
+Output: schema ``mdp.importance`` v1, the same record as the CNN scorer's: ``{"model", "provenance",
+"dims": {name: {"scores", "step", "options", "align": 1, "order", "cumulative", "base", "block",
+"gated": {block: cumulative}}}}`` where ``order`` ranks the units (best first), ``cumulative[k]`` = sum of
+the ``options[k]`` best scores, ``base``/``gated[b]`` the shares of the same units that are always
+counted / counted while block b is kept (for a per-block dim: ``base`` = ``cumulative``, gated by ``block``).
 """
 
 from __future__ import annotations
@@ -149,12 +152,15 @@ def importance_dict(space: PruningSpace, acc: _Accumulator, **prov: Any) -> dict
             total = sum(acc.embed.values()).numpy()
             order = np.argsort(-total, kind="stable")
             parts = {k: cumulative(v.numpy(), dim.options, order) for k, v in acc.embed.items()}
-            dims["embed"] = {"scores": total.tolist(), "step": dim.step, "options": list(dim.options),
-                             "cumulative": cumulative(total, dim.options, order), "parts": parts}
+            dims["embed"] = {"scores": total.tolist(), "step": dim.step, "options": list(dim.options), "align": 1,
+                             "order": order.tolist(), "cumulative": cumulative(total, dim.options, order),
+                             "base": parts.pop("fixed"), "block": None, "gated": parts}
             continue
         i = int(dim.name.split(".")[1])
         scores = {"heads": acc.heads, "qk": acc.qk, "v": acc.v, "mlp": acc.mlp}[dim.kind][i].numpy()
-        dims[dim.name] = {"scores": scores.tolist(), "step": dim.step, "options": list(dim.options),
-                          "cumulative": cumulative(scores, dim.options)}
+        order = np.argsort(-scores, kind="stable")
+        cum = cumulative(scores, dim.options, order)
+        dims[dim.name] = {"scores": scores.tolist(), "step": dim.step, "options": list(dim.options), "align": 1,
+                          "order": order.tolist(), "cumulative": cum, "base": cum, "block": dim.block, "gated": {}}
     return {"schema": SCHEMA, "version": VERSION, "model": space.model_name,
             "provenance": provenance(model=space.model_name, method="taylor_first_order", **prov), "dims": dims}

@@ -28,6 +28,7 @@ from mdp_cli.errors import MdpError
 from mdp_cli.export.vit import vit_facts
 from mdp_cli.space.core import PruningSpace, Slice, SpaceBlock, SpaceDim, SpaceTerm
 
+IMPORTANCE_TOTAL = 100.0
 DEFAULT_STEPS = {"embed": 16, "heads": 1, "qk": 8, "v": 8, "mlp": 64}
 
 
@@ -134,13 +135,17 @@ def vit_problem(
 ):
     """The solver's problem for a ViT space: dims with cumulative importance, one latency term per space
     term (``tables[term.name]``, full-option arrays in ms, e.g. from ``vit_tables``), the attention and MLP
-    branches as removable blocks. The embedding importance is split: its ``fixed`` part is always
-    counted, each branch's share only while that branch is kept (``parts`` of the importance file)."""
+    branches as removable blocks. The embedding importance is split: its ``base`` part is always
+    counted, each branch's share only while that branch is kept (``gated`` of the importance file).
+    Importance is rescaled so that the dense total is 100 (as the CNN problem builder does: the optimum
+    does not change, the solver sees O(1) values)."""
     import numpy as np
 
     from mdp_cli.solve.problem import Block, Dim, ImportanceEntry, Term, make_problem
 
     idims = importance["dims"] if "dims" in importance else importance
+    total = sum(float(idims[d.name]["cumulative"][-1]) for d in space.dims if d.name in idims)
+    scale = IMPORTANCE_TOTAL / total if total > 0 else 1.0
     dims, entries = [], []
     for d in space.dims:
         if d.name not in idims:
@@ -150,12 +155,10 @@ def vit_problem(
             raise MdpError(f"importance of {d.name!r} was scored for options {rec['options'][:4]}..., the space has "
                            f"{list(d.options)[:4]}...; re-run 'mdp score' with the same steps")
         dims.append(Dim(d.name, tuple(d.options), d.step))
-        parts = rec.get("parts")
-        if parts:
-            entries.append(ImportanceEntry(d.name, np.asarray(parts["fixed"], float), None))
-            entries += [ImportanceEntry(d.name, np.asarray(v, float), b) for b, v in parts.items() if b != "fixed"]
-        else:
-            entries.append(ImportanceEntry(d.name, np.asarray(rec["cumulative"], float), d.block))
+        base = rec.get("base", rec["cumulative"])
+        entries.append(ImportanceEntry(d.name, np.asarray(base, float) * scale, d.block))
+        for blk, values in sorted((rec.get("gated") or {}).items()):
+            entries.append(ImportanceEntry(d.name, np.asarray(values, float) * scale, blk))
     terms = [Term(t.name, tuple(t.dims), np.asarray(tables[t.name], float), t.block) for t in space.terms]
     blocks = [Block(b.name, b.removable) for b in space.blocks]
     return make_problem(dims, entries, terms, blocks, constant_latency=constant_latency, name=space.model_name,
