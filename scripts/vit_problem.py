@@ -6,8 +6,8 @@ model of the same ops at the model's token count (synthetic but shaped like meas
 multilinear in (E, H, Q), (E, H, V), (E, M) plus per-op constants). Importance comes from ``--importance``
 or from Taylor scores of the random-init model on ``--batches`` synthetic batches.
 
-    python scripts/vit_problem.py --model deit_base --out deit_base_problem.json
-    PYTHONPATH=<tree with the solver> python -c "from mdp_cli.solve import load_problem, solve_problem; ..."
+    python scripts/vit_problem.py --model deit_base --out deit_base_problem.json --solve 0.5,0.3
+    python scripts/vit_problem.py --lut docs/bench/deit_base_cpu_lut.csv --out p.json --solve 0.5
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--importance")
     ap.add_argument("--batches", type=int, default=1)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--solve", default=None, help="comma-separated budgets to time mdp_cli.solve.solve_problem on")
+    ap.add_argument("--time-limit", type=float, default=300.0)
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -90,6 +92,17 @@ def main(argv=None) -> int:
     print(json.dumps({"out": args.out, "dims": len(space.dims), "terms": len(space.terms), "blocks": len(space.blocks),
                       "options_embed": sizes["embed"], "dense_latency_ms": problem.dense_latency,
                       "table_entries": int(sum(np.asarray(t).size for t in tables.values()))}))
+    if args.solve:
+        from mdp_cli.solve import load_problem, solve_problem
+
+        loaded = load_problem(args.out)
+        for budget in args.solve.split(","):
+            t0 = time.perf_counter()
+            sol = solve_problem(loaded, float(budget), threads=1, time_limit=args.time_limit)
+            print(json.dumps({"budget": float(budget), "seconds": round(time.perf_counter() - t0, 2),
+                              "status": getattr(sol, "status", None), "gap": getattr(sol, "gap", None),
+                              "predicted_latency": getattr(sol, "predicted_latency", None),
+                              "embed": sol.choice.get("embed"), "blocks_kept": sum(sol.kept.values())}))
     return 0
 
 
