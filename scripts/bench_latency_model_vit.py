@@ -34,31 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdp_cli.export.vit import export_vit  # noqa: E402
-from mdp_cli.latency.vit_profile import measure_against, predict_latency, profile_vit, vit_tables  # noqa: E402
+from mdp_cli.latency.vit_profile import linear_tables, measure_against, predict_latency, profile_vit, vit_tables  # noqa: E402
 from mdp_cli.models import canonical_name, create_model  # noqa: E402
 from mdp_cli.space.vit import build_vit_space  # noqa: E402
-
-
-def linear_tables(space, tables):
-    """Per term: T_full − Σ_dims slope_d · (full_d − size_d), slopes from (min, full) with other dims full."""
-    out = {}
-    for term in space.terms:
-        t = np.asarray(tables[term.name], float)
-        if t.ndim == 0:
-            out[term.name] = t
-            continue
-        full = t[(-1,) * t.ndim]
-        lin = np.full(t.shape, full)
-        for axis, d in enumerate(term.dims):
-            opts = np.asarray(space.dim(d).options, float)
-            idx = [-1] * t.ndim
-            idx[axis] = 0
-            slope = (full - t[tuple(idx)]) / max(opts[-1] - opts[0], 1.0)
-            shape = [1] * t.ndim
-            shape[axis] = -1
-            lin = lin - slope * (opts[-1] - opts).reshape(shape)
-        out[term.name] = np.clip(lin, 0.0, None)
-    return out
 
 
 def main(argv=None) -> int:

@@ -327,3 +327,25 @@ def predict_latency(space: PruningSpace, tables: Mapping[str, np.ndarray], sizes
         idx = tuple(space.dim(d).options.index(int(sizes.get(d, space.dim(d).size))) for d in term.dims)
         total += float(tables[term.name][idx])
     return total
+
+
+def linear_tables(space, tables):
+    """HALP-style linear per-dim model from the same tables (for comparison). Per term: T_full − Σ_dims slope_d · (full_d − size_d), slopes from (min, full) with other dims full."""
+    out = {}
+    for term in space.terms:
+        t = np.asarray(tables[term.name], float)
+        if t.ndim == 0:
+            out[term.name] = t
+            continue
+        full = t[(-1,) * t.ndim]
+        lin = np.full(t.shape, full)
+        for axis, d in enumerate(term.dims):
+            opts = np.asarray(space.dim(d).options, float)
+            idx = [-1] * t.ndim
+            idx[axis] = 0
+            slope = (full - t[tuple(idx)]) / max(opts[-1] - opts[0], 1.0)
+            shape = [1] * t.ndim
+            shape[axis] = -1
+            lin = lin - slope * (opts[-1] - opts).reshape(shape)
+        out[term.name] = np.clip(lin, 0.0, None)
+    return out
