@@ -1,0 +1,166 @@
+"""Taylor importance for the dims of a ViT space (first order, |Σ w·∂L/∂w| per unit and layer).
+
+For each batch, every parameter's ``w * grad`` is summed over the weights of a unit *within one layer*,
+the absolute value taken, and the result summed over layers and batches:
+
+- head h of block i: the q, k, v rows of the head in ``qkv`` (and biases) and its columns in ``proj``;
+- q/k column j: the q and k rows at column j of every head, per head, summed over the block's heads
+  (the same columns are kept in every head, so heads stay uniform);
+- v column j: the v rows at column j of every head and the matching ``proj`` columns, summed over heads;
+- MLP neuron: its ``fc1`` row and bias and its ``fc2`` column;
+- embedding channel c: every layer that reads or writes the residual stream — patch embedding, class /
+  distillation token, position embedding, every LayerNorm, ``qkv`` and ``fc1`` input columns, ``proj``
+  and ``fc2`` output rows, the final norm, the head(s).
+
+The embedding importance is also kept split by block (``gated``): the share from the layers of
+``blocks.i.attn`` / ``blocks.i.mlp`` vanishes when that branch is removed; ``base`` is the rest (stem,
+final norm, head).
+
+Output: schema ``mdp.importance`` v1, the same record as the CNN scorer's: ``{"model", "provenance",
+"dims": {name: {"scores", "step", "options", "align": 1, "order", "cumulative", "base", "block",
+"gated": {block: cumulative}}}}`` where ``order`` ranks the units (best first), ``cumulative[k]`` = sum of
+the ``options[k]`` best scores, ``base``/``gated[b]`` the shares of the same units that are always
+counted / counted while block b is kept (for a per-block dim: ``base`` = ``cumulative``, gated by ``block``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from mdp_cli.artifacts import provenance
+from mdp_cli.errors import MdpError
+from mdp_cli.export.vit import vit_facts
+from mdp_cli.space.core import PruningSpace
+
+SCHEMA = "mdp.importance"
+VERSION = 1
+
+
+def cumulative(scores: np.ndarray, options: Iterable[int], order: np.ndarray | None = None) -> list[float]:
+    """Sum of the top-``o`` scores for every option size ``o`` (``order``: a ranking to use instead)."""
+    scores = np.asarray(scores, dtype=float)
+    if order is None:
+        order = np.argsort(-scores, kind="stable")
+    c = np.concatenate([[0.0], np.cumsum(scores[order])])
+    return [float(c[o]) for o in options]
+
+
+class _Accumulator:
+    def __init__(self, f: Mapping[str, Any]):
+        self.f = f
+        E, H, D, M, L = f["embed_dim"], f["heads"], f["head_dim"], f["mlp_hidden"], f["depth"]
+        self.embed = {"fixed": torch.zeros(E, dtype=torch.float64)}
+        for i in range(L):
+            self.embed[f"blocks.{i}.attn"] = torch.zeros(E, dtype=torch.float64)
+            self.embed[f"blocks.{i}.mlp"] = torch.zeros(E, dtype=torch.float64)
+        self.heads = torch.zeros(L, H, dtype=torch.float64)
+        self.qk = torch.zeros(L, D, dtype=torch.float64)
+        self.v = torch.zeros(L, D, dtype=torch.float64)
+        self.mlp = torch.zeros(L, M, dtype=torch.float64)
+
+    @torch.no_grad()
+    def add(self, model: nn.Module) -> None:
+        f = self.f
+        E, H, D = f["embed_dim"], f["heads"], f["head_dim"]
+
+        def wg(p: torch.Tensor) -> torch.Tensor:
+            if p.grad is None:
+                return torch.zeros_like(p, dtype=torch.float64)
+            return (p.detach() * p.grad).double()
+
+        fixed = self.embed["fixed"]
+        pe = model.patch_embed.proj
+        fixed += wg(pe.weight).flatten(1).sum(1).abs() + wg(pe.bias).abs()
+        fixed += wg(model.cls_token).reshape(-1, E).sum(0).abs()
+        if f["distilled"]:
+            fixed += wg(model.dist_token).reshape(-1, E).sum(0).abs()
+        fixed += wg(model.pos_embed).reshape(-1, E).sum(0).abs()
+        fixed += (wg(model.norm.weight) + wg(model.norm.bias)).abs()
+        fixed += wg(model.head.weight).sum(0).abs()
+        if f["distilled"]:
+            fixed += wg(model.head_dist.weight).sum(0).abs()
+        for i, blk in enumerate(model.blocks):
+            a, m = self.embed[f"blocks.{i}.attn"], self.embed[f"blocks.{i}.mlp"]
+            qkv_w = wg(blk.attn.qkv.weight)  # (3·H·D, E)
+            qkv_b = wg(blk.attn.qkv.bias) if blk.attn.qkv.bias is not None else torch.zeros(3 * H * D, dtype=torch.float64)
+            proj_w = wg(blk.attn.proj.weight)  # (E, H·D)
+            a += (wg(blk.norm1.weight) + wg(blk.norm1.bias)).abs()
+            a += qkv_w.sum(0).abs() + (proj_w.sum(1) + wg(blk.attn.proj.bias)).abs()
+            m += (wg(blk.norm2.weight) + wg(blk.norm2.bias)).abs()
+            m += wg(blk.mlp.fc1.weight).sum(0).abs()
+            m += (wg(blk.mlp.fc2.weight).sum(1) + wg(blk.mlp.fc2.bias)).abs()
+
+            per_unit = qkv_w.sum(1) + qkv_b  # (3·H·D,)
+            q, k, v = (t.reshape(H, D) for t in per_unit.chunk(3))
+            proj_hd = proj_w.sum(0).reshape(H, D)
+            self.heads[i] += (q.sum(1) + k.sum(1) + v.sum(1) + proj_hd.sum(1)).abs()
+            self.qk[i] += (q + k).abs().sum(0)
+            self.v[i] += (v + proj_hd).abs().sum(0)
+            self.mlp[i] += (wg(blk.mlp.fc1.weight).sum(1) + wg(blk.mlp.fc1.bias) + wg(blk.mlp.fc2.weight).sum(0)).abs()
+
+
+def vit_importance(
+    model: nn.Module,
+    data_loader: Iterable,
+    space: PruningSpace,
+    max_batches: int | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    device: str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Taylor importance of every dim of ``space`` over batches ``(images, labels)`` of ``data_loader``."""
+    f = vit_facts(model)
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    model = model.to(device)
+    was_training = model.training
+    model.eval()  # no dropout / drop-path: the scores describe the deployed function
+    acc = _Accumulator(f)
+    batches = images_seen = 0
+    try:
+        for batch in data_loader:
+            if max_batches is not None and batches >= max_batches:
+                break
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise MdpError("importance needs a data loader of (images, labels) batches")
+            x, y = batch[0].to(device), batch[1].to(device)
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                out = model(x)
+                loss = loss_fn(out, y)
+                loss.backward()
+            acc.add(model)
+            batches += 1
+            images_seen += int(x.shape[0])
+            if progress:
+                progress(batches)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if batches == 0:
+        raise MdpError("the data loader gave no batches; importance needs at least one")
+    return importance_dict(space, acc, batches=batches, images=images_seen)
+
+
+def importance_dict(space: PruningSpace, acc: _Accumulator, **prov: Any) -> dict[str, Any]:
+    dims: dict[str, Any] = {}
+    for dim in space.dims:
+        if dim.name == "embed":
+            total = sum(acc.embed.values()).numpy()
+            order = np.argsort(-total, kind="stable")
+            parts = {k: cumulative(v.numpy(), dim.options, order) for k, v in acc.embed.items()}
+            dims["embed"] = {"scores": total.tolist(), "step": dim.step, "options": list(dim.options), "align": 1,
+                             "order": order.tolist(), "cumulative": cumulative(total, dim.options, order),
+                             "base": parts.pop("fixed"), "block": None, "gated": parts}
+            continue
+        i = int(dim.name.split(".")[1])
+        scores = {"heads": acc.heads, "qk": acc.qk, "v": acc.v, "mlp": acc.mlp}[dim.kind][i].numpy()
+        order = np.argsort(-scores, kind="stable")
+        cum = cumulative(scores, dim.options, order)
+        dims[dim.name] = {"scores": scores.tolist(), "step": dim.step, "options": list(dim.options), "align": 1,
+                          "order": order.tolist(), "cumulative": cum, "base": cum, "block": dim.block, "gated": {}}
+    return {"schema": SCHEMA, "version": VERSION, "model": space.model_name,
+            "provenance": provenance(model=space.model_name, method="taylor_first_order", **prov), "dims": dims}

@@ -1,0 +1,71 @@
+"""Latency op builders for vision transformers: the exact modules the exported model runs.
+
+Every builder returns a module of ``mdp_cli.export.vit`` (same LayerNorm, fused uneven qkv linear,
+``F.scaled_dot_product_attention`` kernel, residual add) and an input of the model's token count, batch
+and dtype, so what is timed is what the pruned model executes.
+
+The attention branch cannot be timed as two separate halves without changing the kernel (SDPA fuses
+QKᵀ, softmax and attn·V). So ``vit_qk(E, H, Q)`` times the whole branch with the value width held at a
+reference ``v_ref`` and ``vit_vproj(E, H, V)`` times it with the q/k width at ``qk_ref``; the profiler
+turns the two into additive tables (see ``mdp_cli.latency.vit_profile``). ``vit_attn`` times the branch
+at any (E, H, Q, V), used to check that split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mdp_cli.export.vit import AttentionBranch, MlpBranch, PatchStem, TokenHead
+from mdp_cli.latency.ops import register_op
+
+
+def _dtype(context: dict[str, Any]) -> torch.dtype:
+    return getattr(torch, context.get("dtype", "float32"))
+
+
+def _tokens(context, sizes, batch):
+    return torch.randn(batch, int(context["tokens"]), int(sizes["embed"]), dtype=_dtype(context))
+
+
+def _attn(context: dict[str, Any], e: int, h: int, q: int, v: int, batch: int):
+    d = int(context.get("full_head_dim", 64))
+    module = AttentionBranch(e, h, q, v, d ** -0.5, float(context.get("eps", 1e-6)), bool(context.get("qkv_bias", True)))
+    return module.to(_dtype(context)).eval(), _tokens(context, {"embed": e}, batch)
+
+
+@register_op("vit_attn")
+def vit_attn(context: dict[str, Any], sizes: dict[str, int], batch: int):
+    return _attn(context, sizes["embed"], sizes["heads"], sizes["qk"], sizes["v"], batch)
+
+
+@register_op("vit_qk")
+def vit_qk(context: dict[str, Any], sizes: dict[str, int], batch: int):
+    return _attn(context, sizes["embed"], sizes["heads"], sizes["qk"], int(context.get("v_ref", 8)), batch)
+
+
+@register_op("vit_vproj")
+def vit_vproj(context: dict[str, Any], sizes: dict[str, int], batch: int):
+    return _attn(context, sizes["embed"], sizes["heads"], int(context.get("qk_ref", 8)), sizes["v"], batch)
+
+
+@register_op("vit_mlp")
+def vit_mlp(context: dict[str, Any], sizes: dict[str, int], batch: int):
+    module = MlpBranch(sizes["embed"], sizes["hidden"], float(context.get("eps", 1e-6)))
+    return module.to(_dtype(context)).eval(), _tokens(context, sizes, batch)
+
+
+@register_op("vit_stem")
+def vit_stem(context: dict[str, Any], sizes: dict[str, int], batch: int):
+    img, patch = tuple(context["img_size"]), tuple(context["patch_size"])
+    module = PatchStem(sizes["embed"], img, patch, int(context["in_chans"]), int(context["prefix_tokens"]))
+    x = torch.randn(batch, int(context["in_chans"]), *img, dtype=_dtype(context))
+    return module.to(_dtype(context)).eval(), x
+
+
+@register_op("vit_head")
+def vit_head(context: dict[str, Any], sizes: dict[str, int], batch: int):
+    module = TokenHead(sizes["embed"], int(context["num_classes"]), bool(context["distilled"]),
+                       float(context.get("eps", 1e-6)))
+    return module.to(_dtype(context)).eval(), _tokens(context, sizes, batch)
