@@ -3,7 +3,7 @@
 In a ViT every block meets the rest of the network only through the embedding dim E; in general a
 block's dims split into *private* dims (used by that block alone) and *hub* dims (shared). Fixing the hub
 dims leaves one independent choice per block, coupled only by the latency budget: a multiple-choice
-knapsack (MCKP) whose items are each block's Pareto-optimal configurations (formulation._enumerate_block).
+knapsack (MCKP) whose items are each block's Pareto-optimal configurations (configurations.enumerate_block).
 
 So: for every assignment of the hub dims, compute the MCKP's LP bound (greedy over the upper concave hull
 of each block's front, the classic MCKP relaxation), visit assignments from the best bound down, solve
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import itertools
 import math
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ import numpy as np
 import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression
 
-from mdp_cli.solve.formulation import MAX_ENUMERATED_CELLS, _BlockConfigs, _broadcast, _enumerate_block
+from mdp_cli.solve.configurations import MAX_ENUMERATED_CELLS, BlockConfigs, broadcast, enumerate_block
 from mdp_cli.solve.knapsack import KnapsackGroup, lp_bound, solve_mckp
 from mdp_cli.solve.problem import Problem
 
@@ -45,7 +44,7 @@ class _Group:
 
     name: str
     removable: bool
-    configs: _BlockConfigs
+    configs: BlockConfigs
     fronts: dict[int, np.ndarray]  # interface flat index -> config row indices sorted by latency
 
 
@@ -84,7 +83,7 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
         private = tuple(sorted(dims_used - set(interface)))
         if math.prod(len(problem.dim(d).options) for d in dims_used) > MAX_ENUMERATED_CELLS:
             return None
-        configs = _enumerate_block(block.name, interface, private, terms, entries, problem)
+        configs = enumerate_block(block.name, interface, private, terms, entries, problem)
         fronts: dict[int, list] = defaultdict(list)
         for row, value in enumerate(configs.interface_index):
             fronts[int(value)].append(row)
@@ -95,11 +94,11 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
     base_importance = np.zeros(hub_shape)
     for term in latency_problem.terms:
         if term.block is None:
-            base_latency = base_latency + _broadcast(term.table, term.dims, hub)
+            base_latency = base_latency + broadcast(term.table, term.dims, hub)
     for entry in problem.importance:
         if entry.block is None:  # ungated importance of a dim nothing else uses is constant: take it whole
             base_importance = base_importance + (
-                _broadcast(entry.values, (entry.dim,), hub) if entry.dim in hub else entry.values[-1])
+                broadcast(entry.values, (entry.dim,), hub) if entry.dim in hub else entry.values[-1])
     return HubStructure(hub, hub_shape, groups, np.broadcast_to(base_latency, hub_shape).ravel(),
                         np.broadcast_to(base_importance, hub_shape).ravel())
 
@@ -111,7 +110,7 @@ def minimum_latency(structure: HubStructure) -> float:
         cheapest = _per_interface_value(group, np.inf, group.configs.latency, np.minimum)
         if group.removable:
             cheapest = np.zeros_like(cheapest)
-        total = total + _broadcast(cheapest, group.configs.interface, structure.hub)
+        total = total + broadcast(cheapest, group.configs.interface, structure.hub)
     return float(np.min(total))
 
 
@@ -181,7 +180,7 @@ def _lagrangian(structure: HubStructure, budget: float, lam: float) -> np.ndarra
     for group in structure.groups:
         table = _per_interface_value(group, 0.0 if group.removable else -np.inf,
                                      group.configs.importance - lam * group.configs.latency, np.maximum)
-        total = total + _broadcast(table, group.configs.interface, structure.hub)
+        total = total + broadcast(table, group.configs.interface, structure.hub)
     return np.broadcast_to(total, structure.hub_shape or (1,)).ravel()
 
 

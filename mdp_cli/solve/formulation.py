@@ -29,6 +29,8 @@ import numpy as np
 import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression
 
+from mdp_cli.solve.configurations import (MAX_ENUMERATED_CELLS, MAX_INTERFACE_DIMS, BlockConfigs, broadcast,
+                                          enumerate_block)
 from mdp_cli.solve.problem import Problem, Term
 
 
@@ -74,18 +76,10 @@ def merge_terms(problem: Problem, gates_enabled: bool) -> tuple[list[_MergedTerm
             if host is None:
                 hosts.append(_MergedTerm(term.dims, term.table.copy(), gate, [term.name]))
             else:
-                host.table = host.table + _broadcast(term.table, term.dims, host.dims)
+                host.table = host.table + broadcast(term.table, term.dims, host.dims)
                 host.names.append(term.name)
         merged.extend(hosts)
     return merged, constant
-
-
-def _broadcast(table: np.ndarray, dims: tuple[str, ...], host_dims: tuple[str, ...]) -> np.ndarray:
-    """View ``table`` (over ``dims``) as an array over ``host_dims`` by transposing and adding unit axes."""
-    order = [dims.index(d) for d in host_dims if d in dims]
-    moved = np.transpose(table, order) if order else table
-    shape = [moved.shape[order.index(dims.index(d))] if d in dims else 1 for d in host_dims]
-    return np.reshape(moved, shape)
 
 
 class _Rows:
@@ -103,68 +97,12 @@ class _Rows:
 
 
 
-# A removable block whose dims meet the rest of the network through at most this many dims, and whose
-# joint grid is at most this large, is modelled by enumerating its configurations (see _BlockConfigs).
-MAX_INTERFACE_DIMS = 2
-MAX_ENUMERATED_CELLS = 2_000_000
-
-
-@dataclasses.dataclass
-class _BlockConfigs:
-    """A removable block modelled as a choice among its Pareto-optimal configurations.
-
-    For each value of its interface dims (the shared dims it touches: a stage's channels, the embedding),
-    every combination of its private dims is evaluated (latency of its terms, importance of its entries);
-    a combination that another beats on both (no more latency, strictly more importance) can never be
-    needed by an optimum, so only the Pareto front is kept. One binary per kept configuration; their sum
-    per interface value is at most that value's indicator, their total is the block's kept flag. The LP
-    relaxation of the block is then the convex hull of its fronts, which is what makes HiGHS fast here.
-    """
-
-    gate: str
-    interface: tuple[str, ...]
-    private: tuple[str, ...]
-    interface_index: np.ndarray  # per config: flat index over interface options
-    private_index: np.ndarray  # per config: (n_configs, len(private)) option indices
-    latency: np.ndarray
-    importance: np.ndarray
-    interface_shape: tuple[int, ...] = ()
-    variables: list = dataclasses.field(default_factory=list)
-
-
-def _enumerate_block(gate, interface, private, terms, entries, problem) -> _BlockConfigs:
-    grid_dims = interface + private
-    shape = [len(problem.dim(d).options) for d in grid_dims]
-    latency = np.zeros(shape)
-    importance = np.zeros(shape)
-    for term in terms:
-        latency = latency + _broadcast(term.table, term.dims, grid_dims)
-    for entry in entries:
-        importance = importance + _broadcast(entry.values, (entry.dim,), grid_dims)
-    n_interface = math.prod(shape[: len(interface)])
-    latency = np.broadcast_to(latency, shape).reshape(n_interface, -1)
-    importance = np.broadcast_to(importance, shape).reshape(n_interface, -1)
-    # Pareto front per interface value: sort by latency (ties: more importance first) and keep a
-    # configuration only if it has strictly more importance than every cheaper one.
-    order = np.lexsort((-importance, latency), axis=-1)
-    sorted_importance = np.take_along_axis(importance, order, axis=-1)
-    best_before = np.maximum.accumulate(sorted_importance, axis=-1)
-    best_before = np.concatenate([np.full((n_interface, 1), -np.inf), best_before[:, :-1]], axis=-1)
-    keep = sorted_importance > best_before
-    rows, cols = np.nonzero(keep)
-    flat_private = order[rows, cols]
-    private_shape = shape[len(interface):]
-    private_index = np.stack(np.unravel_index(flat_private, private_shape), axis=-1) if private else np.zeros((len(rows), 0), int)
-    return _BlockConfigs(gate, interface, private, rows, private_index,
-                         latency[rows, flat_private], importance[rows, flat_private], tuple(shape[: len(interface)]))
-
-
 @dataclasses.dataclass
 class Formulation:
     model: pyo.ConcreteModel
     x: dict[str, list]  # dim -> option variables, for dims not private to an enumerated block
     kappa: dict[str, object]  # removable block -> binary variable
-    blocks: list[_BlockConfigs]
+    blocks: list[BlockConfigs]
     latency_coefs: list[float]
     latency_vars: list
     latency_constant: float
@@ -214,7 +152,7 @@ def build_formulation(
     for entry, gate in entries:
         if np.ptp(entry.values) > 0:
             gates_of_dim[entry.dim].add(gate)
-    enumerated: dict[str, _BlockConfigs] = {}
+    enumerated: dict[str, BlockConfigs] = {}
     if enumerate_blocks:
         for gate in removable:
             gate_terms = [t for t in merged if t.gate == gate]
@@ -224,7 +162,7 @@ def build_formulation(
             interface = tuple(sorted(dims_used - set(private)))
             cells = math.prod(len(problem.dim(d).options) for d in dims_used)
             if len(interface) <= MAX_INTERFACE_DIMS and cells <= MAX_ENUMERATED_CELLS:
-                enumerated[gate] = _enumerate_block(gate, interface, private, gate_terms, gate_entries, problem)
+                enumerated[gate] = enumerate_block(gate, interface, private, gate_terms, gate_entries, problem)
 
     model = pyo.ConcreteModel(name=problem.name or "mdp")
     rows = _Rows(model)
