@@ -10,12 +10,13 @@ optimum changes (an exact reformulation, not a relaxation):
 - gated marginal ``u[b, a, k] = kappa[b] * x[a, k]``, written ``u <= x``, ``sum_k u = kappa[b]``.
 - a term over dims ``D`` gated by ``g`` gets ``w[t, i_1..i_n] >= 0`` whose marginal on each dim of
   ``D`` equals that dim's (gated) vector; its latency is ``sum table * w``.
-- terms with the same gate that share two dims must agree on that pair's joint marginal. Together with
-  merging terms whose dims nest inside another term's, this makes the LP relaxation of each block the
-  marginal polytope of a junction tree wherever the interaction graph allows it, which is what keeps
-  branch-and-bound short.
+- terms with the same gate that share two dims must agree on that pair's joint marginal, and terms whose
+  dims nest inside another term's of the same gate are merged into it: both tighten the LP relaxation.
+- ``enumerate_blocks=True`` (the ``blocks`` formulation) replaces a removable block's joints by weights
+  on its Pareto-optimal configurations (configurations.py), tied to its private dims' option vectors.
 
-The solver never imports torch: problems are plain arrays.
+This is the general path (``--formulation monolithic``); problems whose blocks share few dims are solved
+faster by the hub decomposition (decompose.py). No torch here: problems are plain arrays.
 """
 
 from __future__ import annotations
