@@ -48,3 +48,17 @@ def test_ablation_flags(tmp_path):
     result = _mdp("solve", "--example", "--budget", "0.6", "--latency-model", "linear", "--no-blocks")
     assert result.returncode == 0, result.stderr
     assert "linear est." in result.stdout and "blocks      0 removed" in result.stdout
+
+
+def test_solve_without_argument_reads_problem_json_here(tmp_path):
+    import shutil
+
+    shutil.copy(example_problem_path(), tmp_path / "problem.json")
+    result = subprocess.run([sys.executable, "-m", "mdp_cli", "solve", "--budget", "0.6", "-o", "solution.json"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "solution.json").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, "-m", "mdp_cli", "solve"], capture_output=True, text=True, cwd=empty)
+    assert result.returncode == 2 and "no problem.json here" in result.stderr

@@ -44,14 +44,7 @@ def solve_command(problem, example, budget, output, latency_model, no_blocks, ti
 
     PROBLEM is a problem JSON, a run directory (its problem.json is rebuilt if out of date) or a YAML
     pipeline config (profile, score and problem stages run first, skipping unchanged ones)."""
-    if example == (problem is not None):
-        raise MdpError("give a PROBLEM file or --example (not both)")
-    path = example_problem_path() if example else problem
-    if not example and (path.is_dir() or path.suffix in (".yaml", ".yml")):
-        # A run directory or a pipeline config: build (or reuse) its problem from space + LUT + importance.
-        from mdp_cli.pipeline import ensure_problem
-
-        path = ensure_problem(path, echo=click.echo)
+    path = _problem_path(problem, example)
     loaded = load_problem(path)
     try:
         solution = solve_problem(loaded, budget, latency_model=latency_model, blocks=not no_blocks,
@@ -69,6 +62,26 @@ def solve_command(problem, example, budget, output, latency_model, no_blocks, ti
     if output:
         solution.save(output, problem=str(path), budget_arg=str(budget))
         click.echo(f"wrote       {output}")
+
+
+def _problem_path(problem: Path | None, example: bool) -> Path:
+    """PROBLEM as given (a problem JSON, a run directory or a YAML config), the bundled example, or
+    ./problem.json when neither is given (so that `mdp solve --budget 0.5` works inside a run directory)."""
+    if example and problem is not None:
+        raise MdpError("give a PROBLEM file or --example, not both")
+    if example:
+        return example_problem_path()
+    if problem is None:
+        problem = Path("problem.json")
+        if not problem.is_file():
+            raise MdpError("no PROBLEM given and no problem.json here; pass a problem file, a run directory, "
+                           "a config, or --example")
+    if problem.is_dir() or problem.suffix in (".yaml", ".yml"):
+        # A run directory or a pipeline config: build (or reuse) its problem from space + LUT + importance.
+        from mdp_cli.pipeline import ensure_problem
+
+        return ensure_problem(problem, echo=click.echo)
+    return problem
 
 
 def _echo_dims(problem, solution, show_all: bool, limit: int = 40) -> None:
@@ -99,13 +112,7 @@ def pareto_command(problem, example, budgets, ablations, output, plot, time_limi
     """Solve at a sweep of budgets: importance kept vs latency (with --ablations, the paper's variants)."""
     from mdp_cli.solve.pareto import VARIANTS, pareto_front, save_plot, save_table
 
-    if example == (problem is not None):
-        raise MdpError("give a PROBLEM file or --example (not both)")
-    path = example_problem_path() if example else problem
-    if not example and (path.is_dir() or path.suffix in (".yaml", ".yml")):
-        from mdp_cli.pipeline import ensure_problem
-
-        path = ensure_problem(path, echo=click.echo)
+    path = _problem_path(problem, example)
     try:
         fractions = [float(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
