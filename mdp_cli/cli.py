@@ -32,10 +32,9 @@ def main() -> None:
     """
 
 
-from mdp_cli.commands.cnn_stages import COMMANDS as _STAGE_COMMANDS  # noqa: E402
+from mdp_cli.commands.stages import COMMANDS as _STAGE_COMMANDS  # noqa: E402
 from mdp_cli.solve.cli import pareto_command, solve_command  # noqa: E402  (registered after the group exists)
 from mdp_cli.train.cli import eval_command, finetune_command  # noqa: E402
-from mdp_cli.vit_cli import vit_group  # noqa: E402
 
-for _command in (*_STAGE_COMMANDS, solve_command, pareto_command, finetune_command, eval_command, vit_group):
+for _command in (*_STAGE_COMMANDS, solve_command, pareto_command, finetune_command, eval_command):
     main.add_command(_command)

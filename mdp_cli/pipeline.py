@@ -12,6 +12,11 @@ Config (YAML, see configs/*.yaml; command-line flags override keys)::
     solve:   {budget: 0.5, latency_model: multidim, time_limit: null}
     export:  {tolerance: 0.25, onnx: false, measure: true, repeats: 30}
 
+That is the CNN config. For a ViT (``mdp_cli.families.family_of``: deit_*, vit_*, timm VisionTransformers)
+the same sections hold, with ``num_classes``, ``space.steps`` and ``profile.grid`` as points per dim
+instead of the CNN-only space keys (``mdp_cli.families.VIT_DEFAULTS``); ``load_config`` sets
+``cfg["family"]`` and every ``stage_*`` below dispatches on it (``mdp_cli.vit_stages``).
+
 Run directory: ``space.json``, ``importance.json``, ``problem.json``, ``solution.json``, ``exported/``
 (arch.json, model.safetensors, report.json), ``state.json``. Every stage records the content hash of its
 inputs (its config section, the hashes of the files it read); ``mdp run`` skips a stage whose recorded
@@ -55,7 +60,11 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config of ``path`` (YAML) with ``overrides`` (command-line flags) on top, over the defaults of
+    the model's family (``mdp_cli.families``); ``cfg["family"]`` says which stages run."""
     import yaml
+
+    from mdp_cli.families import resolve_config
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -68,18 +77,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise MdpError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise MdpError(f"{path}: a config must be a mapping of settings")
-        unknown = set(data) - set(DEFAULTS) - {"run_dir", "name"}
-        if unknown:
-            raise MdpError(f"{path}: unknown config keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
         for section in ("space", "profile", "score", "solve", "export"):
-            extra = set(data.get(section) or {}) - set(DEFAULTS[section])
-            if extra:
-                raise MdpError(f"{path}: unknown keys {sorted(extra)} in '{section}' (known: {sorted(DEFAULTS[section])})")
+            if data.get(section) is not None and not isinstance(data[section], dict):
+                raise MdpError(f"{path}: '{section}' must be a mapping of settings")
         base = Path(path).parent
         for key in ("pretrained",):
             if data.get(key) and not Path(data[key]).is_absolute():
                 data[key] = str(base / data[key])
-    return merge(merge(DEFAULTS, data), overrides or {})
+    given = merge(data, {k: v for k, v in (overrides or {}).items() if v not in (None, {})})
+    return resolve_config(given, str(path) if path is not None else "command line")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -92,8 +98,22 @@ def space_options(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"step": s["step"], "max_options": s["max_options"], "multiple": s["multiple"], "prune_stem": s["prune_stem"]}
 
 
+def is_vit(cfg: dict[str, Any]) -> bool:
+    """The family the stages dispatch on (set by ``load_config``; derived from the model for older configs)."""
+    if "family" not in cfg:
+        from mdp_cli.families import family_of
+
+        cfg["family"] = family_of(cfg["model"])
+    return cfg["family"] == "vit"
+
+
 def discover(cfg: dict[str, Any]):
-    """(dense model, analysis) for the config's model, resolution, weights and space options."""
+    """(dense model, analysis) for the config's model, resolution, weights and space options; for every
+    family ``analysis.space`` is the pruning space."""
+    if is_vit(cfg):
+        from mdp_cli.vit_stages import cfg_discover
+
+        return cfg_discover(cfg)
     from mdp_cli.space.cnn import discover_space
 
     return discover_space(cfg["model"], cfg["resolution"], pretrained=cfg.get("pretrained"), **space_options(cfg))
@@ -104,6 +124,10 @@ def lut_location(cfg: dict[str, Any]) -> Path:
     from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
 
     p = cfg["profile"]
+    if is_vit(cfg):
+        from mdp_cli.vit_stages import lut_filename as vit_lut_filename
+
+        return Path(p["lut_dir"]) / vit_lut_filename(cfg)
     return Path(p["lut_dir"]) / lut_filename(device_name(check_device(p["device"])), canonical_dtype(p["dtype"]),
                                              p["batch"], p["threads"])
 
@@ -122,6 +146,10 @@ def stage_profile(cfg: dict[str, Any], analysis=None, progress: bool = True, lut
 
     if analysis is None:
         _, analysis = discover(cfg)
+    if is_vit(cfg):
+        from mdp_cli.vit_stages import cfg_profile
+
+        return cfg_profile(cfg, analysis.space, lut_path or lut_location(cfg), progress=progress)
     p = cfg["profile"]
     return profile_space(analysis.space, device=p["device"], dtype=p["dtype"], batch=p["batch"], lut_dir=p["lut_dir"],
                          lut_path=lut_path, warmup=p["warmup"], repeats=p["repeats"], grid=p["grid"],
@@ -133,6 +161,10 @@ def stage_score(cfg: dict[str, Any], out: str | Path, model=None, analysis=None)
 
     if analysis is None:
         model, analysis = discover(cfg)
+    if is_vit(cfg):
+        from mdp_cli.vit_stages import cfg_score
+
+        return cfg_score(cfg, out, model, analysis.space)
     s = cfg["score"]
     num_classes = analysis.graph.nodes[-2].shape[-1] if len(analysis.graph.nodes) > 1 else 1000
     batches = scoring_batches(str(s["data"]), cfg["resolution"], s["batch_size"], s["batches"], s["seed"], num_classes)
@@ -152,6 +184,10 @@ def stage_problem(cfg: dict[str, Any], importance_path: str | Path | None, out: 
 
     if analysis is None:
         _, analysis = discover(cfg)
+    if is_vit(cfg):
+        from mdp_cli.vit_stages import cfg_problem
+
+        return cfg_problem(cfg, analysis.space, lut_path or lut_location(cfg), importance_path, out)
     importance = read_importance(importance_path) if importance_path else None
     lut = open_lut(cfg, lut_path)
     problem = build_problem(analysis.space, lut, importance, interpolate=True, source=str(importance_path),
@@ -190,6 +226,10 @@ def stage_export(cfg: dict[str, Any], solution: dict[str, Any] | str | Path | No
     else:
         src = "<solution>"
     solution = solution or {}
+    if is_vit(cfg):
+        from mdp_cli.vit_stages import cfg_export
+
+        return cfg_export(cfg, solution, src, out_dir, importance_path, model, analysis.space, check_budget)
     choice = solution.get("choice", {})
     kept = solution.get("blocks", solution.get("kept", {}))
     order = None
@@ -288,6 +328,8 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
     paths = {"importance": run_dir / "importance.json", "problem": run_dir / "problem.json",
              "solution": run_dir / "solution.json", "export": run_dir / "exported" / "arch.json"}
     model_key = {k: cfg[k] for k in ("model", "resolution", "pretrained", "space")}
+    if is_vit(cfg):
+        model_key["num_classes"] = cfg.get("num_classes")
     if cfg.get("pretrained"):
         model_key["weights"] = file_hash(cfg["pretrained"])
     cache: dict[str, Any] = {}
@@ -358,10 +400,10 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [
-        f"model      {r['model']}: params {r['params'] / 1e6:.3f} M (dense {r['dense_params'] / 1e6:.3f} M), "
-        f"FLOPs {r['flops'] / 1e9:.3f} G (dense {r['dense_flops'] / 1e9:.3f} G)",
-    ]
+    line = f"model      {r.get('model')}: params {r['params'] / 1e6:.3f} M (dense {r['dense_params'] / 1e6:.3f} M)"
+    if r.get("flops") is not None:
+        line += f", FLOPs {r['flops'] / 1e9:.3f} G (dense {r['dense_flops'] / 1e9:.3f} G)"
+    lines = [line]
     if r.get("blocks_removed"):
         lines.append(f"removed    {len(r['blocks_removed'])} blocks: {', '.join(r['blocks_removed'])}")
     if r.get("measured_ms") is not None:

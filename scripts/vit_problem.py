@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the solver problem of a ViT (default DeiT-Base: E shared by all 12 blocks) for timing the solver.
 
-Tables come from a LUT (``--lut``, from ``mdp vit profile``) or, by default, from a FLOP-and-overhead cost
+Tables come from a LUT (``--lut``, from ``mdp profile --model deit_...``) or, by default, from a FLOP-and-overhead cost
 model of the same ops at the model's token count (synthetic but shaped like measured tables:
 multilinear in (E, H, Q), (E, H, V), (E, M) plus per-op constants). Importance comes from ``--importance``
 or from Taylor scores of the random-init model on ``--batches`` synthetic batches.

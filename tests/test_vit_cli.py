@@ -1,9 +1,9 @@
-"""ViT CLI commands and the pipeline (with a stand-in solver where the real one is not in this build)."""
+"""ViTs through the main commands: mdp space|score|export|run dispatch on the model family; mdp solve on a
+ViT run directory; one-line errors for options of the other family."""
 
 from __future__ import annotations
 
 import json
-import types
 from pathlib import Path
 
 import pytest
@@ -11,68 +11,109 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from mdp_cli.cli import main
 from mdp_cli.export.spec import load_exported
-from mdp_cli.vit_cli import run_vit_pipeline, vit_group
+from mdp_cli.families import family_of
+from mdp_cli.pipeline import load_config
 
+CONFIGS = Path(__file__).parents[1] / "configs"
 SMALL = ["--model", "deit_tiny", "--img-size", "32", "--num-classes", "5"]
 
 
-def half_solver(problem, budget):
-    choice = {d.name: d.options[len(d.options) // 2] for d in problem.dims}
-    kept = {b.name: not b.name.endswith(".3.mlp") for b in problem.blocks}
-    return types.SimpleNamespace(choice=choice, kept=kept)
+def invoke(args):
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_family_of_names():
+    assert [family_of(m) for m in ("deit_tiny", "deit_base_patch16_224", "vit_small", "deit_tiny_distilled",
+                                   "test_vit", "resnet50", "mobilenet_v2", "resnet18")] == ["vit"] * 5 + ["cnn"] * 3
 
 
 def test_configs_parse():
     for name in ("deit_tiny", "deit_small", "deit_base"):
-        cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"{name}.yaml").read_text())
-        assert cfg["model"] == name and cfg["family"] == "vit" and set(cfg["space"]["steps"]) == {"embed", "heads", "qk", "v", "mlp"}
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        assert cfg["family"] == "vit" and set(cfg["space"]["steps"]) == {"embed", "heads", "qk", "v", "mlp"}
+        assert cfg["resolution"] == 224 and isinstance(cfg["profile"]["grid"], dict)
+    assert load_config(CONFIGS / "demo.yaml")["family"] == "cnn"
 
 
-def test_pipeline_runs_for_a_vit(tmp_path):
-    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "deit_tiny.yaml").read_text())
-    cfg.update(img_size=32, num_classes=5)
-    cfg["profile"].update(samples=3, warmup=1, grid={"embed": 2, "heads": 2, "qk": 2, "v": 2, "hidden": 2})
-    cfg["score"].update(batches=1, batch_size=2)
-    cfg["export"].update(onnx=False, samples=3)
-    paths = run_vit_pipeline(cfg, tmp_path / "run", solver=half_solver, log=lambda s: None)
-    model = load_exported(paths["export"])
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    arch = json.loads((paths["export"] / "arch.json").read_text())
-    assert arch["embed_dim"] == 112 and arch["blocks"][3]["mlp"] is None
-    problem = json.loads(paths["problem"].read_text())
-    assert problem["schema"] == "mdp.problem" and len(problem["terms"]) == 38
-    # re-running skips every finished stage
-    mtime = paths["lut"].stat().st_mtime_ns
-    run_vit_pipeline(cfg, tmp_path / "run", solver=half_solver, log=lambda s: None)
-    assert paths["lut"].stat().st_mtime_ns == mtime
+def test_space_command_for_a_vit():
+    out = invoke(["space", "--model", "deit_tiny"])
+    assert "model deit_tiny_patch16_224 (vit), input [3, 224, 224]" in out
+    assert "embed: size=192 step=16" in out and "24 removable blocks" in out
 
 
-def test_cli_space_score_export(tmp_path):
-    runner = CliRunner()
-    res = runner.invoke(vit_group, ["space", *SMALL, "--steps", "embed=32"])
-    assert res.exit_code == 0, res.output
-    space = json.loads(res.output)
-    assert space["dims"][0]["options"] == [32, 64, 96, 128, 160, 192]
+@pytest.mark.parametrize("args, message", [
+    (["space", "--model", "deit_tiny", "--max-options", "4"], "--max-options) applies to CNN models only"),
+    (["space", "--model", "resnet18", "--steps", "embed=16"], "--steps) applies to ViT models only"),
+    (["space", "--model", "resnet18", "--num-classes", "3"], "--num-classes) applies to ViT models only"),
+    (["profile", "--model", "resnet18", "--grid", "embed=3"], "for a CNN an integer"),
+    (["problem", "--model", "deit_tiny", "--stat", "p10"], "ViT tables hold medians only"),
+    (["space", "--model", "deit_tiny", "--steps", "embed"], "expected KEY=N pairs"),
+])
+def test_options_of_the_other_family_are_one_line_errors(args, message):
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_family_in_a_config_must_match(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: resnet18\nfamily: vit\n")
+    res = CliRunner().invoke(main, ["space", "--config", str(cfg)])
+    assert res.exit_code == 2 and "family 'vit' does not match model 'resnet18'" in res.output
+
+
+def test_cli_score_export(tmp_path):
     imp = tmp_path / "imp.json"
-    res = runner.invoke(vit_group, ["score", *SMALL, "--data", "synthetic", "--out", str(imp), "--batches", "1",
-                                    "--batch-size", "2"])
-    assert res.exit_code == 0, res.output
+    invoke(["score", *SMALL, "--steps", "embed=32", "--data", "builtin:digits", "-o", imp, "--batches", "1",
+            "--batch-size", "4"])
+    record = json.loads(imp.read_text())
+    assert record["dims"]["embed"]["options"] == [32, 64, 96, 128, 160, 192]
+    assert record["provenance"]["data"] == "builtin:digits" and record["provenance"]["batches"] == 1
     sol = tmp_path / "sol.json"
     sol.write_text(json.dumps({"schema": "mdp.solution", "version": 1, "choice": {"embed": 64, "blocks.0.attn.qk": 16},
                                "blocks": {"blocks.1.attn": False}}))
-    res = runner.invoke(vit_group, ["export", *SMALL, "--solution", str(sol), "--importance", str(imp),
-                                    "--out", str(tmp_path / "pruned"), "--onnx"])
-    assert res.exit_code == 0, res.output
+    invoke(["export", *SMALL, "--steps", "embed=32", "--solution", sol, "--importance", imp,
+            "-o", tmp_path / "pruned", "--onnx", "--no-measure"])
     assert (tmp_path / "pruned" / "model.onnx").is_file()
     assert load_exported(tmp_path / "pruned").stem.proj.out_channels == 64
+
+
+def test_run_then_solve_a_vit(tmp_path, monkeypatch):
+    """mdp run on a tiny ViT config (real images from builtin:digits), then mdp solve on its run directory."""
+    monkeypatch.chdir(tmp_path)
+    cfg = {
+        "model": "deit_tiny", "resolution": 32, "num_classes": 5,
+        "space": {"steps": {"embed": 64, "heads": 1, "qk": 32, "v": 32, "mlp": 384}},
+        "profile": {"warmup": 1, "repeats": 3, "lut_dir": "luts", "grid": {"embed": 2, "heads": 2, "qk": 2, "v": 2, "hidden": 2}},
+        "score": {"data": "builtin:digits", "batches": 1, "batch_size": 4},
+        "solve": {"budget": 0.5},
+        "export": {"repeats": 3, "tolerance": 10.0},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    out = invoke(["run", "tiny.yaml", "-q"])
+    run = tmp_path / "runs" / "tiny"
+    assert "[export] done" in out and "latency    measured" in out
+    problem = json.loads((run / "problem.json").read_text())
+    assert problem["schema"] == "mdp.problem" and len(problem["terms"]) == 38
+    assert list((tmp_path / "luts").glob("vit__deit_tiny_patch16_224__32px__*.csv"))
+    model = load_exported(run / "exported")
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    # unchanged inputs: every stage skipped
+    assert invoke(["run", "tiny.yaml", "-q"]).count("unchanged inputs, skipped") == 5
+    out = invoke(["solve", run, "--budget", "0.6", "-o", tmp_path / "sol.json"])
+    solution = json.loads((tmp_path / "sol.json").read_text())
+    assert solution["predicted_latency"] <= solution["budget"] * (1 + 1e-9)
+    assert solution["budget"] == pytest.approx(0.6 * solution["dense_latency"], rel=1e-6)
 
 
 def test_export_gate_fails_on_missed_budget(tmp_path):
     from mdp_cli.errors import MdpError
     from mdp_cli.models import create_model
-    from mdp_cli.vit_cli import export_stage
+    from mdp_cli.vit_stages import export_stage
 
     model = create_model("deit_tiny", img_size=32, num_classes=5)
     solution = {"predicted_latency": 1e-4, "budget": 1e-4}

@@ -1,5 +1,7 @@
 """Click commands for space, profile, score, problem, export and run (thin: each calls mdp_cli.pipeline).
 
+One command per stage for every model family: ``mdp_cli.pipeline`` dispatches CNNs and ViTs
+(``mdp_cli.families``), and a flag that only one family understands is a one-line error for the other.
 Every command takes ``--config FILE`` (YAML, see configs/) and flags that override its keys.
 """
 
@@ -18,13 +20,17 @@ def _model_options(fn: Callable) -> Callable:
     options = [
         click.option("--config", "-c", "config", type=click.Path(dir_okay=False, path_type=Path),
                      help="YAML config (configs/*.yaml); flags override its keys."),
-        click.option("--model", "-m", help="Model name (torchvision/timm), e.g. resnet50."),
-        click.option("--resolution", "-r", type=int, help="Input resolution (square)."),
-        click.option("--pretrained", type=click.Path(dir_okay=False), help="Local weights (safetensors or torch weights-only)."),
-        click.option("--step", type=int, help="Channels per option step (default: size / max-options)."),
-        click.option("--max-options", type=int, help="Options per dim when --step is not given."),
-        click.option("--multiple", type=int, help="Restrict widths to multiples of this (hardware-friendly, e.g. 8)."),
-        click.option("--prune-stem/--keep-stem", default=None, help="Let the stem's output width be pruned (default: keep)."),
+        click.option("--model", "-m", help="Model name (torchvision/timm), e.g. resnet50, deit_base."),
+        click.option("--resolution", "-r", "--img-size", "resolution", type=int,
+                     help="Input resolution (square; a ViT's default is its own img_size)."),
+        click.option("--pretrained", "--weights", "pretrained", type=click.Path(dir_okay=False),
+                     help="Local weights (safetensors or torch weights-only)."),
+        click.option("--num-classes", type=int, help="ViT: classifier size (default: the model's)."),
+        click.option("--step", type=int, help="CNN: channels per option step (default: size / max-options)."),
+        click.option("--max-options", type=int, help="CNN: options per dim when --step is not given."),
+        click.option("--multiple", type=int, help="CNN: restrict widths to multiples of this (e.g. 8)."),
+        click.option("--prune-stem/--keep-stem", default=None, help="CNN: let the stem's output width be pruned (default: keep)."),
+        click.option("--steps", help="ViT: units per option step, e.g. embed=16,heads=1,qk=8,v=8,mlp=64."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -46,8 +52,8 @@ def _profile_options(fn: Callable) -> Callable:
 
 
 def _config(config: Path | None, kw: dict[str, Any]) -> dict[str, Any]:
-    top = {k: kw.pop(k) for k in ("model", "resolution", "pretrained") if k in kw}
-    space = {k: kw.pop(k) for k in ("step", "max_options", "multiple", "prune_stem") if k in kw}
+    top = {k: kw.pop(k) for k in ("model", "resolution", "pretrained", "num_classes") if k in kw}
+    space = {k: kw.pop(k) for k in ("step", "max_options", "multiple", "prune_stem", "steps") if k in kw}
     profile = {k: kw.pop(k) for k in ("device", "dtype", "batch", "threads", "lut_dir", "stat", "warmup", "repeats", "grid")
                if k in kw}
     over: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
@@ -80,7 +86,8 @@ def space_command(config, json_out, **kw):
 @_profile_options
 @click.option("--warmup", type=int, help="Warm-up calls per configuration (default 10).")
 @click.option("--repeats", type=int, help="Timed calls per configuration (default 30; median reported).")
-@click.option("--grid", type=int, help="Measure every N-th option only; the problem builder interpolates between.")
+@click.option("--grid", help="CNN: measure every N-th option only; ViT: points per dim, e.g. embed=5,heads=4,qk=3,v=3,hidden=5. "
+                             "The problem builder interpolates between.")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="Write to this LUT CSV instead of lut-dir/<device>.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def profile_command(config, lut_path, quiet, **kw):
@@ -94,15 +101,16 @@ def profile_command(config, lut_path, quiet, **kw):
 
 @click.command("score")
 @_model_options
-@click.option("--data", help="ImageFolder directory (one sub-folder per class), or 'synthetic' (random images, smoke tests only).")
+@click.option("--data", help="builtin:fashion-mnist[?train=N], builtin:digits, a directory with train/val, an ImageFolder "
+                             "directory, or 'synthetic' (random images, smoke tests only).")
 @click.option("--batches", type=int, help="Number of batches to accumulate scores over.")
 @click.option("--batch-size", type=int, help="Images per batch.")
 @click.option("--seed", type=int)
 @click.option("--device", help="Device for the forward/backward passes.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("importance.json"),
+@click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("importance.json"),
               show_default=True)
 def score_command(config, output, **kw):
-    """First-order Taylor importance (BN parameters, coupled layers summed) into an importance JSON."""
+    """First-order Taylor importance into an importance JSON (CNN: BN parameters; ViT: heads, q/k, v, MLP, embedding)."""
     cfg = _config(config, kw)
     summary = pipeline.stage_score(cfg, output)
     note = " (synthetic data: scores are meaningless)" if cfg["score"]["data"] == "synthetic" else ""
@@ -115,7 +123,7 @@ def score_command(config, output, **kw):
 @click.option("--importance", type=click.Path(dir_okay=False, path_type=Path),
               help="Importance JSON from 'mdp score' (omit for a latency-only problem).")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="LUT CSV (default: lut-dir/<this device>).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("problem.json"),
+@click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("problem.json"),
               show_default=True)
 def problem_command(config, importance, lut_path, output, **kw):
     """Build the solver's problem file from space + LUT + importance."""
@@ -131,7 +139,7 @@ def problem_command(config, importance, lut_path, output, **kw):
 @click.option("--solution", "-s", type=click.Path(dir_okay=False, path_type=Path),
               help="Solution JSON from 'mdp solve' (omit: export the dense model in the same format).")
 @click.option("--importance", type=click.Path(dir_okay=False, path_type=Path), help="Importance JSON (channel order).")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"), show_default=True)
+@click.option("--output", "-o", "--out", "output", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"), show_default=True)
 @click.option("--onnx/--no-onnx", default=None, help="Also write model.onnx and check it against PyTorch.")
 @click.option("--tolerance", type=float, help="Allowed overshoot of the budget by the measured latency (0.2 = 20%).")
 @click.option("--measure/--no-measure", default=None, help="Measure the exported model's latency (default on).")

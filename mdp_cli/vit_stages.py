@@ -1,0 +1,237 @@
+"""ViT stages as library calls: what ``mdp space|profile|score|problem|export|run`` do for a ViT.
+
+``mdp_cli.pipeline`` dispatches on the model family (``mdp_cli.families``) and calls the ``cfg_*``
+functions below with the resolved config. The ``*_stage`` functions take explicit arguments; each writes
+one artifact atomically and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from mdp_cli.artifacts import read_json, write_json
+from mdp_cli.errors import MdpError
+
+MODEL_KEYS = ("img_size", "num_classes")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Library stages
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_vit(model: str, weights: str | None = None, **overrides: Any):
+    from mdp_cli.models import create_model
+
+    return create_model(model, pretrained=weights, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def space_stage(model_name: str, steps: Mapping[str, int] | None = None, weights: str | None = None,
+                batch: int = 1, dtype: str = "float32", **overrides: Any):
+    from mdp_cli.models import canonical_name
+    from mdp_cli.space.vit import build_vit_space
+
+    model = load_vit(model_name, weights, **overrides)
+    return model, build_vit_space(model, canonical_name(model_name), steps, batch=batch, dtype=dtype)
+
+
+def profile_stage(space, out: str | Path, device: str = "cpu", grid: Mapping[str, int] | None = None,
+                  warmup: int = 10, samples: int = 30, threads: int = 1, progress: Callable | None = None) -> Path:
+    from mdp_cli.latency.vit_profile import profile_vit, save_lut
+
+    lut = profile_vit(space, device=device, grid=grid, warmup=warmup, samples=samples, threads=threads,
+                      progress=progress)
+    save_lut(out, lut)
+    return Path(out)
+
+
+def score_stage(model, space, loader, out: str | Path, batches: int | None = None, device: str = "cpu") -> Path:
+    from mdp_cli.importance.vit import vit_importance
+
+    write_json(out, vit_importance(model, loader, space, max_batches=batches, device=device))
+    return Path(out)
+
+
+def read_importance(path: str | Path) -> dict[str, Any]:
+    return read_json(path, "mdp.importance", 1)
+
+
+def problem_stage(space, lut_path: str | Path, importance_path: str | Path, out: str | Path) -> Path:
+    from mdp_cli.latency.vit_profile import load_lut, vit_tables
+    from mdp_cli.space.vit import vit_problem
+
+    lut = load_lut(lut_path)
+    tables = vit_tables(space, lut)
+    problem = vit_problem(space, tables, read_importance(importance_path),
+                          lut_file=str(lut_path), importance_file=str(importance_path),
+                          device=lut["provenance"].get("device"))
+    problem.save(out)
+    return Path(out)
+
+
+def read_solution(path: str | Path) -> tuple[dict[str, int], dict[str, bool]]:
+    data = read_json(path, "mdp.solution", 1)
+    return _choice_kept(data, path)
+
+
+def _choice_kept(data: Mapping[str, Any], path: Any) -> tuple[dict[str, int], dict[str, bool]]:
+    choice, blocks = data.get("choice"), data.get("blocks", {})
+    if not isinstance(choice, dict) or not isinstance(blocks, dict):
+        raise MdpError(f"{path}: needs 'choice' (dim -> size) and 'blocks' (block -> kept)")
+    return {k: int(v) for k, v in choice.items()}, {k: bool(v) for k, v in blocks.items()}
+
+
+def export_stage(model, choice: Mapping[str, int], kept: Mapping[str, bool], out: str | Path,
+                 importance_path: str | Path | None = None, onnx: bool = False,
+                 solution: Mapping[str, Any] | None = None, measure: Mapping[str, Any] | None = None,
+                 tolerance: float = 0.1, check_budget: bool = True, **prov: Any) -> Path:
+    """Cut, save (and ONNX) the pruned model. With ``measure`` (``{device, batch, threads, warmup,
+    samples}``) time it and the dense model, write ``report.json`` (``mdp.export_report``) and, like the
+    CNN export, fail when the measured latency exceeds the solution's budget by more than ``tolerance``."""
+    from mdp_cli.export.spec import save_exported
+    from mdp_cli.export.vit import export_vit, export_vit_onnx
+
+    importance = read_importance(importance_path)["dims"] if importance_path else None
+    pruned, arch = export_vit(model, choice, kept, importance)
+    out = Path(out)
+    save_exported(out, pruned, arch, **prov)
+    if onnx:
+        export_vit_onnx(pruned, str(out / "model.onnx"), arch)
+    solution = solution or {}
+    report: dict[str, Any] = {
+        "model": prov.get("source_model"), "exported": str(out), "params": sum(p.numel() for p in pruned.parameters()),
+        "dense_params": sum(p.numel() for p in model.parameters()),
+        "predicted_ms": solution.get("predicted_latency"), "budget_ms": solution.get("budget"),
+        "tolerance": tolerance, "blocks_removed": sorted(b for b, k in kept.items() if not k),
+    }
+    if measure:
+        import torch
+
+        from mdp_cli.latency.vit_profile import clock_name, measure_against
+
+        torch.set_num_threads(int(measure.get("threads", 1)))
+        device = measure.get("device", "cpu")
+        x = torch.randn(int(measure.get("batch", 1)), int(arch["in_chans"]), *arch["img_size"])
+        ms, dense_ms = measure_against(pruned, x, model, x, int(measure.get("warmup", 10)),
+                                       int(measure.get("samples", 30)), device)
+        report.update(measured_ms=ms, measured_dense_ms=dense_ms, clock=clock_name(device), device=device)
+        if report["predicted_ms"]:
+            report["prediction_error"] = report["predicted_ms"] / ms - 1
+        if report["budget_ms"] is not None:
+            report["within_tolerance"] = ms <= float(report["budget_ms"]) * (1 + tolerance)
+    write_json(out / "report.json", {"schema": "mdp.export_report", "version": 1, "provenance": {}, **report})
+    if check_budget and report.get("within_tolerance") is False:
+        raise MdpError(f"measured latency {report['measured_ms']:.3f} ms misses the budget {report['budget_ms']:.3f} ms "
+                       f"by more than {tolerance:.0%} (predicted {report['predicted_ms']:.3f} ms); model written to {out}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same stages over a resolved config (mdp_cli.families.resolve_config), as mdp_cli.pipeline calls them
+# ---------------------------------------------------------------------------------------------------
+
+
+class VitAnalysis:
+    """What ``mdp_cli.pipeline.discover`` returns for a ViT beside the model: the space (as for a CNN)."""
+
+    def __init__(self, space):
+        self.space = space
+
+
+def model_overrides(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (("img_size", cfg.get("resolution")), ("num_classes", cfg.get("num_classes")))
+            if v is not None}
+
+
+def cfg_discover(cfg: Mapping[str, Any]):
+    p = cfg["profile"]
+    model, space = space_stage(cfg["model"], cfg["space"].get("steps"), cfg.get("pretrained"), batch=int(p["batch"]),
+                               dtype=p["dtype"], **model_overrides(cfg))
+    return model, VitAnalysis(space)
+
+
+def lut_filename(cfg: Mapping[str, Any]) -> str:
+    """``vit__<model>__<px>__<device>__<dtype>__b<batch>__t<threads>.csv``: one ViT table set per model and
+    input size (the tables hold sub-grid rows of that model's space, not yet rows shared with the CNN LUT)."""
+    from mdp_cli.latency.lut import lut_filename as cnn_name
+    from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
+    from mdp_cli.models import canonical_name
+
+    p = cfg["profile"]
+    px = f"{cfg['resolution']}px" if cfg.get("resolution") else "native"
+    return (f"vit__{canonical_name(cfg['model'])}__{px}__"
+            + cnn_name(device_name(check_device(p["device"])), canonical_dtype(p["dtype"]), p["batch"], p["threads"]))
+
+
+def cfg_profile(cfg: Mapping[str, Any], space, lut_path: str | Path, progress: bool = True) -> dict[str, Any]:
+    import sys
+    import time
+
+    from mdp_cli.latency.vit_profile import load_lut
+
+    p = cfg["profile"]
+    t0 = time.perf_counter()
+    report = (lambda s: print(s, file=sys.stderr)) if progress else None
+    profile_stage(space, lut_path, p["device"], p["grid"], int(p["warmup"]), int(p["repeats"]), int(p["threads"]),
+                  progress=report)
+    prov = load_lut(lut_path)["provenance"]
+    return {"lut": str(lut_path), "measured": prov.get("measurements"), "reused": 0,
+            "seconds": time.perf_counter() - t0, "device": p["device"], "dtype": p["dtype"], "batch": p["batch"],
+            "threads": p["threads"]}
+
+
+def cfg_score(cfg: Mapping[str, Any], out: str | Path, model, space) -> dict[str, Any]:
+    """Taylor importance on batches of the shared data pipeline (``scoring_batches``: ``builtin:NAME``,
+    train/val directories, a flat ImageFolder, or ``synthetic``)."""
+    import time
+
+    from torch import nn
+
+    from mdp_cli.importance.taylor import scoring_batches
+    from mdp_cli.importance.vit import vit_importance
+
+    s = cfg["score"]
+    t0 = time.perf_counter()
+    batches = scoring_batches(str(s["data"]), space.input_shape[1], int(s["batch_size"]), int(s["batches"]),
+                              int(s["seed"]), int(getattr(model, "num_classes", 1000)))
+
+    def loss(out, labels):  # labels of a data set with more classes than the model: folded, as the CNN scorer does
+        return nn.functional.cross_entropy(out, labels % out.shape[1])
+
+    record = vit_importance(model, batches, space, max_batches=int(s["batches"]), loss_fn=loss,
+                            device=cfg["profile"]["device"])
+    record["provenance"].update(data=str(s["data"]), batch_size=int(s["batch_size"]), resolution=space.input_shape[1],
+                                synthetic=str(s["data"]) == "synthetic", steps=cfg["space"].get("steps"))
+    write_json(out, record)
+    return {"importance": str(out), "batches": record["provenance"].get("batches"), "seconds": time.perf_counter() - t0}
+
+
+def cfg_problem(cfg: Mapping[str, Any], space, lut_path: str | Path, importance_path: str | Path | None, out: str | Path):
+    from mdp_cli.latency.vit_profile import load_lut, vit_tables
+    from mdp_cli.space.vit import vit_problem
+
+    if importance_path is None:
+        raise MdpError(f"a ViT problem needs --importance (from 'mdp score --model {cfg['model']}')")
+    lut = load_lut(lut_path)
+    prov = lut["provenance"]
+    for key in ("dtype", "batch"):
+        if prov.get(key) is not None and str(prov[key]) != str(cfg["profile"][key]):
+            raise MdpError(f"{lut_path}: LUT was measured for {key}={prov[key]} but {key}={cfg['profile'][key]} "
+                           f"was asked; re-run 'mdp profile' with --{key} {cfg['profile'][key]}")
+    problem = vit_problem(space, vit_tables(space, lut), read_importance(importance_path), lut_file=str(lut_path),
+                          importance_file=str(importance_path), device=prov.get("device"))
+    problem.save(out)
+    return problem
+
+
+def cfg_export(cfg: Mapping[str, Any], solution: Mapping[str, Any], src: str, out_dir: str | Path,
+               importance_path: str | Path | None, model, space, check_budget: bool) -> dict[str, Any]:
+    p, e = cfg["profile"], cfg["export"]
+    choice, kept = _choice_kept(solution, src) if solution else ({}, {})
+    measure = ({"device": p["device"], "batch": p["batch"], "threads": p["threads"], "warmup": p["warmup"],
+                "samples": e["repeats"]} if e["measure"] else None)
+    export_stage(model, choice, kept, out_dir, importance_path, onnx=bool(e["onnx"]), solution=solution,
+                 measure=measure, tolerance=float(e["tolerance"]), check_budget=check_budget,
+                 source_model=cfg["model"], solution_file=src)
+    return read_json(Path(out_dir) / "report.json", "mdp.export_report", 1)
