@@ -53,8 +53,8 @@ def export_stage(model, choice: Mapping[str, int], kept: Mapping[str, bool], out
                  importance_path: str | Path | None = None, onnx: bool = False,
                  solution: Mapping[str, Any] | None = None, measure: Mapping[str, Any] | None = None,
                  tolerance: float = 0.1, check_budget: bool = True, **prov: Any) -> Path:
-    """Cut, save (and ONNX) the pruned model. With ``measure`` (``{device, batch, threads, warmup,
-    samples}``) time it and the dense model, write ``report.json`` (``mdp.export_report``) and, like the
+    """Cut, save (and ONNX) the pruned model. With ``measure`` (``{device, dtype, batch, threads,
+    warmup, samples}``) time it and the dense model, write ``report.json`` (``mdp.export_report``) and, like the
     CNN export, fail when the measured latency exceeds the solution's budget by more than ``tolerance``."""
     from mdp_cli.export.spec import save_exported
     from mdp_cli.export.vit import export_vit, export_vit_onnx
@@ -77,12 +77,18 @@ def export_stage(model, choice: Mapping[str, int], kept: Mapping[str, bool], out
 
         from mdp_cli.latency.vit_profile import clock_name, measure_against
 
+        import copy
+
         torch.set_num_threads(int(measure.get("threads", 1)))
         device = measure.get("device", "cpu")
-        x = torch.randn(int(measure.get("batch", 1)), int(arch["in_chans"]), *arch["img_size"])
-        ms, dense_ms = measure_against(pruned, x, model, x, int(measure.get("warmup", 10)),
+        dtype = getattr(torch, str(measure.get("dtype", "float32")))  # the dtype the LUT was profiled in
+        x = torch.randn(int(measure.get("batch", 1)), int(arch["in_chans"]), *arch["img_size"], dtype=dtype)
+        timed, dense = copy.deepcopy(pruned).to(dtype), copy.deepcopy(model).to(dtype)
+        ms, dense_ms = measure_against(timed, x, dense, x, int(measure.get("warmup", 10)),
                                        int(measure.get("samples", 30)), device)
-        report.update(measured_ms=ms, measured_dense_ms=dense_ms, clock=clock_name(device), device=device)
+        del timed, dense
+        report.update(measured_ms=ms, measured_dense_ms=dense_ms, clock=clock_name(device), device=device,
+                      dtype=str(measure.get("dtype", "float32")))
         if report["predicted_ms"]:
             report["prediction_error"] = report["predicted_ms"] / ms - 1
         if report["budget_ms"] is not None:
@@ -180,8 +186,8 @@ def cfg_export(cfg: Mapping[str, Any], solution: Mapping[str, Any], src: str, ou
                importance_path: str | Path | None, model, space, check_budget: bool) -> dict[str, Any]:
     p, e = cfg["profile"], cfg["export"]
     choice, kept = _choice_kept(solution, src) if solution else ({}, {})
-    measure = ({"device": p["device"], "batch": p["batch"], "threads": p["threads"], "warmup": p["warmup"],
-                "samples": e["repeats"]} if e["measure"] else None)
+    measure = ({"device": p["device"], "dtype": p["dtype"], "batch": p["batch"], "threads": p["threads"],
+                "warmup": p["warmup"], "samples": e["repeats"]} if e["measure"] else None)
     export_stage(model, choice, kept, out_dir, importance_path, onnx=bool(e["onnx"]), solution=solution,
                  measure=measure, tolerance=float(e["tolerance"]), check_budget=check_budget,
                  source_model=cfg["model"], solution_file=src)
