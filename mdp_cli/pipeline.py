@@ -124,10 +124,6 @@ def lut_location(cfg: dict[str, Any]) -> Path:
     from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
 
     p = cfg["profile"]
-    if is_vit(cfg):
-        from mdp_cli.vit_stages import lut_filename as vit_lut_filename
-
-        return Path(p["lut_dir"]) / vit_lut_filename(cfg)
     return Path(p["lut_dir"]) / lut_filename(device_name(check_device(p["device"])), canonical_dtype(p["dtype"]),
                                              p["batch"], p["threads"])
 
@@ -187,7 +183,7 @@ def stage_problem(cfg: dict[str, Any], importance_path: str | Path | None, out: 
     if is_vit(cfg):
         from mdp_cli.vit_stages import cfg_problem
 
-        return cfg_problem(cfg, analysis.space, lut_path or lut_location(cfg), importance_path, out)
+        return cfg_problem(cfg, analysis.space, open_lut(cfg, lut_path), importance_path, out)
     importance = read_importance(importance_path) if importance_path else None
     lut = open_lut(cfg, lut_path)
     problem = build_problem(analysis.space, lut, importance, interpolate=True, source=str(importance_path),

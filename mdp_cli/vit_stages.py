@@ -1,20 +1,17 @@
 """ViT stages as library calls: what ``mdp space|profile|score|problem|export|run`` do for a ViT.
 
 ``mdp_cli.pipeline`` dispatches on the model family (``mdp_cli.families``) and calls the ``cfg_*``
-functions below with the resolved config. The ``*_stage`` functions take explicit arguments; each writes
-one artifact atomically and returns its path.
+functions below with the resolved config; ``space_stage`` and ``export_stage`` take explicit arguments.
+Latency rows live in the shared LUT (``latency/lut.py``), importance through the shared data pipeline.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from mdp_cli.artifacts import read_json, write_json
 from mdp_cli.errors import MdpError
-
-MODEL_KEYS = ("img_size", "num_classes")
-
 
 # ---------------------------------------------------------------------------------------------------
 # Library stages
@@ -36,38 +33,8 @@ def space_stage(model_name: str, steps: Mapping[str, int] | None = None, weights
     return model, build_vit_space(model, canonical_name(model_name), steps, batch=batch, dtype=dtype)
 
 
-def profile_stage(space, out: str | Path, device: str = "cpu", grid: Mapping[str, int] | None = None,
-                  warmup: int = 10, samples: int = 30, threads: int = 1, progress: Callable | None = None) -> Path:
-    from mdp_cli.latency.vit_profile import profile_vit, save_lut
-
-    lut = profile_vit(space, device=device, grid=grid, warmup=warmup, samples=samples, threads=threads,
-                      progress=progress)
-    save_lut(out, lut)
-    return Path(out)
-
-
-def score_stage(model, space, loader, out: str | Path, batches: int | None = None, device: str = "cpu") -> Path:
-    from mdp_cli.importance.vit import vit_importance
-
-    write_json(out, vit_importance(model, loader, space, max_batches=batches, device=device))
-    return Path(out)
-
-
 def read_importance(path: str | Path) -> dict[str, Any]:
     return read_json(path, "mdp.importance", 1)
-
-
-def problem_stage(space, lut_path: str | Path, importance_path: str | Path, out: str | Path) -> Path:
-    from mdp_cli.latency.vit_profile import load_lut, vit_tables
-    from mdp_cli.space.vit import vit_problem
-
-    lut = load_lut(lut_path)
-    tables = vit_tables(space, lut)
-    problem = vit_problem(space, tables, read_importance(importance_path),
-                          lut_file=str(lut_path), importance_file=str(importance_path),
-                          device=lut["provenance"].get("device"))
-    problem.save(out)
-    return Path(out)
 
 
 def read_solution(path: str | Path) -> tuple[dict[str, int], dict[str, bool]]:
@@ -86,8 +53,8 @@ def export_stage(model, choice: Mapping[str, int], kept: Mapping[str, bool], out
                  importance_path: str | Path | None = None, onnx: bool = False,
                  solution: Mapping[str, Any] | None = None, measure: Mapping[str, Any] | None = None,
                  tolerance: float = 0.1, check_budget: bool = True, **prov: Any) -> Path:
-    """Cut, save (and ONNX) the pruned model. With ``measure`` (``{device, batch, threads, warmup,
-    samples}``) time it and the dense model, write ``report.json`` (``mdp.export_report``) and, like the
+    """Cut, save (and ONNX) the pruned model. With ``measure`` (``{device, dtype, batch, threads,
+    warmup, samples}``) time it and the dense model, write ``report.json`` (``mdp.export_report``) and, like the
     CNN export, fail when the measured latency exceeds the solution's budget by more than ``tolerance``."""
     from mdp_cli.export.spec import save_exported
     from mdp_cli.export.vit import export_vit, export_vit_onnx
@@ -110,12 +77,18 @@ def export_stage(model, choice: Mapping[str, int], kept: Mapping[str, bool], out
 
         from mdp_cli.latency.vit_profile import clock_name, measure_against
 
+        import copy
+
         torch.set_num_threads(int(measure.get("threads", 1)))
         device = measure.get("device", "cpu")
-        x = torch.randn(int(measure.get("batch", 1)), int(arch["in_chans"]), *arch["img_size"])
-        ms, dense_ms = measure_against(pruned, x, model, x, int(measure.get("warmup", 10)),
+        dtype = getattr(torch, str(measure.get("dtype", "float32")))  # the dtype the LUT was profiled in
+        x = torch.randn(int(measure.get("batch", 1)), int(arch["in_chans"]), *arch["img_size"], dtype=dtype)
+        timed, dense = copy.deepcopy(pruned).to(dtype), copy.deepcopy(model).to(dtype)
+        ms, dense_ms = measure_against(timed, x, dense, x, int(measure.get("warmup", 10)),
                                        int(measure.get("samples", 30)), device)
-        report.update(measured_ms=ms, measured_dense_ms=dense_ms, clock=clock_name(device), device=device)
+        del timed, dense
+        report.update(measured_ms=ms, measured_dense_ms=dense_ms, clock=clock_name(device), device=device,
+                      dtype=str(measure.get("dtype", "float32")))
         if report["predicted_ms"]:
             report["prediction_error"] = report["predicted_ms"] / ms - 1
         if report["budget_ms"] is not None:
@@ -151,33 +124,21 @@ def cfg_discover(cfg: Mapping[str, Any]):
     return model, VitAnalysis(space)
 
 
-def lut_filename(cfg: Mapping[str, Any]) -> str:
-    """``vit__<model>__<px>__<device>__<dtype>__b<batch>__t<threads>.csv``: one ViT table set per model and
-    input size (the tables hold sub-grid rows of that model's space, not yet rows shared with the CNN LUT)."""
-    from mdp_cli.latency.lut import lut_filename as cnn_name
-    from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
-    from mdp_cli.models import canonical_name
-
-    p = cfg["profile"]
-    px = f"{cfg['resolution']}px" if cfg.get("resolution") else "native"
-    return (f"vit__{canonical_name(cfg['model'])}__{px}__"
-            + cnn_name(device_name(check_device(p["device"])), canonical_dtype(p["dtype"]), p["batch"], p["threads"]))
-
-
 def cfg_profile(cfg: Mapping[str, Any], space, lut_path: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Measure the space's sub-grid rows that the shared LUT at ``lut_path`` lacks (``latency/lut.py``)."""
     import sys
-    import time
 
-    from mdp_cli.latency.vit_profile import load_lut
+    from mdp_cli.latency.lut import Lut
+    from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
+    from mdp_cli.latency.vit_profile import profile_into_lut
 
     p = cfg["profile"]
-    t0 = time.perf_counter()
+    device, dtype = check_device(p["device"]), canonical_dtype(p["dtype"])
+    lut = Lut.open(lut_path, device_name(device), dtype, int(p["batch"]), int(p["threads"]))
     report = (lambda s: print(s, file=sys.stderr)) if progress else None
-    profile_stage(space, lut_path, p["device"], p["grid"], int(p["warmup"]), int(p["repeats"]), int(p["threads"]),
-                  progress=report)
-    prov = load_lut(lut_path)["provenance"]
-    return {"lut": str(lut_path), "measured": prov.get("measurements"), "reused": 0,
-            "seconds": time.perf_counter() - t0, "device": p["device"], "dtype": p["dtype"], "batch": p["batch"],
+    summary = profile_into_lut(space, lut, device, p["grid"], int(p["warmup"]), int(p["repeats"]), int(p["threads"]),
+                               progress=report)
+    return {"lut": str(lut_path), **summary, "device": lut.device, "dtype": dtype, "batch": p["batch"],
             "threads": p["threads"]}
 
 
@@ -207,20 +168,16 @@ def cfg_score(cfg: Mapping[str, Any], out: str | Path, model, space) -> dict[str
     return {"importance": str(out), "batches": record["provenance"].get("batches"), "seconds": time.perf_counter() - t0}
 
 
-def cfg_problem(cfg: Mapping[str, Any], space, lut_path: str | Path, importance_path: str | Path | None, out: str | Path):
-    from mdp_cli.latency.vit_profile import load_lut, vit_tables
+def cfg_problem(cfg: Mapping[str, Any], space, lut, importance_path: str | Path | None, out: str | Path):
+    """``lut``: the shared ``latency.lut.Lut`` (opened for the config's device, dtype, batch, threads, stat)."""
+    from mdp_cli.latency.vit_profile import rows_from_lut, vit_tables
     from mdp_cli.space.vit import vit_problem
 
     if importance_path is None:
         raise MdpError(f"a ViT problem needs --importance (from 'mdp score --model {cfg['model']}')")
-    lut = load_lut(lut_path)
-    prov = lut["provenance"]
-    for key in ("dtype", "batch"):
-        if prov.get(key) is not None and str(prov[key]) != str(cfg["profile"][key]):
-            raise MdpError(f"{lut_path}: LUT was measured for {key}={prov[key]} but {key}={cfg['profile'][key]} "
-                           f"was asked; re-run 'mdp profile' with --{key} {cfg['profile'][key]}")
-    problem = vit_problem(space, vit_tables(space, lut), read_importance(importance_path), lut_file=str(lut_path),
-                          importance_file=str(importance_path), device=prov.get("device"))
+    tables = vit_tables(space, {"rows": rows_from_lut(lut, space)})
+    problem = vit_problem(space, tables, read_importance(importance_path), lut_file=str(lut.path),
+                          importance_file=str(importance_path), device=lut.device, stat=lut.stat)
     problem.save(out)
     return problem
 
@@ -229,8 +186,8 @@ def cfg_export(cfg: Mapping[str, Any], solution: Mapping[str, Any], src: str, ou
                importance_path: str | Path | None, model, space, check_budget: bool) -> dict[str, Any]:
     p, e = cfg["profile"], cfg["export"]
     choice, kept = _choice_kept(solution, src) if solution else ({}, {})
-    measure = ({"device": p["device"], "batch": p["batch"], "threads": p["threads"], "warmup": p["warmup"],
-                "samples": e["repeats"]} if e["measure"] else None)
+    measure = ({"device": p["device"], "dtype": p["dtype"], "batch": p["batch"], "threads": p["threads"],
+                "warmup": p["warmup"], "samples": e["repeats"]} if e["measure"] else None)
     export_stage(model, choice, kept, out_dir, importance_path, onnx=bool(e["onnx"]), solution=solution,
                  measure=measure, tolerance=float(e["tolerance"]), check_budget=check_budget,
                  source_model=cfg["model"], solution_file=src)

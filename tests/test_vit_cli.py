@@ -14,7 +14,15 @@ from click.testing import CliRunner
 from mdp_cli.cli import main
 from mdp_cli.export.spec import load_exported
 from mdp_cli.families import family_of
-from mdp_cli.pipeline import load_config
+from mdp_cli.latency.lut import Lut
+from mdp_cli.pipeline import load_config, lut_location
+
+
+def lut_identity(cfg):
+    from mdp_cli.latency.timing import device_name
+
+    p = cfg["profile"]
+    return device_name(p["device"]), p["dtype"], p["batch"], p["threads"]
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 SMALL = ["--model", "deit_tiny", "--img-size", "32", "--num-classes", "5"]
@@ -50,7 +58,6 @@ def test_space_command_for_a_vit():
     (["space", "--model", "resnet18", "--steps", "embed=16"], "--steps) applies to ViT models only"),
     (["space", "--model", "resnet18", "--num-classes", "3"], "--num-classes) applies to ViT models only"),
     (["profile", "--model", "resnet18", "--grid", "embed=3"], "for a CNN an integer"),
-    (["problem", "--model", "deit_tiny", "--stat", "p10"], "ViT tables hold medians only"),
     (["space", "--model", "deit_tiny", "--steps", "embed"], "expected KEY=N pairs"),
 ])
 def test_options_of_the_other_family_are_one_line_errors(args, message):
@@ -98,12 +105,21 @@ def test_run_then_solve_a_vit(tmp_path, monkeypatch):
     assert "[export] done" in out and "latency    measured" in out
     problem = json.loads((run / "problem.json").read_text())
     assert problem["schema"] == "mdp.problem" and len(problem["terms"]) == 38
-    assert list((tmp_path / "luts").glob("vit__deit_tiny_patch16_224__32px__*.csv"))
+    # the ViT rows live in the shared LUT, the file a CNN with the same profile settings uses
+    cnn_lut = lut_location(load_config(None, {"model": "resnet18", "profile": {"lut_dir": "luts"}}))
+    assert [p.name for p in (tmp_path / "luts").glob("*.csv")] == [cnn_lut.name]
     model = load_exported(run / "exported")
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    # unchanged inputs: every stage skipped
+    # unchanged inputs: every stage skipped; profiling again measures nothing (rows reused from the LUT)
     assert invoke(["run", "tiny.yaml", "-q"]).count("unchanged inputs, skipped") == 5
+    out = invoke(["profile", "--config", "tiny.yaml", "-q"])
+    assert " 0 configurations measured" in out and " 0 reused" not in out
+    frame = Lut.open(cnn_lut, *lut_identity(load_config(tmp_path / "tiny.yaml"))).frame
+    assert set(frame["op"]) == {"vit_stem", "vit_head", "vit_qk", "vit_vproj", "vit_mlp"}
+    assert frame["sizes"].str.contains("embed=64;heads=1;qk=32;v=32").any()
+    invoke(["problem", "--config", "tiny.yaml", "--stat", "p10", "--importance", run / "importance.json", "-o", "p10.json"])
+    assert json.loads((tmp_path / "p10.json").read_text())["provenance"]["stat"] == "p10"
     out = invoke(["solve", run, "--budget", "0.6", "-o", tmp_path / "sol.json"])
     solution = json.loads((tmp_path / "sol.json").read_text())
     assert solution["predicted_latency"] <= solution["budget"] * (1 + 1e-9)

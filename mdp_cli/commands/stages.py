@@ -7,7 +7,6 @@ Every command takes ``--config FILE`` (YAML, see configs/) and flags that overri
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 

@@ -1,9 +1,12 @@
 """Profiling a ViT space: measure a sub-grid of sizes, interpolate to every option, build the tables.
 
-Measured points are stored as a LUT CSV (one row per measured op configuration: ``op, signature,
-embed, heads, qk, v, hidden, ms``) with a JSON sidecar holding provenance (device, dtype, batch,
-threads, warm-up and sample counts). One table set serves every block, because all blocks of a
-timm ViT share the same term signatures (same context: tokens, batch, dtype).
+Measured points go into the shared LUT of ``latency/lut.py`` (``profile_into_lut``: one CSV per device,
+dtype, batch and threads under ``luts/``, the same files as the CNN rows; sizes as
+``embed=192;heads=3;qk=64;v=8``; a row already there is reused, by any model with the same op signature).
+``rows_from_lut`` reads them back for ``vit_tables``. The older stand-alone format (``save_lut`` /
+``load_lut``: ``op, signature, embed, heads, qk, v, hidden, ms`` + an ``mdp.vit_lut`` sidecar) is kept for
+the scripts. One table set serves every block, because all blocks of a timm ViT share the same term
+signatures (same context: tokens, batch, dtype).
 
 Tables (full option grids) come from multilinear interpolation over the measured sub-grid. The
 attention branch is timed whole (the SDPA kernel fuses QKᵀ, softmax and attn·V), at (E, H, Q, v_ref)
@@ -35,7 +38,7 @@ from mdp_cli.errors import MdpError
 from mdp_cli.latency.ops import get_op
 from mdp_cli.space.core import PruningSpace, SpaceTerm
 
-LUT_SCHEMA = "mdp.vit_lut"  # sub-grid rows of the ViT profiler; to converge with latency/lut.py at merge
+LUT_SCHEMA = "mdp.vit_lut"  # stand-alone sub-grid rows (scripts); the pipeline uses latency/lut.py
 LUT_VERSION = 1
 SIZE_COLUMNS = ("embed", "heads", "qk", "v", "hidden")
 DEFAULT_GRID = {"embed": 5, "heads": 4, "qk": 3, "v": 3, "hidden": 5}
@@ -51,12 +54,26 @@ def clock_name(device: str) -> str:
     is its latency minus the time the OS gave the core to other processes: robust on a shared machine,
     the same choice as latency/timing.py), ``wall`` with more threads, ``cuda_sync`` on GPU."""
     if device.startswith("cuda"):
-        return "cuda_sync"
+        return "cuda_event"
     return "thread_cpu" if torch.get_num_threads() == 1 else "wall"
 
 
 def _clock(device: str):
     return time.thread_time if clock_name(device) == "thread_cpu" else time.perf_counter
+
+
+def _call_ms(module: torch.nn.Module, x: torch.Tensor, device: str, clock) -> float:
+    """One timed call in ms: CUDA events on GPU (as latency/timing.py), else ``clock``."""
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        module(x)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = clock()
+    module(x)
+    return 1000.0 * (clock() - t0)
 
 
 def measure_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int = 10, samples: int = 30,
@@ -82,11 +99,7 @@ def measure_against(module: torch.nn.Module, x: torch.Tensor, ref: torch.nn.Modu
     clock = _clock(device)
 
     def timed(m, inp):
-        t0 = clock()
-        m(inp)
-        if cuda:
-            torch.cuda.synchronize()
-        return clock() - t0
+        return _call_ms(m, inp, device, clock) / 1000.0
 
     times, ref_times = [], []
     with torch.inference_mode():
@@ -142,6 +155,7 @@ def profile_vit(
     replicas: int | None = None,
     rounds: int = 3,
     progress: Callable[[str], None] | None = None,
+    have: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """Measure every distinct term of the space on a sub-grid of its sizes; returns a LUT dict
     ``{"rows": [...], "provenance": {...}}`` (save with ``save_lut``).
@@ -152,6 +166,8 @@ def profile_vit(
     The ``samples`` of each configuration are taken in ``rounds`` passes over all configurations (each
     after ``warmup`` calls) and the median is over all of them, so a slow drift of the machine's load
     during profiling spreads over every row instead of biasing the rows timed at the wrong moment.
+    ``have(row)`` true: the row exists already (in a shared LUT) and is neither measured nor returned.
+    Each row holds ``ms`` (median) and ``samples`` (all its times).
     """
     grid = {**DEFAULT_GRID, **(grid or {})}
     if threads is not None and device == "cpu":
@@ -177,8 +193,11 @@ def profile_vit(
             # the qk and vproj sub-grids share their reference points: time each configuration once
             key = ("attn" if term.op in ("vit_qk", "vit_vproj") else term.op,
                    json.dumps(term.context, sort_keys=True), tuple(sorted(sizes_all.items())))
+            row = {"op": term.op, "signature": sig, **sizes_all}
+            if have is not None and have(row):
+                continue
             configs.setdefault(key, (term, sizes, n))
-            row_keys.append(({"op": term.op, "signature": sig, **sizes_all}, key))
+            row_keys.append((row, key))
     rounds = max(1, int(rounds))
     per_round = -(-samples // rounds)
     times: dict[tuple, list[float]] = {key: [] for key in configs}
@@ -192,7 +211,7 @@ def profile_vit(
             del module, x
             if progress:
                 progress(f"round {r + 1}/{rounds} {term.op} {sizes}: {statistics.median(times[key]):.3f} ms")
-    rows = [{**row, "ms": statistics.median(times[key])} for row, key in row_keys]
+    rows = [{**row, "ms": statistics.median(times[key]), "samples": times[key]} for row, key in row_keys]
     seconds = time.perf_counter() - t_start
     prov = provenance(
         model=space.model_name, family=space.family, device=_device_name(device), dtype=_dtype_of(space),
@@ -215,11 +234,7 @@ def _sample_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int, samples: i
         if cuda:
             torch.cuda.synchronize()
         for _ in range(samples):
-            t0 = clock()
-            module(x)
-            if cuda:
-                torch.cuda.synchronize()
-            out.append(1000.0 * (clock() - t0))
+            out.append(_call_ms(module, x, device, clock))
     return out
 
 
@@ -349,3 +364,68 @@ def linear_tables(space, tables):
             lin = lin - slope * (opts[-1] - opts).reshape(shape)
         out[term.name] = np.clip(lin, 0.0, None)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shared LUT (latency/lut.py)
+# ---------------------------------------------------------------------------------------------------
+
+
+def lut_sizes(row: Mapping[str, Any]) -> str:
+    """``embed=192;heads=3;qk=64;v=8``: a ViT row's sizes in the shared LUT's ``sizes`` column."""
+    from mdp_cli.latency.lut import sizes_key
+
+    roles = [c for c in SIZE_COLUMNS if c in row]
+    return sizes_key(roles, [row[c] for c in roles])
+
+
+def profile_into_lut(space: PruningSpace, lut, device: str = "cpu", grid: Mapping[str, int] | None = None,
+                     warmup: int = 10, samples: int = 30, threads: int = 1,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure the rows of ``space``'s sub-grid that ``lut`` (a ``latency.lut.Lut``) lacks, add them and save.
+    Returns ``{"measured", "reused", "seconds"}`` (rows, not timed configurations)."""
+    import datetime as _dt
+
+    from mdp_cli.latency.timing import clock_for
+
+    t0 = time.perf_counter()
+    seen: list[str] = []
+
+    def have(row: Mapping[str, Any]) -> bool:
+        seen.append(row["signature"])
+        return (row["signature"], lut_sizes(row)) in lut
+
+    result = profile_vit(space, device=device, grid=grid, warmup=warmup, samples=samples, threads=threads,
+                         progress=progress, have=have)
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    for r in result["rows"]:
+        t = np.asarray(r["samples"], float)
+        rows.append({"op": r["op"], "signature": r["signature"], "sizes": lut_sizes(r), "device": lut.device,
+                     "dtype": lut.dtype, "batch": lut.batch, "threads": lut.threads,
+                     "clock": clock_for(device, threads), "median_ms": float(np.median(t)),
+                     "spread_ms": float(np.percentile(t, 75) - np.percentile(t, 25)),
+                     "p10_ms": float(np.percentile(t, 10)), "ref_ms": float("nan"), "repeats": len(t),
+                     "warmup": warmup, "created": now})
+    lut.add_rows(rows)
+    if rows or not lut.path.is_file():
+        lut.save(last_model=space.model_name)
+    return {"measured": len(rows), "reused": len(seen) - len(rows), "seconds": time.perf_counter() - t0}
+
+
+def rows_from_lut(lut, space: PruningSpace) -> list[dict[str, Any]]:
+    """The rows of ``space``'s op signatures from a shared LUT, in the form ``vit_tables`` reads (``ms`` is
+    the LUT's statistic: median, or p10 when opened with ``stat="p10"``)."""
+    wanted = {t.signature() for t in space.terms}
+    f = lut.frame
+    column = "median_ms" if lut.stat == "median" else "p10_ms"
+    rows = []
+    for op, sig, sizes, ms in zip(f["op"], f["signature"].astype(str), f["sizes"].astype(str), f[column]):
+        if sig not in wanted:
+            continue
+        row: dict[str, Any] = {"op": op, "signature": sig, "ms": float(ms)}
+        for part in filter(None, sizes.split(";")):
+            k, v = part.split("=", 1)
+            row[k] = int(v)
+        rows.append(row)
+    return rows
