@@ -5,8 +5,7 @@ Profiles the model's space (sub-grid + interpolation, as ``mdp profile`` does), 
 configurations (random option of every dim; optionally random branch removal), measures each whole
 exported model (median of ``--samples`` calls after ``--warmup``) and compares with
 
-- ``multi``: Σ of the multi-dimensional tables (qk(E,H,Q) + vproj(E,H,V) + sdpa(H,Q,V) + mlp(E,M) + stem(E)
-  + head(E));
+- ``multi``: Σ of the multi-dimensional tables (qk(E,H,Q) + vproj(E,H,V) + mlp(E,M) + stem(E) + head(E));
 - ``linear``: a HALP-style linear per-dim model built from the same tables: each term's latency is its
   full-size value minus, for each of its dims, a constant cost per removed unit (the slope between the
   smallest and the full size with the other dims at full size).

@@ -47,20 +47,14 @@ class PrunedAttention(nn.Module):
         self.proj = nn.Linear(heads * v_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(attention_kernel(self.qkv(x), self.heads, self.qk_dim, self.v_dim, self.scale))
-
-
-def attention_kernel(qkv: torch.Tensor, heads: int, qk_dim: int, v_dim: int, scale: float) -> torch.Tensor:
-    """Fused qkv output (b, n, H·(2Q+V)) -> per-head q, k, v views -> SDPA -> merged heads (b, n, H·V).
-    Everything of ``PrunedAttention`` between its two linears (``vit_sdpa_alone`` times this)."""
-    b, n, _ = qkv.shape
-    hq, hv = heads * qk_dim, heads * v_dim
-    q, k, v = qkv.split([hq, hq, hv], dim=-1)
-    q = q.reshape(b, n, heads, qk_dim).transpose(1, 2)
-    k = k.reshape(b, n, heads, qk_dim).transpose(1, 2)
-    v = v.reshape(b, n, heads, v_dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return out.transpose(1, 2).reshape(b, n, hv)
+        b, n, _ = x.shape
+        hq, hv = self.heads * self.qk_dim, self.heads * self.v_dim
+        q, k, v = self.qkv(x).split([hq, hq, hv], dim=-1)
+        q = q.reshape(b, n, self.heads, self.qk_dim).transpose(1, 2)
+        k = k.reshape(b, n, self.heads, self.qk_dim).transpose(1, 2)
+        v = v.reshape(b, n, self.heads, self.v_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(b, n, hv))
 
 
 class PrunedMlp(nn.Module):

@@ -9,22 +9,15 @@ the scripts. One table set serves every block, because all blocks of a timm ViT 
 signatures (same context: tokens, batch, dtype).
 
 Tables (full option grids) come from multilinear interpolation over the measured sub-grid. The
-attention branch T(E, H, Q, V) is timed whole (the SDPA kernel fuses QKᵀ, softmax and attn·V): at
-(E, H, Q, v_ref) for ``vit_qk``, at (E, H, qk_ref, V) for ``vit_vproj``, and at (embed_ref, H, Q, V) for
-``vit_sdpa``, with embed_ref the smallest E option and every Q and V option measured (on CPU SDPA runs
-its fused kernel only when Q = V and the ~2× slower math path otherwise, a jump on the diagonal that no
-sub-grid interpolation or additive split can follow). S(H, Q, V) = T(embed_ref, H, Q, V) holds the
-kernel; P = T − S (what grows with E: the projections and LayerNorm, linear in the widths) is smooth and
-additive in Q and V. S is subtracted from every qk/vproj row at its own sizes before interpolation, and
-with R(E, H) = P(E, H, qk_ref, v_ref):
+attention branch is timed whole (the SDPA kernel fuses QKᵀ, softmax and attn·V), at (E, H, Q, v_ref)
+for ``vit_qk`` and at (E, H, qk_ref, V) for ``vit_vproj``. With R(E, H) = T(E, H, qk_ref, v_ref):
 
-    qk(E, H, Q)    = P(E, H, Q, v_ref)  − R(E, H) / 2
-    vproj(E, H, V) = P(E, H, qk_ref, V) − R(E, H) / 2
-    sdpa(H, Q, V)  = S(H, Q, V)
+    qk(E, H, Q)    = T(E, H, Q, v_ref)  − R(E, H) / 2
+    vproj(E, H, V) = T(E, H, qk_ref, V) − R(E, H) / 2
 
-so qk + vproj + sdpa = P(E,H,Q,v_ref) + P(E,H,qk_ref,V) − R(E,H) + S(H,Q,V): exact at either reference
-and at E = embed_ref, and everywhere when P is additive in Q and V for given (E, H), whatever the kernel
-does. ``scripts/bench_latency_model_vit.py`` checks it against whole exported models.
+so qk + vproj = T(E,H,Q,v_ref) + T(E,H,qk_ref,V) − R(E,H): exact at either reference and exact
+everywhere when the branch's cost is additive in Q and V for given (E, H) (projections are linear
+in their widths; attention kernels scale with Q + V), which ``scripts/bench_latency_model_vit.py`` checks.
 """
 
 from __future__ import annotations
@@ -49,8 +42,6 @@ LUT_SCHEMA = "mdp.vit_lut"  # stand-alone sub-grid rows (scripts); the pipeline 
 LUT_VERSION = 1
 SIZE_COLUMNS = ("embed", "heads", "qk", "v", "hidden")
 DEFAULT_GRID = {"embed": 5, "heads": 4, "qk": 3, "v": 3, "hidden": 5}
-FULL_AXES = {"vit_sdpa": ("qk", "v")}  # roles measured at every option (the Q = V kernel switch), not a sub-grid
-UNCHAINED = ("vit_stem", "vit_head")  # once per model: timed alone
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,9 +138,7 @@ def _unique_terms(space: PruningSpace) -> dict[str, SpaceTerm]:
 
 
 def _points(space: PruningSpace, term: SpaceTerm, grid: Mapping[str, int]) -> list[dict[str, int]]:
-    full = FULL_AXES.get(term.op, ())
-    axes = [list(space.dim(d).options) if role in full else subgrid(space.dim(d).options, int(grid.get(role, 4)))
-            for d, role in zip(term.dims, term.roles)]
+    axes = [subgrid(space.dim(d).options, int(grid.get(role, 4))) for d, role in zip(term.dims, term.roles)]
     mesh = np.meshgrid(*axes, indexing="ij") if axes else []
     if not axes:
         return [{}]
@@ -187,7 +176,7 @@ def profile_vit(
     t_start = time.perf_counter()
     copies: dict[str, int] = {}
     for term in space.terms:
-        if term.op not in UNCHAINED:
+        if term.op not in ("vit_stem", "vit_head"):
             copies[term.signature()] = copies.get(term.signature(), 0) + 1
     configs: dict[tuple, tuple[SpaceTerm, dict[str, int], int]] = {}
     row_keys: list[tuple[dict[str, Any], tuple]] = []
@@ -329,39 +318,17 @@ def term_table(space: PruningSpace, term: SpaceTerm, rows: list[Mapping[str, Any
 
 def vit_tables(space: PruningSpace, lut: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Full-option latency table (ms) of every term of the space, keyed by term name."""
-    rows = _projection_rows(space, lut["rows"])
+    rows = lut["rows"]
     by_sig: dict[str, np.ndarray] = {}
     for sig, term in _unique_terms(space).items():
         table = term_table(space, term, rows)
         if term.op in ("vit_qk", "vit_vproj"):
-            # R(E, H) = P(E, H, qk_ref, v_ref): the first Q option of the qk slice (qk_ref = smallest option)
+            # R(E, H): the branch at (qk_ref, v_ref) = the first Q option of the raw qk table
             qk_term = next(t for t in space.terms if t.op == "vit_qk" and t.context == term.context)
             ref = term_table(space, qk_term, rows)[:, :, 0]
             table = np.clip(table - ref[:, :, None] / 2, 0.0, None)
         by_sig[sig] = table
     return {term.name: by_sig[term.signature()] for term in space.terms}
-
-
-def _projection_rows(space: PruningSpace, rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """``rows`` with every qk/vproj branch time T replaced by P = T − S(H, Q, V) at its own measured sizes,
-    before any interpolation: the slices T(·, Q, v_ref) and T(·, qk_ref, V) jump where Q = V (the kernel
-    switch), P is smooth. S is measured at every Q and V and at the same head counts as the slices (the
-    sub-grid of ``embed`` always holds embed_ref, the smallest option)."""
-    kernel = next((t for t in space.terms if t.op == "vit_sdpa"), None)
-    if kernel is None:
-        raise MdpError("space has no vit_sdpa term; rebuild the space with this version of mdp")
-    table = term_table(space, kernel, rows)
-    opts = [list(space.dim(d).options) for d in kernel.dims]
-    out = []
-    for r in rows:
-        if r["op"] in ("vit_qk", "vit_vproj"):
-            try:
-                idx = tuple(o.index(int(r[role])) for o, role in zip(opts, kernel.roles))
-            except ValueError:
-                raise MdpError(f"LUT row {r['op']} {lut_sizes(r)} is off the space's head/qk/v options; re-profile") from None
-            r = {**r, "ms": r["ms"] - float(table[idx])}
-        out.append(r)
-    return out
 
 
 def predict_latency(space: PruningSpace, tables: Mapping[str, np.ndarray], sizes: Mapping[str, int],

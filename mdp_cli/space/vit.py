@@ -13,8 +13,7 @@ residual add) are separately removable: finer than the paper's whole-block gatin
 removed). H, Q, V belong to ``blocks.i.attn``; M to ``blocks.i.mlp``.
 
 Latency terms (all blocks share one shape, so one table set serves every block):
-``vit_qk(E, H, Q)``, ``vit_vproj(E, H, V)``, ``vit_sdpa(H, Q, V)`` (gated by ``blocks.i.attn``; the first two
-the projections, LayerNorm and residual add, the last the attention kernel), ``vit_mlp(E, M)`` (gated by
+``vit_qk(E, H, Q)``, ``vit_vproj(E, H, V)`` (gated by ``blocks.i.attn``), ``vit_mlp(E, M)`` (gated by
 ``blocks.i.mlp``), and the fixed parts ``vit_stem(E)`` (patch embedding, tokens, position embedding)
 and ``vit_head(E)`` (final LayerNorm, classifier(s)).
 """
@@ -59,7 +58,6 @@ def build_vit_space(
            "full_heads": H, "full_head_dim": D,
            # the attention branch is timed whole; these widths are the reference points of its qk/vproj split
            "qk_ref": size_options(D, st["qk"])[0], "v_ref": size_options(D, st["v"])[0]}
-    kctx = {**ctx, "embed_ref": size_options(E, st["embed"], min_embed)[0]}  # sdpa: the branch at the smallest E
     dims = [SpaceDim("embed", E, st["embed"], size_options(E, st["embed"], min_embed), _embed_slices(f), None, "embed")]
     terms = [
         SpaceTerm("stem", "vit_stem", ("embed",), ("embed",),
@@ -90,8 +88,6 @@ def build_vit_space(
                       dict(ctx), attn),
             SpaceTerm(p + "attn.vproj", "vit_vproj", ("embed", p + "attn.heads", p + "attn.v"), ("embed", "heads", "v"),
                       dict(ctx), attn),
-            SpaceTerm(p + "attn.sdpa", "vit_sdpa", (p + "attn.heads", p + "attn.qk", p + "attn.v"), ("heads", "qk", "v"),
-                      dict(kctx), attn),
             SpaceTerm(p + "mlp", "vit_mlp", ("embed", p + "mlp.hidden"), ("embed", "hidden"),
                       {"tokens": f["tokens"], "batch": batch, "dtype": dtype, "eps": f["eps"]}, mlp),
         ]
