@@ -37,13 +37,23 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
+def _model_options(command):
+    """The options that say how to build MODEL when it is a dense model name (shared by eval and finetune)."""
+    for option in reversed([
+        click.option("--pretrained", type=click.Path(dir_okay=False),
+                     help="Local weights file for a dense model name, or builtin:efficientnet-lite0."),
+        click.option("--num-classes", type=int, help="Classifier size for a dense model name."),
+        click.option("--img-size", type=int, help="Input resolution (default: the model's)."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.command("eval")
 @click.argument("model")
 @click.option("--data", required=True, help=DATA_HELP)
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
-@click.option("--pretrained", type=click.Path(dir_okay=False), help="Local weights file for a dense model name, or builtin:efficientnet-lite0.")
-@click.option("--num-classes", type=int, help="Classifier size for a dense model name.")
-@click.option("--img-size", type=int, help="Input resolution (default: the model's).")
+@_model_options
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--limit", type=int, help="Evaluate a fixed subset of this many images.")
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
@@ -93,9 +103,7 @@ def eval_command(model, data, split, pretrained, num_classes, img_size, batch_si
 @click.option("--teacher-pretrained", type=click.Path(dir_okay=False), help="Local weights for the teacher (or builtin:NAME).")
 @click.option("--kd-alpha", type=float, default=0.5, show_default=True, help="Weight of the soft KD term.")
 @click.option("--kd-temperature", type=float, default=1.0, show_default=True)
-@click.option("--pretrained", type=click.Path(dir_okay=False), help="Local weights file for a dense model name, or builtin:efficientnet-lite0.")
-@click.option("--num-classes", type=int, help="Classifier size for a dense model name.")
-@click.option("--img-size", type=int, help="Input resolution (default: the model's).")
+@_model_options
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="timm's random-resized-crop + flip for training.")
 @click.option("--train-limit", type=int, help="Train on a fixed subset of this many images.")
