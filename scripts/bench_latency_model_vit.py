@@ -5,12 +5,14 @@ Profiles the model's space (sub-grid + interpolation, as ``mdp profile`` does), 
 configurations (random option of every dim; optionally random branch removal), measures each whole
 exported model (median of ``--samples`` calls after ``--warmup``) and compares with
 
-- ``multi``: Σ of the multi-dimensional tables (qk(E,H,Q) + vproj(E,H,V) + mlp(E,M) + stem(E) + head(E));
+- ``multi``: Σ of the multi-dimensional tables (qk(E,H,Q) + vproj(E,H,V) + sdpa(H,Q,V) + mlp(E,M) + stem(E)
+  + head(E));
 - ``linear``: a HALP-style linear per-dim model built from the same tables: each term's latency is its
   full-size value minus, for each of its dims, a constant cost per removed unit (the slope between the
   smallest and the full size with the other dims at full size).
 
-Each configuration is timed alternately with the dense exported model. Reported per model: ``err``
+Each configuration is timed in turns with the dense exported model, in ``--rounds`` passes over all
+configurations (samples pooled, then the median). Reported per model: ``err``
 (prediction vs the configuration's absolute median time) and ``ratio_err`` (predicted speed-up over
 dense vs the measured one, which cancels the load drift of a shared machine between profiling and
 measuring). Prints and (``--out``) writes median and worst absolute errors of each. Example:
@@ -34,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdp_cli.export.vit import export_vit  # noqa: E402
-from mdp_cli.latency.vit_profile import linear_tables, measure_against, predict_latency, profile_vit, vit_tables  # noqa: E402
+from mdp_cli.latency.vit_profile import linear_tables, predict_latency, profile_vit, sample_against, vit_tables  # noqa: E402
 from mdp_cli.models import canonical_name, create_model  # noqa: E402
 from mdp_cli.space.vit import build_vit_space  # noqa: E402
 
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", default="embed=5,heads=4,qk=3,v=3,hidden=5", help="sub-grid points per dim")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3, help="passes over all configurations (samples split among them)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
@@ -70,28 +73,41 @@ def main(argv=None) -> int:
     dense, _ = export_vit(model, {})
     dense_multi = predict_latency(space, tables, {})
     dense_linear = predict_latency(space, lin, {})
-    rows = []
-    for n in range(args.configs):
+    configs = []
+    for _ in range(args.configs):
         choice = {d.name: rng.choice(d.options) for d in space.dims}
         kept = {b.name: rng.random() >= args.remove_prob for b in space.blocks}
-        pruned, _ = export_vit(model, choice, kept)
-        # timed alternately with the dense model: the ratio is robust to the machine's load drifting
-        measured, measured_dense = measure_against(pruned, x, dense, x, args.warmup, args.samples, args.device)
+        configs.append((choice, kept, export_vit(model, choice, kept)[0]))
+    # every configuration is timed in each of --rounds passes (in turns with the dense model), so a change
+    # of the machine's speed during the bench spreads over all of them, as profile rounds do for the rows
+    samples = {n: ([], []) for n in range(len(configs))}
+    per_round = -(-args.samples // args.rounds)
+    for r in range(args.rounds):
+        for n, (_, _, pruned) in enumerate(configs):
+            mine, ref = sample_against(pruned, x, dense, x, args.warmup, per_round, args.device)
+            samples[n][0].extend(mine)
+            samples[n][1].extend(ref)
+        print(f"round {r + 1}/{args.rounds} measured", flush=True)
+    rows = []
+    for n, (choice, kept, _) in enumerate(configs):
+        measured, measured_dense = statistics.median(samples[n][0]), statistics.median(samples[n][1])
         multi = predict_latency(space, tables, choice, kept)
         linear = predict_latency(space, lin, choice, kept)
         ratio = measured / measured_dense
         rows.append({"measured_ms": measured, "dense_measured_ms": measured_dense, "multi_ms": multi, "linear_ms": linear,
                      "multi_err": multi / measured - 1, "linear_err": linear / measured - 1,
-                     "multi_ratio_err": multi / dense_multi / ratio - 1, "linear_ratio_err": linear / dense_linear / ratio - 1})
+                     "multi_ratio_err": multi / dense_multi / ratio - 1, "linear_ratio_err": linear / dense_linear / ratio - 1,
+                     "embed": choice["embed"]})
         r = rows[-1]
         print(f"[{n + 1}/{args.configs}] measured {measured:8.3f} ms (dense {measured_dense:8.3f})  "
               f"multi {multi:8.3f} ({100 * r['multi_err']:+6.1f}%, vs dense {100 * r['multi_ratio_err']:+6.1f}%)  "
               f"linear {linear:8.3f} ({100 * r['linear_err']:+6.1f}%, vs dense {100 * r['linear_ratio_err']:+6.1f}%)",
               flush=True)
-        del pruned
+    del configs
 
     summary = {"model": canonical_name(args.model), "img_size": args.img_size, "device": lut["provenance"]["device"],
                "threads": 1, "configs": args.configs, "remove_prob": args.remove_prob, "grid": grid,
+               "rounds": args.rounds, "samples": per_round * args.rounds,
                "profile_seconds": round(profile_s, 1), "measurements": lut["provenance"]["measurements"]}
     summary["dense_predicted_ms"] = dense_multi
     summary["dense_measured_ms_median"] = statistics.median(r["dense_measured_ms"] for r in rows)

@@ -3,8 +3,9 @@
 
 Tables come from a LUT (``--lut``, from ``mdp profile --model deit_...``) or, by default, from a FLOP-and-overhead cost
 model of the same ops at the model's token count (synthetic but shaped like measured tables:
-multilinear in (E, H, Q), (E, H, V), (E, M) plus per-op constants). Importance comes from ``--importance``
-or from Taylor scores of the random-init model on ``--batches`` synthetic batches.
+multilinear in (E, H, Q), (E, H, V), (E, M), the kernel in (H, max(Q, V)) as the exporter pads it,
+plus per-op constants). Importance comes from ``--importance`` or from Taylor
+scores of the random-init model on ``--batches`` synthetic batches.
 
     python scripts/vit_problem.py --model deit_base --out deit_base_problem.json --solve 0.5,0.3
     python scripts/vit_problem.py --lut docs/bench/deit_base_cpu_lut.csv --out p.json --solve 0.5
@@ -37,10 +38,13 @@ def flop_tables(space, gflops_per_ms: float = 20.0, op_ms: float = 0.01):
         k = 2e-6 / gflops_per_ms  # 2 FLOPs per MAC, ms per FLOP
         if term.op == "vit_qk":
             E, H, Q = np.meshgrid(*opts, indexing="ij")
-            t = k * (n * E * 2 * H * Q + n * n * H * Q) + 3e-6 * n * n * H + 4 * op_ms + 2e-6 * n * E
+            t = k * n * E * 2 * H * Q + 2 * op_ms + 2e-6 * n * E
         elif term.op == "vit_vproj":
             E, H, V = np.meshgrid(*opts, indexing="ij")
-            t = k * (n * E * H * V + n * n * H * V + n * H * V * E) + 3 * op_ms + 1e-6 * n * E
+            t = k * (n * E * H * V + n * H * V * E) + op_ms + 1e-6 * n * E
+        elif term.op == "vit_sdpa":
+            H, Q, V = np.meshgrid(*opts, indexing="ij")
+            t = k * 2 * n * n * H * np.maximum(Q, V) + 3e-6 * n * n * H + 4 * op_ms  # padded to max(Q, V)
         elif term.op == "vit_mlp":
             E, M = np.meshgrid(*opts, indexing="ij")
             t = k * 2 * n * E * M + 4e-6 * n * M + 4 * op_ms

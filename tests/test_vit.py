@@ -10,7 +10,7 @@ import torch
 
 from mdp_cli.errors import MdpError
 from mdp_cli.export.spec import load_exported, save_exported
-from mdp_cli.export.vit import export_vit, export_vit_onnx
+from mdp_cli.export.vit import attention_kernel, export_vit, export_vit_onnx
 from mdp_cli.importance.vit import vit_importance
 from mdp_cli.models import canonical_name, create_model
 from mdp_cli.space.vit import build_vit_space, size_options, vit_problem
@@ -46,14 +46,14 @@ def test_space_discovery(alias):
     space = build_vit_space(model, alias)
     assert space.family == "vit" and space.input_shape == (3, 32, 32)
     assert len(space.dims) == 1 + 4 * depth and len(space.blocks) == 2 * depth
-    assert len(space.terms) == 2 + 3 * depth
+    assert len(space.terms) == 2 + 4 * depth  # per block qk, vproj, sdpa, mlp
     assert space.dim("embed").options == tuple(range(16, E + 1, 16))
     assert space.dim("blocks.0.attn.heads").options == tuple(range(1, H + 1))
     assert space.dim("blocks.11.attn.qk").options == tuple(range(8, 65, 8))
     assert space.dim("blocks.3.attn.v").block == "blocks.3.attn"
     assert space.dim("blocks.3.mlp.hidden").options[-1] == M and space.dim("blocks.3.mlp.hidden").block == "blocks.3.mlp"
     # every block shares one table set: stem, head, qk, vproj, mlp
-    assert len({t.signature() for t in space.terms}) == 5
+    assert len({t.signature() for t in space.terms}) == 6
     assert ("distilled" in alias) == distilled
     assert any(s.module == "dist_token" for s in space.dim("embed").slices) == distilled
 
@@ -114,6 +114,19 @@ def test_export_removes_exactly_what_was_zeroed():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(pruned(x), model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("qk_dim,v_dim", [(8, 24), (24, 8), (16, 16)])
+def test_attention_kernel_padding_is_exact(qk_dim, v_dim):
+    """Q ≠ V is zero-padded to equal widths for the fused kernel; the result is plain attention at (Q, V)."""
+    heads, n, scale = 3, 11, 0.125
+    qkv = torch.randn(2, n, heads * (2 * qk_dim + v_dim), dtype=torch.float64)
+    q, k, v = qkv.split([heads * qk_dim, heads * qk_dim, heads * v_dim], dim=-1)
+    q, k, v = (t.reshape(2, n, heads, -1).transpose(1, 2) for t in (q, k, v))
+    expected = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+    out = attention_kernel(qkv, heads, qk_dim, v_dim, scale)
+    assert out.shape == (2, n, heads * v_dim)
+    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(2, n, heads * v_dim), rtol=1e-12, atol=1e-12)
 
 
 def random_solution(space, rng, p_remove=0.2):
@@ -189,7 +202,7 @@ def test_importance_and_problem():
     # problem: synthetic tables of the right shapes
     tables = {t.name: np.ones([len(space.dim(d).options) for d in t.dims]) for t in space.terms}
     problem = vit_problem(space, tables, imp)
-    assert problem.dense_latency == pytest.approx(2 + 36)
+    assert problem.dense_latency == pytest.approx(2 + 4 * 12)  # stem, head; qk, vproj, sdpa, mlp per block
     kept = {b.name: True for b in space.blocks}
     dense = problem.objective(problem.dense_choice(), kept)
     assert dense == pytest.approx(100.0)  # rescaled: the dense total is 100
@@ -198,4 +211,4 @@ def test_importance_and_problem():
     kept["blocks.0.mlp"] = False
     drop = (imp["dims"]["blocks.0.mlp.hidden"]["cumulative"][-1] + parts["blocks.0.mlp"][-1]) * scale
     assert problem.objective(problem.dense_choice(), kept) == pytest.approx(dense - drop)
-    assert problem.latency(problem.dense_choice(), kept) == pytest.approx(37)
+    assert problem.latency(problem.dense_choice(), kept) == pytest.approx(49)

@@ -104,7 +104,7 @@ def test_run_then_solve_a_vit(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "tiny"
     assert "[export] done" in out and "latency    measured" in out
     problem = json.loads((run / "problem.json").read_text())
-    assert problem["schema"] == "mdp.problem" and len(problem["terms"]) == 38
+    assert problem["schema"] == "mdp.problem" and len(problem["terms"]) == 2 + 4 * 12
     # the ViT rows live in the shared LUT, the file a CNN with the same profile settings uses
     cnn_lut = lut_location(load_config(None, {"model": "resnet18", "profile": {"lut_dir": "luts"}}))
     assert [p.name for p in (tmp_path / "luts").glob("*.csv")] == [cnn_lut.name]
@@ -116,7 +116,7 @@ def test_run_then_solve_a_vit(tmp_path, monkeypatch):
     out = invoke(["profile", "--config", "tiny.yaml", "-q"])
     assert " 0 configurations measured" in out and " 0 reused" not in out
     frame = Lut.open(cnn_lut, *lut_identity(load_config(tmp_path / "tiny.yaml"))).frame
-    assert set(frame["op"]) == {"vit_stem", "vit_head", "vit_qk", "vit_vproj", "vit_mlp"}
+    assert set(frame["op"]) == {"vit_stem", "vit_head", "vit_qk", "vit_vproj", "vit_sdpa", "vit_mlp"}
     assert frame["sizes"].str.contains("embed=64;heads=1;qk=32;v=32").any()
     invoke(["problem", "--config", "tiny.yaml", "--stat", "p10", "--importance", run / "importance.json", "-o", "p10.json"])
     assert json.loads((tmp_path / "p10.json").read_text())["provenance"]["stat"] == "p10"

@@ -27,8 +27,13 @@ from mdp_cli.models import create_model
 from mdp_cli.space.vit import build_vit_space, vit_problem
 
 
-def attn_cost(E, H, Q, V):  # multilinear in every dim, additive in Q and V: what the split must recover
-    return 1e-4 * E * H * (2 * Q + V) + 2e-3 * E + 0.1
+def kernel_cost(H, Q, V):  # linear in H, not additive in Q and V: padding to max(Q, V), a tiling step at 32
+    width = max(Q, V)
+    return 1e-3 * H * (2 * width + (0.05 if width % 32 else 0.0)) + 2e-4 * H * abs(Q - V) + 0.01
+
+
+def attn_cost(E, H, Q, V):  # projections multilinear and additive in Q and V, plus the kernel
+    return 1e-4 * E * H * (2 * Q + V) + 2e-3 * E + 0.1 + kernel_cost(H, Q, V)
 
 
 def synthetic_lut(space, grid):
@@ -42,6 +47,8 @@ def synthetic_lut(space, grid):
             elif term.op == "vit_vproj":
                 s["qk"] = term.context["qk_ref"]
                 ms = attn_cost(s["embed"], s["heads"], s["qk"], s["v"])
+            elif term.op == "vit_sdpa":  # the kernel between the two linears, alone
+                ms = kernel_cost(s["heads"], s["qk"], s["v"])
             elif term.op == "vit_mlp":
                 ms = 2e-5 * s["embed"] * s["hidden"] + 0.05
             else:
@@ -62,6 +69,10 @@ def test_tables_recover_additive_multilinear_costs(tmp_path):
     lut = load_lut(tmp_path / "lut.csv")
     tables = vit_tables(space, lut)
     assert tables["blocks.0.attn.qk"].shape == (12, 3, 8) and tables["blocks.5.mlp"].shape == (12, 12)
+    assert tables["blocks.0.attn.sdpa"].shape == (3, 8, 8)
+    # the kernel is measured on every (Q, V) pair (sub-grid only over the heads)
+    sdpa_rows = [r for r in lut["rows"] if r["op"] == "vit_sdpa"]
+    assert len(sdpa_rows) == 2 * 8 * 8 and {r["heads"] for r in sdpa_rows} == {1, 3}
     assert all((t >= 0).all() for t in tables.values())
     rng = random.Random(0)
     for _ in range(20):

@@ -6,9 +6,11 @@ and dtype, so what is timed is what the pruned model executes.
 
 The attention branch cannot be timed as two separate halves without changing the kernel (SDPA fuses
 QKᵀ, softmax and attn·V). So ``vit_qk(E, H, Q)`` times the whole branch with the value width held at a
-reference ``v_ref`` and ``vit_vproj(E, H, V)`` times it with the q/k width at ``qk_ref``; the profiler
-turns the two into additive tables (see ``mdp_cli.latency.vit_profile``). ``vit_attn`` times the branch
-at any (E, H, Q, V), used to check that split.
+reference ``v_ref`` and ``vit_vproj(E, H, V)`` times it with the q/k width at ``qk_ref``; ``vit_sdpa(H, Q,
+V)`` times the part between the two linears alone (``export.vit.attention_kernel``: split, per-head
+views, padding to equal widths, SDPA, merge), on every Q and V: its cost follows max(Q, V) and the
+kernel's own tiling, not Q + V. The profiler turns the three into tables whose sum is the branch (see
+``mdp_cli.latency.vit_profile``). ``vit_attn`` times the branch at any (E, H, Q, V), used to check that split.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mdp_cli.export.vit import AttentionBranch, MlpBranch, PatchStem, TokenHead
+from mdp_cli.export.vit import AttentionBranch, MlpBranch, PatchStem, TokenHead, attention_kernel
 from mdp_cli.latency.ops import register_op
 
 
@@ -48,6 +50,27 @@ def vit_qk(context: dict[str, Any], sizes: dict[str, int], batch: int):
 @register_op("vit_vproj")
 def vit_vproj(context: dict[str, Any], sizes: dict[str, int], batch: int):
     return _attn(context, sizes["embed"], sizes["heads"], int(context.get("qk_ref", 8)), sizes["v"], batch)
+
+
+class AttentionKernel(torch.nn.Module):
+    """``attention_kernel`` of ``PrunedAttention`` as a module (no weights): fused qkv output -> merged heads."""
+
+    def __init__(self, heads: int, qk_dim: int, v_dim: int, scale: float):
+        super().__init__()
+        self.heads, self.qk_dim, self.v_dim, self.scale = heads, qk_dim, v_dim, scale
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        return attention_kernel(qkv, self.heads, self.qk_dim, self.v_dim, self.scale)
+
+
+@register_op("vit_sdpa")
+def vit_sdpa(context: dict[str, Any], sizes: dict[str, int], batch: int):
+    """S(H, Q, V): the kernel part alone, on a fused qkv tensor of the model's token count. It has no
+    weights, so it is timed on its own rather than as a chain of copies."""
+    h, q, v = sizes["heads"], sizes["qk"], sizes["v"]
+    module = AttentionKernel(h, q, v, int(context.get("full_head_dim", 64)) ** -0.5)
+    x = torch.randn(batch, int(context["tokens"]), h * (2 * q + v), dtype=_dtype(context))
+    return module.to(_dtype(context)).eval(), x
 
 
 @register_op("vit_mlp")

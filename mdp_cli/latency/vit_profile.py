@@ -9,15 +9,22 @@ the scripts. One table set serves every block, because all blocks of a timm ViT 
 signatures (same context: tokens, batch, dtype).
 
 Tables (full option grids) come from multilinear interpolation over the measured sub-grid. The
-attention branch is timed whole (the SDPA kernel fuses QKᵀ, softmax and attn·V), at (E, H, Q, v_ref)
-for ``vit_qk`` and at (E, H, qk_ref, V) for ``vit_vproj``. With R(E, H) = T(E, H, qk_ref, v_ref):
+attention branch T(E, H, Q, V) is timed whole (the SDPA kernel fuses QKᵀ, softmax and attn·V): at
+(E, H, Q, v_ref) for ``vit_qk`` and at (E, H, qk_ref, V) for ``vit_vproj``. ``vit_sdpa`` times the part
+between its two linears alone, S(H, Q, V), on every Q and V option (up to ``FULL_AXIS_MAX`` options per
+axis; a sub-grid beyond): its cost follows max(Q, V) (the exporter pads the narrower side so the fused
+kernel runs) and the kernel's tiling, which neither an additive split nor a coarse sub-grid follows.
+P = T − S (LayerNorm, the projections, the residual add) is additive in Q and V for given (E, H). S is
+subtracted from every qk/vproj row at its own sizes before interpolation, and with
+R(E, H) = P(E, H, qk_ref, v_ref):
 
-    qk(E, H, Q)    = T(E, H, Q, v_ref)  − R(E, H) / 2
-    vproj(E, H, V) = T(E, H, qk_ref, V) − R(E, H) / 2
+    qk(E, H, Q)    = P(E, H, Q, v_ref)  − R(E, H) / 2
+    vproj(E, H, V) = P(E, H, qk_ref, V) − R(E, H) / 2
+    sdpa(H, Q, V)  = S(H, Q, V)
 
-so qk + vproj = T(E,H,Q,v_ref) + T(E,H,qk_ref,V) − R(E,H): exact at either reference and exact
-everywhere when the branch's cost is additive in Q and V for given (E, H) (projections are linear
-in their widths; attention kernels scale with Q + V), which ``scripts/bench_latency_model_vit.py`` checks.
+so qk + vproj + sdpa = P(E,H,Q,v_ref) + P(E,H,qk_ref,V) − R(E,H) + S(H,Q,V): exact at either reference
+and everywhere when P is additive in Q and V, whatever the kernel does.
+``scripts/bench_latency_model_vit.py`` checks it against whole exported models.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ LUT_SCHEMA = "mdp.vit_lut"  # stand-alone sub-grid rows (scripts); the pipeline 
 LUT_VERSION = 1
 SIZE_COLUMNS = ("embed", "heads", "qk", "v", "hidden")
 DEFAULT_GRID = {"embed": 5, "heads": 4, "qk": 3, "v": 3, "hidden": 5}
+FULL_AXES = {"vit_sdpa": ("qk", "v")}  # roles measured at every option (kernel tiling, max(Q, V)), not a sub-grid
+FULL_AXIS_MAX = 16  # beyond this many options a "full" axis falls back to a sub-grid of this many points
+UNCHAINED = ("vit_stem", "vit_head", "vit_sdpa")  # once per model, or weight-free: timed alone
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,12 +93,25 @@ def measure_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int = 10, sampl
 
 
 def measure_against(module: torch.nn.Module, x: torch.Tensor, ref: torch.nn.Module | None, x_ref: torch.Tensor | None,
-                    warmup: int = 10, samples: int = 30, device: str = "cpu") -> tuple[float, float | None]:
-    """Median times (ms) of ``module(x)`` and, called alternately with it, of a reference ``ref(x_ref)``.
+                    warmup: int = 10, samples: int = 30, device: str = "cpu", per_turn: int = 5,
+                    settle: int = 2) -> tuple[float, float | None]:
+    """Median times (ms) of ``module(x)`` and, taking turns with it, of a reference ``ref(x_ref)``
+    (``sample_against``'s samples, reduced to medians)."""
+    times, ref_times = sample_against(module, x, ref, x_ref, warmup, samples, device, per_turn, settle)
+    return statistics.median(times), (statistics.median(ref_times) if ref_times else None)
 
-    On a shared machine absolute times drift by 10-40 % over minutes while the ratio of two
-    alternately timed models of similar cost stays within a few percent (measured: ±6 % under a load
-    of 3 on 2 cores, against ±40 % for separately timed medians).
+
+def sample_against(module: torch.nn.Module, x: torch.Tensor, ref: torch.nn.Module | None, x_ref: torch.Tensor | None,
+                   warmup: int = 10, samples: int = 30, device: str = "cpu", per_turn: int = 5,
+                   settle: int = 2) -> tuple[list[float], list[float]]:
+    """Times (ms) of ``samples`` calls of ``module(x)`` and as many of ``ref(x_ref)``, taking turns.
+
+    On a shared machine absolute times drift by 10-40 % over minutes while the ratio of two models
+    timed in turns stays within a few percent (measured: ±6 % under a load of 3 on 2 cores, against
+    ±40 % for separately timed medians). Each turn is ``settle`` untimed calls and then ``per_turn``
+    timed ones, so that a timed call follows a call of the same model, as it does when deployed, and
+    not the other model's pass through the caches (no difference measured on deit_small at 224 px:
+    one call per turn and five per turn agree within the run-to-run noise).
     """
     module = module.to(device).eval()
     x = x.to(device)
@@ -97,9 +120,15 @@ def measure_against(module: torch.nn.Module, x: torch.Tensor, ref: torch.nn.Modu
         x_ref = x_ref.to(device)
     cuda = device.startswith("cuda")
     clock = _clock(device)
+    per_turn = max(1, int(per_turn))
 
-    def timed(m, inp):
-        return _call_ms(m, inp, device, clock) / 1000.0
+    def turn(m, inp, n, out):
+        for _ in range(settle):
+            m(inp)
+        if cuda:
+            torch.cuda.synchronize()
+        for _ in range(n):
+            out.append(_call_ms(m, inp, device, clock))
 
     times, ref_times = [], []
     with torch.inference_mode():
@@ -107,13 +136,12 @@ def measure_against(module: torch.nn.Module, x: torch.Tensor, ref: torch.nn.Modu
             module(x)
             if ref is not None:
                 ref(x_ref)
-        if cuda:
-            torch.cuda.synchronize()
-        for _ in range(samples):
-            times.append(timed(module, x))
+        while len(times) < samples:
+            n = min(per_turn, samples - len(times))
+            turn(module, x, n, times)
             if ref is not None:
-                ref_times.append(timed(ref, x_ref))
-    return 1000.0 * statistics.median(times), (1000.0 * statistics.median(ref_times) if ref_times else None)
+                turn(ref, x_ref, n, ref_times)
+    return times, ref_times
 
 
 def subgrid(options: Iterable[int], n: int) -> list[int]:
@@ -138,7 +166,9 @@ def _unique_terms(space: PruningSpace) -> dict[str, SpaceTerm]:
 
 
 def _points(space: PruningSpace, term: SpaceTerm, grid: Mapping[str, int]) -> list[dict[str, int]]:
-    axes = [subgrid(space.dim(d).options, int(grid.get(role, 4))) for d, role in zip(term.dims, term.roles)]
+    full = FULL_AXES.get(term.op, ())
+    axes = [subgrid(space.dim(d).options, FULL_AXIS_MAX) if role in full else subgrid(space.dim(d).options, int(grid.get(role, 4)))
+            for d, role in zip(term.dims, term.roles)]
     mesh = np.meshgrid(*axes, indexing="ij") if axes else []
     if not axes:
         return [{}]
@@ -176,7 +206,7 @@ def profile_vit(
     t_start = time.perf_counter()
     copies: dict[str, int] = {}
     for term in space.terms:
-        if term.op not in ("vit_stem", "vit_head"):
+        if term.op not in UNCHAINED:
             copies[term.signature()] = copies.get(term.signature(), 0) + 1
     configs: dict[tuple, tuple[SpaceTerm, dict[str, int], int]] = {}
     row_keys: list[tuple[dict[str, Any], tuple]] = []
@@ -318,17 +348,39 @@ def term_table(space: PruningSpace, term: SpaceTerm, rows: list[Mapping[str, Any
 
 def vit_tables(space: PruningSpace, lut: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Full-option latency table (ms) of every term of the space, keyed by term name."""
-    rows = lut["rows"]
+    rows = _projection_rows(space, lut["rows"])
     by_sig: dict[str, np.ndarray] = {}
     for sig, term in _unique_terms(space).items():
         table = term_table(space, term, rows)
         if term.op in ("vit_qk", "vit_vproj"):
-            # R(E, H): the branch at (qk_ref, v_ref) = the first Q option of the raw qk table
+            # R(E, H) = P(E, H, qk_ref, v_ref): the first Q option of the qk slice (qk_ref = smallest option)
             qk_term = next(t for t in space.terms if t.op == "vit_qk" and t.context == term.context)
             ref = term_table(space, qk_term, rows)[:, :, 0]
             table = np.clip(table - ref[:, :, None] / 2, 0.0, None)
         by_sig[sig] = table
     return {term.name: by_sig[term.signature()] for term in space.terms}
+
+
+def _projection_rows(space: PruningSpace, rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``rows`` with every qk/vproj branch time T replaced by P = T − S(H, Q, V) at its own measured sizes,
+    before any interpolation: the slices T(·, Q, v_ref) and T(·, qk_ref, V) carry the kernel's max(Q, V)
+    and tiling steps, P is smooth. S is measured at every Q and V (up to ``FULL_AXIS_MAX`` options) and at
+    the same head counts as the slices."""
+    kernel = next((t for t in space.terms if t.op == "vit_sdpa"), None)
+    if kernel is None:
+        raise MdpError("space has no vit_sdpa term; rebuild the space with this version of mdp")
+    table = term_table(space, kernel, rows)
+    opts = [list(space.dim(d).options) for d in kernel.dims]
+    out = []
+    for r in rows:
+        if r["op"] in ("vit_qk", "vit_vproj"):
+            try:
+                idx = tuple(o.index(int(r[role])) for o, role in zip(opts, kernel.roles))
+            except ValueError:
+                raise MdpError(f"LUT row {r['op']} {lut_sizes(r)} is off the space's head/qk/v options; re-profile") from None
+            r = {**r, "ms": r["ms"] - float(table[idx])}
+        out.append(r)
+    return out
 
 
 def predict_latency(space: PruningSpace, tables: Mapping[str, np.ndarray], sizes: Mapping[str, int],

@@ -126,7 +126,7 @@ def vit_problem(
 ) -> Problem:
     """A ViT problem (DeiT-Base by default): one global embedding dim E; per block heads H, q/k dim Q,
     v dim V, MLP dim M; attention and MLP branches separately removable. Tables: qk(E,H,Q),
-    vproj(E,H,V), mlp(E,M), norms(E)."""
+    vproj(E,H,V), sdpa(H,Q,V), mlp(E,M), norms(E)."""
     rng = np.random.default_rng(seed)
     E = Dim("embed", _options(embed, embed_step), embed_step)
     e = np.array(E.options, float)
@@ -150,15 +150,20 @@ def vit_problem(
         q = np.array(Q.options, float)[None, None, :]
         v = np.array(V.options, float)[None, None, :]
         ee = e[:, None, None]
-        # q and k projections, QK^T per head, softmax over the token-by-token scores.
-        qk = 2 * gemm_ms(bt, h * q, ee) + gemm_ms(batch * h * tokens, tokens, q) + 4 * batch * h * tokens**2 * 2 / _BANDWIDTH * 1e3
-        vproj = gemm_ms(bt, h * v, ee) + gemm_ms(batch * h * tokens, v, tokens) + gemm_ms(bt, ee, h * v)
+        # q/k projections; v and output projections; the attention kernel (QK^T, softmax, attn·V) at the
+        # padded head width max(Q, V), as the exporter runs it.
+        qk = 2 * gemm_ms(bt, h * q, ee)
+        vproj = gemm_ms(bt, h * v, ee) + gemm_ms(bt, ee, h * v)
+        width = np.maximum(q[0, 0, :, None], v[0, 0, None, :])[None]  # (1, Q, V)
+        hk = h[0][:, :, None]  # (H, 1, 1)
+        kernel = (2 * gemm_ms(batch * hk * tokens, tokens, width) + 4 * batch * hk * tokens**2 * 2 / _BANDWIDTH * 1e3)
         m_opts = np.array(M.options, float)
         mlp_table = gemm_ms(bt, m_opts[None, :], e[:, None]) * 2 + 4 * bt * m_opts[None, :] / _BANDWIDTH * 1e3
         norm = 8 * bt * e / _BANDWIDTH * 1e3 + _KERNEL_MS
         terms += [
             Term(f"{attn}.qk", (E.name, H.name, Q.name), _noisy(rng, qk), attn),
             Term(f"{attn}.vproj", (E.name, H.name, V.name), _noisy(rng, vproj), attn),
+            Term(f"{attn}.sdpa", (H.name, Q.name, V.name), _noisy(rng, kernel), attn),
             Term(f"{attn}.norm", (E.name,), norm, attn),
             Term(f"{mlp_block}.fc", (E.name, M.name), _noisy(rng, mlp_table), mlp_block),
             Term(f"{mlp_block}.norm", (E.name,), norm, mlp_block),

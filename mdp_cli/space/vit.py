@@ -13,7 +13,8 @@ residual add) are separately removable: finer than the paper's whole-block gatin
 removed). H, Q, V belong to ``blocks.i.attn``; M to ``blocks.i.mlp``.
 
 Latency terms (all blocks share one shape, so one table set serves every block):
-``vit_qk(E, H, Q)``, ``vit_vproj(E, H, V)`` (gated by ``blocks.i.attn``), ``vit_mlp(E, M)`` (gated by
+``vit_qk(E, H, Q)``, ``vit_vproj(E, H, V)``, ``vit_sdpa(H, Q, V)`` (gated by ``blocks.i.attn``; the first two
+the projections, LayerNorm and residual add, the last the attention kernel), ``vit_mlp(E, M)`` (gated by
 ``blocks.i.mlp``), and the fixed parts ``vit_stem(E)`` (patch embedding, tokens, position embedding)
 and ``vit_head(E)`` (final LayerNorm, classifier(s)).
 """
@@ -56,6 +57,9 @@ def build_vit_space(
     E, H, D, M = f["embed_dim"], f["heads"], f["head_dim"], f["mlp_hidden"]
     ctx = {"tokens": f["tokens"], "batch": batch, "dtype": dtype, "eps": f["eps"], "qkv_bias": f["qkv_bias"],
            "full_heads": H, "full_head_dim": D,
+           # the exported attention pads Q != V to max(Q, V) for the fused kernel; rows timed without it
+           # (older LUTs) have another signature and are not reused
+           "attention": "sdpa-padded",
            # the attention branch is timed whole; these widths are the reference points of its qk/vproj split
            "qk_ref": size_options(D, st["qk"])[0], "v_ref": size_options(D, st["v"])[0]}
     dims = [SpaceDim("embed", E, st["embed"], size_options(E, st["embed"], min_embed), _embed_slices(f), None, "embed")]
@@ -87,6 +91,8 @@ def build_vit_space(
             SpaceTerm(p + "attn.qk", "vit_qk", ("embed", p + "attn.heads", p + "attn.qk"), ("embed", "heads", "qk"),
                       dict(ctx), attn),
             SpaceTerm(p + "attn.vproj", "vit_vproj", ("embed", p + "attn.heads", p + "attn.v"), ("embed", "heads", "v"),
+                      dict(ctx), attn),
+            SpaceTerm(p + "attn.sdpa", "vit_sdpa", (p + "attn.heads", p + "attn.qk", p + "attn.v"), ("heads", "qk", "v"),
                       dict(ctx), attn),
             SpaceTerm(p + "mlp", "vit_mlp", ("embed", p + "mlp.hidden"), ("embed", "hidden"),
                       {"tokens": f["tokens"], "batch": batch, "dtype": dtype, "eps": f["eps"]}, mlp),
