@@ -88,8 +88,8 @@ def _call_ms(module: torch.nn.Module, x: torch.Tensor, device: str, clock) -> fl
 
 def measure_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int = 10, samples: int = 30,
                device: str = "cpu") -> float:
-    """Median wall time (ms) of ``module(x)`` over ``samples`` calls after ``warmup`` calls."""
-    return measure_against(module, x, None, None, warmup, samples, device)[0]
+    """Median time (ms) of ``module(x)`` over ``samples`` back-to-back calls after ``warmup`` calls."""
+    return statistics.median(_sample_ms(module, x, warmup, samples, device))
 
 
 def measure_against(module: torch.nn.Module, x: torch.Tensor, ref: torch.nn.Module | None, x_ref: torch.Tensor | None,
@@ -253,19 +253,8 @@ def profile_vit(
 
 
 def _sample_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int, samples: int, device: str) -> list[float]:
-    module = module.to(device).eval()
-    x = x.to(device)
-    cuda = device.startswith("cuda")
-    clock = _clock(device)
-    out = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            module(x)
-        if cuda:
-            torch.cuda.synchronize()
-        for _ in range(samples):
-            out.append(_call_ms(module, x, device, clock))
-    return out
+    """``samples`` back-to-back timed calls after ``warmup`` calls (one turn, no reference)."""
+    return sample_against(module, x, None, None, warmup, samples, device, per_turn=samples, settle=0)[0]
 
 
 def _dtype_of(space: PruningSpace) -> str:
