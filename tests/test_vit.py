@@ -10,7 +10,8 @@ import torch
 
 from mdp_cli.errors import MdpError
 from mdp_cli.export.spec import load_exported, save_exported
-from mdp_cli.export.vit import attention_kernel, export_vit, export_vit_onnx
+from mdp_cli.export.vit import export_vit, export_vit_onnx
+from mdp_cli.modules.vit import attention_kernel
 from mdp_cli.importance.vit import vit_importance
 from mdp_cli.models import canonical_name, create_model
 from mdp_cli.space.vit import build_vit_space, size_options, vit_problem

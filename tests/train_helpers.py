@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mdp_cli.export.spec import register_family, save_exported
+from mdp_cli.export.spec import save_exported
+from mdp_cli.modules.registry import register_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DATA = "builtin:fashion-mnist?train=2048&val=512"
@@ -41,7 +42,7 @@ class TinyCNN(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
-@register_family("test_tiny_cnn")
+@register_arch("test_tiny_cnn")
 def build_tiny_cnn(arch: dict) -> nn.Module:
     return TinyCNN(arch["widths"], arch["num_classes"])
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mdp_cli.errors import MdpError
-from mdp_cli.export.cnn import FAMILY, GraphNet
+from mdp_cli.modules.cnn import FAMILY, GraphNet
 from mdp_cli.space.cnn import CnnAnalysis, _grouped_kind
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from mdp_cli.artifacts import provenance
 from mdp_cli.errors import MdpError
-from mdp_cli.export.vit import vit_facts
+from mdp_cli.space.vit import vit_facts
 from mdp_cli.space.core import PruningSpace
 
 SCHEMA = "mdp.importance"

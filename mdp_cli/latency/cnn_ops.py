@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mdp_cli.export.cnn import make_module
+from mdp_cli.modules.cnn import make_module
 from mdp_cli.latency.ops import register_op
 
 

@@ -1,13 +1,13 @@
 """Latency op builders for vision transformers: the exact modules the exported model runs.
 
-Every builder returns a module of ``mdp_cli.export.vit`` (same LayerNorm, fused uneven qkv linear,
+Every builder returns a module of ``mdp_cli.modules.vit`` (same LayerNorm, fused uneven qkv linear,
 ``F.scaled_dot_product_attention`` kernel, residual add) and an input of the model's token count, batch
 and dtype, so what is timed is what the pruned model executes.
 
 The attention branch cannot be timed as two separate halves without changing the kernel (SDPA fuses
 QKᵀ, softmax and attn·V). So ``vit_qk(E, H, Q)`` times the whole branch with the value width held at a
 reference ``v_ref`` and ``vit_vproj(E, H, V)`` times it with the q/k width at ``qk_ref``; ``vit_sdpa(H, Q,
-V)`` times the part between the two linears alone (``export.vit.attention_kernel``: split, per-head
+V)`` times the part between the two linears alone (``modules.vit.attention_kernel``: split, per-head
 views, padding to equal widths, SDPA, merge), on every Q and V: its cost follows max(Q, V) and the
 kernel's own tiling, not Q + V. The profiler turns the three into tables whose sum is the branch (see
 ``mdp_cli.latency.vit_profile``). ``vit_attn`` times the branch at any (E, H, Q, V), used to check that split.
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mdp_cli.export.vit import AttentionBranch, MlpBranch, PatchStem, TokenHead, attention_kernel
+from mdp_cli.modules.vit import AttentionBranch, MlpBranch, PatchStem, TokenHead, attention_kernel
 from mdp_cli.latency.ops import register_op
 
 

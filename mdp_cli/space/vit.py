@@ -26,8 +26,68 @@ from typing import Any, Mapping
 from torch import nn
 
 from mdp_cli.errors import MdpError
-from mdp_cli.export.vit import vit_facts
 from mdp_cli.space.core import PruningSpace, Slice, SpaceBlock, SpaceDim, SpaceTerm
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a timm model
+# ---------------------------------------------------------------------------------------------------
+
+
+def vit_facts(model: nn.Module) -> dict[str, Any]:
+    """Shape facts of a supported timm ViT; raises MdpError naming what is not supported."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover
+        raise MdpError("timm is required for vision transformers") from None
+    if not isinstance(model, VisionTransformer):
+        raise MdpError(f"{type(model).__name__} is not a timm VisionTransformer")
+    distilled = getattr(model, "dist_token", None) is not None
+    problems = []
+    if model.cls_token is None or model.global_pool != "token":
+        problems.append("needs a class token and global_pool='token'")
+    if getattr(model, "reg_token", None) is not None or getattr(model, "no_embed_class", False):
+        problems.append("register tokens / no_embed_class are not supported")
+    if getattr(model, "dynamic_img_size", False):
+        problems.append("dynamic_img_size is not supported")
+    for name in ("norm_pre", "fc_norm"):
+        if not isinstance(getattr(model, name, nn.Identity()), nn.Identity):
+            problems.append(f"{name} is not supported")
+    if not isinstance(model.patch_embed.norm, nn.Identity) or not isinstance(model.head, nn.Linear):
+        problems.append("patch-embed norm / headless models are not supported")
+    blk0 = model.blocks[0]
+    for blk in model.blocks:
+        for name in ("ls1", "ls2"):
+            if not isinstance(getattr(blk, name), nn.Identity):
+                problems.append("layer scale is not supported")
+        at = blk.attn
+        if not (isinstance(at.q_norm, nn.Identity) and isinstance(at.k_norm, nn.Identity)
+                and isinstance(getattr(at, "norm", nn.Identity()), nn.Identity) and getattr(at, "gate", None) is None):
+            problems.append("qk-norm / attention norm / gates are not supported")
+        if not isinstance(blk.norm1, nn.LayerNorm) or not isinstance(blk.mlp.act, nn.GELU) \
+                or getattr(blk.mlp.act, "approximate", "none") != "none" or not isinstance(blk.mlp.norm, nn.Identity):
+            problems.append("only LayerNorm + exact-GELU MLP blocks are supported")
+    if problems:
+        raise MdpError(f"{type(model).__name__}: " + "; ".join(sorted(set(problems))))
+    at = blk0.attn
+    pe = model.patch_embed
+    return {
+        "embed_dim": int(model.embed_dim),
+        "depth": len(model.blocks),
+        "heads": int(at.num_heads),
+        "head_dim": int(at.head_dim),
+        "scale": float(at.scale),
+        "mlp_hidden": int(blk0.mlp.fc1.out_features),
+        "img_size": [int(s) for s in pe.img_size],
+        "patch_size": [int(s) for s in pe.patch_size],
+        "in_chans": int(pe.proj.in_channels),
+        "num_classes": int(model.head.out_features),
+        "distilled": distilled,
+        "prefix_tokens": 2 if distilled else 1,
+        "tokens": int(pe.num_patches) + (2 if distilled else 1),
+        "eps": float(blk0.norm1.eps),
+        "qkv_bias": at.qkv.bias is not None,
+    }
 
 IMPORTANCE_TOTAL = 100.0
 DEFAULT_STEPS = {"embed": 16, "heads": 1, "qk": 8, "v": 8, "mlp": 64}

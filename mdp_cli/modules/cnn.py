@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mdp_cli.export.spec import register_family
+from mdp_cli.modules.registry import register_arch
 
 FAMILY = "cnn_graph"
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
@@ -97,6 +97,6 @@ class GraphNet(nn.Module):
 
 
 # Keys of the state dict follow ``layers.<node>.<param>``: keep that stable, it is the file format.
-@register_family(FAMILY)
+@register_arch(FAMILY)
 def build_graphnet(arch: dict[str, Any]) -> nn.Module:
     return GraphNet(arch["nodes"])
