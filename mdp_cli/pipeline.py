@@ -1,21 +1,12 @@
 """Stages as library functions over one config, and ``mdp run``: the stages in order into a run directory.
 
-Config (YAML, see configs/*.yaml; command-line flags override keys)::
+Every stage is the same for every model: it asks the model's family (``mdp_cli.families``, chosen when the
+config is loaded by ``mdp_cli.config.load_config``) for the family-specific part and does the rest itself::
 
-    model: resnet18            # torchvision/timm name
-    resolution: 64
-    pretrained: null           # local weights file (safetensors or torch weights-only)
-    space:   {step: null, max_options: 8, multiple: 1, prune_stem: false}
-    profile: {device: cpu, dtype: float32, batch: 1, threads: 1, warmup: 10, repeats: 30, grid: 1,
-              lut_dir: luts, stat: median}
-    score:   {data: synthetic, batches: 4, batch_size: 16, seed: 0}
-    solve:   {budget: 0.5, latency_model: multidim, time_limit: null}
-    export:  {tolerance: 0.25, onnx: false, measure: true, repeats: 30}
+    model --discover--> space --profile--> LUT --score--> importance --problem--> problem
+          --solve--> solution --export--> pruned model (+ report, measured in turns with the dense model)
 
-That is the CNN config. For a ViT (``mdp_cli.families.family_of``: deit_*, vit_*, timm VisionTransformers)
-the same sections hold, with ``num_classes``, ``space.steps`` and ``profile.grid`` as points per dim
-instead of the CNN-only space keys (``mdp_cli.families.VIT_DEFAULTS``); ``load_config`` sets
-``cfg["family"]`` and every ``stage_*`` below dispatches on it (``mdp_cli.vit_stages``).
+Config: see ``mdp_cli/config.py`` (YAML, configs/*.yaml; command-line flags override keys).
 
 Run directory: ``space.json``, ``importance.json``, ``problem.json``, ``solution.json``, ``exported/``
 (arch.json, model.safetensors, report.json), ``state.json``. Every stage records the content hash of its
@@ -29,97 +20,28 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from mdp_cli.artifacts import canonical_hash, file_hash, provenance, read_json, write_json
+from mdp_cli.config import load_config, merge  # noqa: F401  (re-exported: the library's config entry points)
 from mdp_cli.errors import MdpError
+from mdp_cli.families import Discovered, Family, family_for_model, get_family
 
-DEFAULTS: dict[str, Any] = {
-    "model": "resnet18",
-    "resolution": 64,
-    "pretrained": None,
-    "space": {"step": None, "max_options": 8, "multiple": 1, "prune_stem": False},
-    "profile": {"device": "cpu", "dtype": "float32", "batch": 1, "threads": 1, "warmup": 10, "repeats": 30,
-                "grid": 1, "lut_dir": "luts", "stat": "median"},
-    "score": {"data": "synthetic", "batches": 4, "batch_size": 16, "seed": 0},
-    "solve": {"budget": 0.5, "latency_model": "multidim", "time_limit": None},
-    "export": {"tolerance": 0.25, "onnx": False, "measure": True, "repeats": 30},
-}
 STAGES = ("profile", "score", "problem", "solve", "export")
 STATE_SCHEMA = "mdp.run_state"
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        elif value is not None or key not in out:
-            out[key] = value
-    return out
+def family_of_config(cfg: Mapping[str, Any]) -> Family:
+    """The family a resolved config belongs to (``cfg["family"]``; from the model for older configs)."""
+    return get_family(cfg["family"]) if cfg.get("family") else family_for_model(cfg["model"])
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config of ``path`` (YAML) with ``overrides`` (command-line flags) on top, over the defaults of
-    the model's family (``mdp_cli.families``); ``cfg["family"]`` says which stages run."""
-    import yaml
-
-    from mdp_cli.families import resolve_config
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MdpError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise MdpError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise MdpError(f"{path}: a config must be a mapping of settings")
-        for section in ("space", "profile", "score", "solve", "export"):
-            if data.get(section) is not None and not isinstance(data[section], dict):
-                raise MdpError(f"{path}: '{section}' must be a mapping of settings")
-        base = Path(path).parent
-        for key in ("pretrained",):
-            if data.get(key) and not Path(data[key]).is_absolute():
-                data[key] = str(base / data[key])
-    given = merge(data, {k: v for k, v in (overrides or {}).items() if v not in (None, {})})
-    return resolve_config(given, str(path) if path is not None else "command line")
+def discover(cfg: Mapping[str, Any]) -> Discovered:
+    """The dense model and its pruning space for the config's model, resolution, weights and space options."""
+    return family_of_config(cfg).discover(cfg)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Stages as functions
-# ---------------------------------------------------------------------------------------------------------
-
-
-def space_options(cfg: dict[str, Any]) -> dict[str, Any]:
-    s = cfg["space"]
-    return {"step": s["step"], "max_options": s["max_options"], "multiple": s["multiple"], "prune_stem": s["prune_stem"]}
-
-
-def is_vit(cfg: dict[str, Any]) -> bool:
-    """The family the stages dispatch on (set by ``load_config``; derived from the model for older configs)."""
-    if "family" not in cfg:
-        from mdp_cli.families import family_of
-
-        cfg["family"] = family_of(cfg["model"])
-    return cfg["family"] == "vit"
-
-
-def discover(cfg: dict[str, Any]):
-    """(dense model, analysis) for the config's model, resolution, weights and space options; for every
-    family ``analysis.space`` is the pruning space."""
-    if is_vit(cfg):
-        from mdp_cli.vit_stages import cfg_discover
-
-        return cfg_discover(cfg)
-    from mdp_cli.space.cnn import discover_space
-
-    return discover_space(cfg["model"], cfg["resolution"], pretrained=cfg.get("pretrained"), **space_options(cfg))
-
-
-def lut_location(cfg: dict[str, Any]) -> Path:
+def lut_location(cfg: Mapping[str, Any]) -> Path:
     from mdp_cli.latency.lut import lut_filename
     from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
 
@@ -128,76 +50,69 @@ def lut_location(cfg: dict[str, Any]) -> Path:
                                              p["batch"], p["threads"])
 
 
-def open_lut(cfg: dict[str, Any], path: str | Path | None = None):
+def open_lut(cfg: Mapping[str, Any], path: str | Path | None = None, create: bool = False):
     from mdp_cli.latency.lut import Lut
     from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
 
     p = cfg["profile"]
     return Lut.open(path or lut_location(cfg), device_name(check_device(p["device"])), canonical_dtype(p["dtype"]),
-                    p["batch"], p["threads"], create=False, stat=p["stat"])
+                    p["batch"], p["threads"], create=create, stat=p["stat"])
 
 
-def stage_profile(cfg: dict[str, Any], analysis=None, progress: bool = True, lut_path: str | Path | None = None) -> dict[str, Any]:
-    from mdp_cli.latency.profile import profile_space
+def stage_profile(cfg: Mapping[str, Any], discovered: Discovered | None = None, progress: bool = True,
+                  lut_path: str | Path | None = None) -> dict[str, Any]:
+    """Measure the latency terms of the model's space that the LUT lacks (``latency/engine.py``)."""
+    from mdp_cli.latency.engine import profile_into_lut
+    from mdp_cli.latency.timing import check_device
 
-    if analysis is None:
-        _, analysis = discover(cfg)
-    if is_vit(cfg):
-        from mdp_cli.vit_stages import cfg_profile
-
-        return cfg_profile(cfg, analysis.space, lut_path or lut_location(cfg), progress=progress)
+    family = family_of_config(cfg)
+    discovered = discovered or family.discover(cfg)
     p = cfg["profile"]
-    return profile_space(analysis.space, device=p["device"], dtype=p["dtype"], batch=p["batch"], lut_dir=p["lut_dir"],
-                         lut_path=lut_path, warmup=p["warmup"], repeats=p["repeats"], grid=p["grid"],
-                         num_threads=p["threads"], progress=progress)
+    lut = open_lut(cfg, lut_path, create=True)
+    summary = profile_into_lut(lut, family.measurements(discovered, p["grid"]), family.timing,
+                               check_device(p["device"]), int(p["warmup"]), int(p["repeats"]),
+                               label=discovered.space.model_name, progress=progress)
+    return {"lut": str(lut.path), **summary, "device": lut.device, "dtype": lut.dtype, "batch": lut.batch,
+            "threads": lut.threads}
 
 
-def stage_score(cfg: dict[str, Any], out: str | Path, model=None, analysis=None) -> dict[str, Any]:
-    from mdp_cli.importance.taylor import bn_taylor_scores, importance_record, scoring_batches, write_importance
+def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered | None = None) -> dict[str, Any]:
+    """Importance of every dim's units from batches of ``score.data`` into an importance JSON."""
+    from mdp_cli.importance.taylor import scoring_batches, write_importance
+    from mdp_cli.latency.timing import check_device
 
-    if analysis is None:
-        model, analysis = discover(cfg)
-    if is_vit(cfg):
-        from mdp_cli.vit_stages import cfg_score
-
-        return cfg_score(cfg, out, model, analysis.space)
+    family = family_of_config(cfg)
+    discovered = discovered or family.discover(cfg)
     s = cfg["score"]
-    num_classes = analysis.graph.nodes[-2].shape[-1] if len(analysis.graph.nodes) > 1 else 1000
-    batches = scoring_batches(str(s["data"]), cfg["resolution"], s["batch_size"], s["batches"], s["seed"], num_classes)
+    resolution = family.input_shape(discovered)[1]
     t0 = time.perf_counter()
-    node_scores, count = bn_taylor_scores(model, analysis, batches, device=cfg["profile"]["device"])
-    dims = importance_record(analysis, node_scores)
-    write_importance(out, cfg["model"], dims, data=str(s["data"]), batches=count, batch_size=s["batch_size"],
-                     resolution=cfg["resolution"], pretrained=cfg.get("pretrained"), space=space_options(cfg),
-                     synthetic=str(s["data"]) == "synthetic")
-    return {"importance": str(out), "batches": count, "seconds": time.perf_counter() - t0}
+    batches = scoring_batches(str(s["data"]), resolution, int(s["batch_size"]), int(s["batches"]), int(s["seed"]),
+                              family.num_classes(discovered))
+    record = family.score(cfg, discovered, batches, check_device(cfg["profile"]["device"]))
+    dims = record.pop("dims")
+    write_importance(out, cfg["model"], dims, data=str(s["data"]), batch_size=int(s["batch_size"]), resolution=resolution,
+                     pretrained=cfg.get("pretrained"), synthetic=str(s["data"]) == "synthetic", family=family.name,
+                     **record)
+    return {"importance": str(out), "batches": record.get("batches"), "seconds": time.perf_counter() - t0}
 
 
-def stage_problem(cfg: dict[str, Any], importance_path: str | Path | None, out: str | Path, analysis=None,
-                  lut_path: str | Path | None = None):
+def stage_problem(cfg: Mapping[str, Any], importance_path: str | Path | None, out: str | Path,
+                  discovered: Discovered | None = None, lut_path: str | Path | None = None):
+    """The solver's problem file from the space, the LUT and the importance."""
     from mdp_cli.importance.taylor import read_importance
-    from mdp_cli.space.to_problem import build_problem
 
-    if analysis is None:
-        _, analysis = discover(cfg)
-    if is_vit(cfg):
-        from mdp_cli.vit_stages import cfg_problem
-
-        return cfg_problem(cfg, analysis.space, open_lut(cfg, lut_path), importance_path, out)
+    family = family_of_config(cfg)
+    discovered = discovered or family.discover(cfg)
     importance = read_importance(importance_path) if importance_path else None
-    lut = open_lut(cfg, lut_path)
-    problem = build_problem(analysis.space, lut, importance, interpolate=True, source=str(importance_path),
-                            resolution=cfg["resolution"], space_options=space_options(cfg),
-                            importance_file=str(importance_path) if importance_path else None)
+    problem = family.build_problem(cfg, discovered, open_lut(cfg, lut_path), importance,
+                                   str(importance_path) if importance_path else None)
     problem.save(out)
     return problem
 
 
-def stage_solve(cfg: dict[str, Any], problem_path: str | Path, out: str | Path):
-    try:
-        from mdp_cli.solve import load_problem, solve_problem
-    except ImportError:
-        raise MdpError("the solver (mdp_cli.solve.solve_problem) is not available in this build") from None
+def stage_solve(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Path):
+    from mdp_cli.solve import load_problem, solve_problem
+
     s = cfg["solve"]
     problem = load_problem(problem_path)
     solution = solve_problem(problem, budget=s["budget"], latency_model=s["latency_model"], time_limit=s["time_limit"])
@@ -205,67 +120,46 @@ def stage_solve(cfg: dict[str, Any], problem_path: str | Path, out: str | Path):
     return solution
 
 
-def stage_export(cfg: dict[str, Any], solution: dict[str, Any] | str | Path | None, out_dir: str | Path,
-                 importance_path: str | Path | None = None, model=None, analysis=None,
+def stage_export(cfg: Mapping[str, Any], solution: Mapping[str, Any] | str | Path | None, out_dir: str | Path,
+                 importance_path: str | Path | None = None, discovered: Discovered | None = None,
                  check_budget: bool = True) -> dict[str, Any]:
-    """Export the pruned model for a solution (``None``: nothing pruned); measure and gate on the budget."""
-    from mdp_cli.export.cnn_prune import model_stats, prune_cnn
+    """Export the pruned model for a solution (``None``: nothing pruned), measure it in turns with the dense
+    model, write ``report.json`` and gate on the budget."""
     from mdp_cli.export.spec import save_exported
     from mdp_cli.importance.taylor import read_importance
-    from mdp_cli.latency.timing import check_device, clock_for, device_name, threads, time_round_robin
 
-    if analysis is None:
-        model, analysis = discover(cfg)
+    family = family_of_config(cfg)
+    discovered = discovered or family.discover(cfg)
     if isinstance(solution, (str, Path)):
         src = str(solution)
         solution = read_json(solution, "mdp.solution", 1)
     else:
         src = "<solution>"
-    solution = solution or {}
-    if is_vit(cfg):
-        from mdp_cli.vit_stages import cfg_export
-
-        return cfg_export(cfg, solution, src, out_dir, importance_path, model, analysis.space, check_budget)
-    choice = solution.get("choice", {})
-    kept = solution.get("blocks", solution.get("kept", {}))
-    order = None
-    if importance_path:
-        order = {k: v["order"] for k, v in read_importance(importance_path)["dims"].items()}
-    elif choice:
-        raise MdpError("export needs --importance (which channels to keep); without it nothing can be chosen")
-    net, arch = prune_cnn(model, analysis, choice, kept, order)
+    solution = dict(solution or {})
+    choice, kept = _choice_kept(solution, src)
+    importance = read_importance(importance_path)["dims"] if importance_path else None
+    net, arch = family.export(discovered, choice, kept, importance)
     out_dir = Path(out_dir)
-    save_exported(out_dir, net, arch, source_model=cfg["model"], solution=src, resolution=cfg["resolution"],
-                  importance=str(importance_path) if importance_path else None)
-    shape = (3, cfg["resolution"], cfg["resolution"])
-    dense_stats, stats = model_stats(model, shape), model_stats(net, shape)
+    shape = family.input_shape(discovered)
+    save_exported(out_dir, net, arch, source_model=cfg["model"], family=family.name, solution=src,
+                  resolution=int(shape[1]), importance=str(importance_path) if importance_path else None)
+    dense_stats, stats = family.model_stats(discovered.model, shape), family.model_stats(net, shape)
     report: dict[str, Any] = {
-        "model": cfg["model"], "exported": str(out_dir), "params": stats["params"], "flops": stats["flops"],
-        "dense_params": dense_stats["params"], "dense_flops": dense_stats["flops"],
+        "model": cfg["model"], "family": family.name, "exported": str(out_dir), "params": stats["params"],
+        "flops": stats.get("flops"), "dense_params": dense_stats["params"], "dense_flops": dense_stats.get("flops"),
         "predicted_ms": solution.get("predicted_latency"), "dense_predicted_ms": solution.get("dense_latency"),
         "budget_ms": solution.get("budget"), "tolerance": cfg["export"]["tolerance"],
-        "blocks_removed": sorted(b for b, k in kept.items() if not k),
-        "widths": arch["widths"],
+        "blocks_removed": sorted(b for b, k in kept.items() if not k), "widths": arch.get("widths"),
     }
-    p = cfg["profile"]
     if cfg["export"]["measure"]:
-        import torch
-
-        device = check_device(p["device"])
-        x = torch.randn(p["batch"], *shape)
-        with threads(p["threads"] if device == "cpu" else None):
-            (med, spread, p10), = time_round_robin([(net, x)], device, p["dtype"], p["warmup"], cfg["export"]["repeats"])
-            (dmed, dspread, dp10), = time_round_robin([(model, x)], device, p["dtype"], p["warmup"], cfg["export"]["repeats"])
-        stat = p["stat"]
-        report.update(device=device_name(device), clock=clock_for(device, p["threads"]), measured_ms=med if stat == "median" else p10, spread_ms=spread,
-                      measured_dense_ms=dmed if stat == "median" else dp10, stat=stat)
+        report.update(measure_against_dense(cfg, net, discovered.model, shape))
         measured = report["measured_ms"]
         if report["predicted_ms"]:
             report["prediction_error"] = (report["predicted_ms"] - measured) / measured
         budget = report["budget_ms"]
         report["within_tolerance"] = None if budget is None else measured <= budget * (1 + cfg["export"]["tolerance"])
     if cfg["export"]["onnx"]:
-        report["onnx"] = export_onnx(net, shape, out_dir / "model.onnx")
+        report["onnx"] = family.write_onnx(net, arch, shape, out_dir / "model.onnx")
     write_json(out_dir / "report.json", {"schema": "mdp.export_report", "version": 1,
                                          "provenance": provenance(model=cfg["model"]), **report})
     if check_budget and report.get("within_tolerance") is False:
@@ -276,28 +170,38 @@ def stage_export(cfg: dict[str, Any], solution: dict[str, Any] | str | Path | No
     return report
 
 
-def export_onnx(net, shape, path: Path) -> dict[str, Any]:
-    """Write ONNX (single file) and check its output against PyTorch with onnx's reference runtime."""
-    import numpy as np
-    import onnx
+def _choice_kept(solution: Mapping[str, Any], src: str) -> tuple[dict[str, int], dict[str, bool]]:
+    choice, kept = solution.get("choice", {}), solution.get("blocks", solution.get("kept", {}))
+    if not isinstance(choice, Mapping) or not isinstance(kept, Mapping):
+        raise MdpError(f"{src}: needs 'choice' (dim -> size) and 'blocks' (block -> kept)")
+    try:
+        return {k: int(v) for k, v in choice.items()}, {k: bool(v) for k, v in kept.items()}
+    except (TypeError, ValueError):
+        raise MdpError(f"{src}: 'choice' sizes must be integers") from None
+
+
+def measure_against_dense(cfg: Mapping[str, Any], net, dense, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Latency of the pruned and the dense model timed in turns (the ratio holds under drifting load), in
+    the profile's device, dtype, batch and threads, on copies of both models."""
     import torch
-    from onnx.reference import ReferenceEvaluator
 
-    from mdp_cli.artifacts import atomic_path
+    from mdp_cli.latency.timing import (check_device, clock_for, device_name, sample_in_turns, summarize, threads,
+                                        torch_dtype)
 
-    x = torch.randn(1, *shape)
-    with atomic_path(path) as tmp:
-        torch.onnx.export(net, (x,), str(tmp), input_names=["input"], output_names=["logits"],
-                          dynamo=False, opset_version=17)
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
-    (got,) = ReferenceEvaluator(model).run(None, {"input": x.numpy()})
-    with torch.no_grad():
-        want = net(x).numpy()
-    err = float(np.abs(got - want).max())
-    if err > 1e-3:
-        raise MdpError(f"{path}: ONNX output differs from PyTorch by {err:.2e}")
-    return {"path": str(path), "max_abs_diff": err}
+    p = cfg["profile"]
+    device = check_device(p["device"])
+    td = torch_dtype(p["dtype"])
+    x = torch.randn(int(p["batch"]), *shape).to(device=device, dtype=td)
+    timed, reference = (copy.deepcopy(m).to(device=device, dtype=td) for m in (net, dense))
+    with threads(int(p["threads"]) if device == "cpu" else None):
+        times, dense_times = sample_in_turns(timed, x, reference, x, int(p["warmup"]), int(cfg["export"]["repeats"]),
+                                             device)
+        clock = clock_for(device, torch.get_num_threads())
+    (med, spread, p10), (dmed, _, dp10) = summarize(times), summarize(dense_times)
+    stat = p["stat"]
+    return {"device": device_name(device), "dtype": str(td).removeprefix("torch."), "clock": clock,
+            "measured_ms": med if stat == "median" else p10, "spread_ms": spread,
+            "measured_dense_ms": dmed if stat == "median" else dp10, "stat": stat, "timed_in_turns": True}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,20 +227,18 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
     lut = lut_location(cfg)
     paths = {"importance": run_dir / "importance.json", "problem": run_dir / "problem.json",
              "solution": run_dir / "solution.json", "export": run_dir / "exported" / "arch.json"}
-    model_key = {k: cfg[k] for k in ("model", "resolution", "pretrained", "space")}
-    if is_vit(cfg):
-        model_key["num_classes"] = cfg.get("num_classes")
+    model_key = {k: cfg.get(k) for k in ("model", "resolution", "pretrained", "num_classes", "space")}
     if cfg.get("pretrained"):
         model_key["weights"] = file_hash(cfg["pretrained"])
     cache: dict[str, Any] = {}
 
-    def analysis():
-        if "analysis" not in cache:
-            cache["model"], cache["analysis"] = discover(cfg)
+    def discovered() -> Discovered:
+        if "discovered" not in cache:
+            cache["discovered"] = discover(cfg)
             write_json(run_dir / "space.json", {"schema": "mdp.space", "version": 1,
                                                 "provenance": provenance(model=cfg["model"]),
-                                                **cache["analysis"].space.to_dict()})
-        return cache["analysis"]
+                                                **cache["discovered"].space.to_dict()})
+        return cache["discovered"]
 
     def step(name: str, inputs_hash: Callable[[], str], outputs: list[Path], fn: Callable[[], Any]) -> None:
         if not force and state.get(name) == inputs_hash() and all(p.exists() for p in outputs):
@@ -349,17 +251,16 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
         echo(f"[{name}] done in {time.perf_counter() - t0:.1f} s" + (f": {result}" if isinstance(result, str) else ""))
 
     def do_profile():
-        s = stage_profile(cfg, analysis(), progress=progress)
+        s = stage_profile(cfg, discovered(), progress=progress)
         return f"{s['measured']} configurations measured, {s['reused']} reused from {s['lut']}"
 
     # The LUT is content-addressed by its rows: profiling re-runs (cheaply) when the LUT file changed.
     def do_score():
-        analysis()
-        stage_score(cfg, paths["importance"], cache["model"], cache["analysis"])
+        stage_score(cfg, paths["importance"], discovered())
         return str(paths["importance"])
 
     def do_problem():
-        stage_problem(cfg, paths["importance"], paths["problem"], analysis())
+        stage_problem(cfg, paths["importance"], paths["problem"], discovered())
         return str(paths["problem"])
 
     step("profile", lambda: _hash_inputs([model_key, cfg["profile"]], [lut]), [lut], do_profile)
@@ -377,9 +278,8 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
     step("solve", lambda: _hash_inputs(cfg["solve"], [paths["problem"]]), [paths["solution"]], do_solve)
 
     def do_export():
-        analysis()
-        report = stage_export(cfg, paths["solution"], run_dir / "exported", paths["importance"], cache["model"],
-                              cache["analysis"], check_budget=False)
+        report = stage_export(cfg, paths["solution"], run_dir / "exported", paths["importance"], discovered(),
+                              check_budget=False)
         result.update(report)
         return str(run_dir / "exported")
 

@@ -35,11 +35,12 @@ import torch  # noqa: E402
 from mdp_cli.artifacts import provenance, write_json  # noqa: E402
 from mdp_cli.export.cnn_prune import prune_cnn  # noqa: E402
 from mdp_cli.latency.lut import Lut  # noqa: E402
+import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.latency.profile import profile_space  # noqa: E402
 from mdp_cli.latency.timing import clock_for, threads, time_round_robin  # noqa: E402
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
-from mdp_cli.space.to_problem import build_problem, choice_indices  # noqa: E402
+from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
 
 
 def random_config(analysis, rng: random.Random, ratio: float):

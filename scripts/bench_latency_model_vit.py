@@ -36,7 +36,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdp_cli.export.vit import export_vit  # noqa: E402
-from mdp_cli.latency.vit_profile import linear_tables, predict_latency, profile_vit, sample_against, vit_tables  # noqa: E402
+from mdp_cli.latency.timing import sample_in_turns  # noqa: E402
+from mdp_cli.latency.vit_plan import profile_vit  # noqa: E402
+from mdp_cli.latency.vit_tables import linear_tables, predict_latency, vit_tables  # noqa: E402
 from mdp_cli.models import canonical_name, create_model  # noqa: E402
 from mdp_cli.space.vit import build_vit_space  # noqa: E402
 
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
     per_round = -(-args.samples // args.rounds)
     for r in range(args.rounds):
         for n, (_, _, pruned) in enumerate(configs):
-            mine, ref = sample_against(pruned, x, dense, x, args.warmup, per_round, args.device)
+            mine, ref = sample_in_turns(pruned, x, dense, x, args.warmup, per_round, args.device)
             samples[n][0].extend(mine)
             samples[n][1].extend(ref)
         print(f"round {r + 1}/{args.rounds} measured", flush=True)

@@ -77,9 +77,15 @@ def main(argv=None) -> int:
     model = create_model(args.model, img_size=args.img_size)
     space = build_vit_space(model, canonical_name(args.model), steps)
     if args.lut:
-        from mdp_cli.latency.vit_profile import load_lut, vit_tables
+        from mdp_cli.latency.lut import Lut
+        from mdp_cli.latency.vit_tables import rows_from_lut, vit_tables
 
-        tables = vit_tables(space, load_lut(args.lut))
+        import pandas as pd
+
+        first = pd.read_csv(args.lut, nrows=1).iloc[0]  # the LUT's own device/dtype/batch/threads
+        lut = Lut.open(args.lut, str(first["device"]), str(first["dtype"]), int(first["batch"]), int(first["threads"]),
+                       create=False)
+        tables = vit_tables(space, {"rows": rows_from_lut(lut, space)})
     else:
         tables = flop_tables(space)
     if args.importance:

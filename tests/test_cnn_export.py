@@ -135,7 +135,7 @@ def test_exported_model_reloads_in_fresh_process(tmp_path):
 
 def test_onnx_matches_pytorch(tmp_path):
     pytest.importorskip("onnx")
-    from mdp_cli.pipeline import export_onnx
+    from mdp_cli.export.onnx import export_onnx
 
     model = randomize_bn(UserResNet())
     analysis = analyze_cnn(model, "user", (3, 16, 16))

@@ -11,10 +11,11 @@ from cnn_helpers import random_solution
 from mdp_cli.errors import MdpError, SchemaError
 from mdp_cli.export.cnn_prune import prune_cnn
 from mdp_cli.latency.lut import Lut, fill_by_interpolation, term_table
+import mdp_cli.latency.cnn_ops  # noqa: F401  (registers the CNN latency ops)
 from mdp_cli.latency.profile import configurations, profile_space
 from mdp_cli.latency.timing import threads, time_round_robin
 from mdp_cli.space.cnn import discover_space
-from mdp_cli.space.to_problem import build_problem, predicted_latency
+from mdp_cli.latency.to_problem import build_problem, predicted_latency
 
 QUICK = dict(warmup=2, repeats=5, progress=False)
 
@@ -147,7 +148,7 @@ def test_resnet50_prediction_at_scale(tmp_path):
     summary = profile_space(analysis.space, lut_dir=tmp_path, warmup=10, repeats=30, progress=False)
     problem = build_problem(analysis.space, _open(summary), None)
     from mdp_cli.solve.linear import linearize
-    from mdp_cli.space.to_problem import choice_indices
+    from mdp_cli.latency.to_problem import choice_indices
 
     linear = linearize(problem)
     rng = random.Random(2)

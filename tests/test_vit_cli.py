@@ -56,7 +56,6 @@ def test_space_command_for_a_vit():
 @pytest.mark.parametrize("args, message", [
     (["space", "--model", "deit_tiny", "--max-options", "4"], "--max-options) applies to CNN models only"),
     (["space", "--model", "resnet18", "--steps", "embed=16"], "--steps) applies to ViT models only"),
-    (["space", "--model", "resnet18", "--num-classes", "3"], "--num-classes) applies to ViT models only"),
     (["profile", "--model", "resnet18", "--grid", "embed=3"], "for a CNN an integer"),
     (["space", "--model", "deit_tiny", "--steps", "embed"], "expected KEY=N pairs"),
 ])
@@ -128,14 +127,14 @@ def test_run_then_solve_a_vit(tmp_path, monkeypatch):
 
 def test_export_gate_fails_on_missed_budget(tmp_path):
     from mdp_cli.errors import MdpError
-    from mdp_cli.models import create_model
-    from mdp_cli.vit_stages import export_stage
+    from mdp_cli.pipeline import load_config, stage_export
 
-    model = create_model("deit_tiny", img_size=32, num_classes=5)
-    solution = {"predicted_latency": 1e-4, "budget": 1e-4}
-    measure = {"device": "cpu", "batch": 1, "warmup": 1, "samples": 3}
+    cfg = load_config(None, {"model": "deit_tiny", "resolution": 32, "num_classes": 5,
+                             "profile": {"warmup": 1}, "export": {"repeats": 3, "tolerance": 0.1}})
+    solution = {"choice": {"embed": 64}, "blocks": {}, "predicted_latency": 1e-4, "budget": 1e-4}
     with pytest.raises(MdpError, match="misses the budget"):
-        export_stage(model, {"embed": 64}, {}, tmp_path / "a", solution=solution, measure=measure)
+        stage_export(cfg, solution, tmp_path / "a")
     report = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert report["within_tolerance"] is False and report["measured_ms"] > 0
-    export_stage(model, {"embed": 64}, {}, tmp_path / "b", solution={**solution, "budget": 1e4}, measure=measure)
+    assert report["within_tolerance"] is False and report["measured_ms"] > 0 and report["timed_in_turns"]
+    assert report["measured_dense_ms"] > report["measured_ms"] * 0.5
+    stage_export(cfg, {**solution, "budget": 1e4}, tmp_path / "b")

@@ -11,18 +11,9 @@ import torch
 
 from mdp_cli.export.vit import export_vit
 from mdp_cli.latency.ops import get_op
-from mdp_cli.latency.vit_profile import (
-    _points,
-    _unique_terms,
-    linear_tables,
-    load_lut,
-    measure_against,
-    predict_latency,
-    profile_vit,
-    save_lut,
-    subgrid,
-    vit_tables,
-)
+from mdp_cli.latency.timing import measure_in_turns
+from mdp_cli.latency.vit_plan import points, profile_vit, subgrid
+from mdp_cli.latency.vit_tables import linear_tables, predict_latency, unique_terms, vit_tables
 from mdp_cli.models import create_model
 from mdp_cli.space.vit import build_vit_space, vit_problem
 
@@ -38,8 +29,8 @@ def attn_cost(E, H, Q, V):  # projections multilinear and additive in Q and V, p
 
 def synthetic_lut(space, grid):
     rows = []
-    for sig, term in _unique_terms(space).items():
-        for sizes in _points(space, term, grid):
+    for sig, term in unique_terms(space).items():
+        for sizes in points(space, term, grid):
             s = dict(sizes)
             if term.op == "vit_qk":
                 s["v"] = term.context["v_ref"]
@@ -65,8 +56,6 @@ def test_subgrid():
 def test_tables_recover_additive_multilinear_costs(tmp_path):
     space = build_vit_space(create_model("deit_tiny", img_size=32), "deit_tiny")
     lut = synthetic_lut(space, {"embed": 3, "heads": 2, "qk": 2, "v": 2, "hidden": 3})
-    save_lut(tmp_path / "lut.csv", lut | {"provenance": {"device": "test"}})
-    lut = load_lut(tmp_path / "lut.csv")
     tables = vit_tables(space, lut)
     assert tables["blocks.0.attn.qk"].shape == (12, 3, 8) and tables["blocks.5.mlp"].shape == (12, 12)
     assert tables["blocks.0.attn.sdpa"].shape == (3, 8, 8)
@@ -91,7 +80,7 @@ def test_tables_recover_additive_multilinear_costs(tmp_path):
 
 def test_op_builders_run_the_export_modules():
     space = build_vit_space(create_model("deit_tiny_distilled", img_size=32), "t")
-    for term in _unique_terms(space).values():
+    for term in unique_terms(space).values():
         sizes = {role: space.dim(d).options[1] for d, role in zip(term.dims, term.roles)}
         module, x = get_op(term.op)(term.context, sizes, 2)
         with torch.no_grad():
@@ -122,7 +111,7 @@ def test_predicted_vs_measured_deit_tiny_cpu():
         choice = {d.name: rng.choice(d.options) for d in space.dims}
         kept = {b.name: rng.random() > 0.15 for b in space.blocks}
         pruned, _ = export_vit(model, choice, kept)
-        ms, ms_dense = measure_against(pruned, x, dense, x, warmup=5, samples=30)
+        ms, ms_dense = measure_in_turns(pruned, x, dense, x, warmup=5, samples=30)
         predicted = predict_latency(space, tables, choice, kept)
         errors.append(abs((predicted / problem_dense) / (ms / ms_dense) - 1))
         linear_errors.append(abs((predict_latency(space, linear, choice, kept) / linear_dense) / (ms / ms_dense) - 1))

@@ -1,7 +1,8 @@
 """Click commands for space, profile, score, problem, export and run (thin: each calls mdp_cli.pipeline).
 
-One command per stage for every model family: ``mdp_cli.pipeline`` dispatches CNNs and ViTs
-(``mdp_cli.families``), and a flag that only one family understands is a one-line error for the other.
+One command per stage for every model family: ``mdp_cli.pipeline`` asks the model's family
+(``mdp_cli.families``) for the family-specific part; a flag that only another family understands is a
+one-line error (``mdp_cli.config``).
 Every command takes ``--config FILE`` (YAML, see configs/) and flags that override its keys.
 """
 
@@ -24,7 +25,7 @@ def _model_options(fn: Callable) -> Callable:
                      help="Input resolution (square; a ViT's default is its own img_size)."),
         click.option("--pretrained", "--weights", "pretrained", type=click.Path(dir_okay=False),
                      help="Local weights (safetensors or torch weights-only)."),
-        click.option("--num-classes", type=int, help="ViT: classifier size (default: the model's)."),
+        click.option("--num-classes", type=int, help="Classifier size (default: the model's)."),
         click.option("--step", type=int, help="CNN: channels per option step (default: size / max-options)."),
         click.option("--max-options", type=int, help="CNN: options per dim when --step is not given."),
         click.option("--multiple", type=int, help="CNN: restrict widths to multiples of this (e.g. 8)."),
@@ -70,13 +71,13 @@ def _config(config: Path | None, kw: dict[str, Any]) -> dict[str, Any]:
 def space_command(config, json_out, **kw):
     """Discover and print a model's pruning space: dims, sizes, steps, couplings, blocks."""
     cfg = _config(config, kw)
-    _, analysis = pipeline.discover(cfg)
-    click.echo(analysis.space.describe())
+    space = pipeline.discover(cfg).space
+    click.echo(space.describe())
     if json_out:
         from mdp_cli.artifacts import provenance, write_json
 
         write_json(json_out, {"schema": "mdp.space", "version": 1, "provenance": provenance(model=cfg["model"]),
-                              **analysis.space.to_dict()})
+                              **space.to_dict()})
         click.echo(f"wrote {json_out}")
 
 
@@ -177,4 +178,13 @@ def run_command(config, run_dir, force, quiet, no_gate, **kw):
     pipeline.run_pipeline(cfg, run_dir, echo=click.echo, force=force, progress=not quiet, check_budget=not no_gate)
 
 
-COMMANDS = [space_command, profile_command, score_command, problem_command, export_command, run_command]
+@click.command("families")
+def families_command():
+    """List the registered model families (each one module behind mdp_cli.families.Family)."""
+    from mdp_cli.families import all_families
+
+    for family in all_families():
+        click.echo(family.describe())
+
+
+COMMANDS = [families_command, space_command, profile_command, score_command, problem_command, export_command, run_command]

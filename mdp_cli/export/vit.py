@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mdp_cli.errors import MdpError
-from mdp_cli.modules.vit import PrunedViT, build_vit  # noqa: F401  (build_vit: re-exported for callers)
+from mdp_cli.modules.vit import build_vit
 from mdp_cli.space.vit import vit_facts
 
 

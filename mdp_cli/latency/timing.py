@@ -147,9 +147,10 @@ def time_module(module: torch.nn.Module, example: Any, device: str = "cpu", dtyp
     return median, spread
 
 
-def time_round_robin(items: list[tuple[Any, Any]], device: str = "cpu", dtype: str = "float32",
-                     warmup: int = 10, repeats: int = 30) -> list[tuple[float, float, float]]:
-    """Median, IQR and 10th percentile (ms) of each (module, input) when the modules take turns, one call each per round.
+def sample_round_robin(items: list[tuple[Any, Any]], device: str = "cpu", dtype: str = "float32",
+                       warmup: int = 10, repeats: int = 30) -> list[list[float]]:
+    """Times (ms) of ``repeats`` calls of each (module, input) when the modules take turns, one call each per
+    round, after ``warmup`` rounds.
 
     Timing one small op many times in a row keeps its weights and input hot in cache and underestimates
     what it costs inside a network, where other ops run in between (measured here: sum of back-to-back
@@ -175,18 +176,85 @@ def time_round_robin(items: list[tuple[Any, Any]], device: str = "cpu", dtype: s
             torch.cuda.synchronize(device)
         for _ in range(repeats):
             for k, (module, example) in enumerate(fns):
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    module(example)
-                    end.record()
-                    torch.cuda.synchronize(device)
-                    samples[k].append(start.elapsed_time(end))
-                else:
-                    t0 = clock()
-                    module(example)
-                    samples[k].append((clock() - t0) * 1e3)
-    return [(statistics.median(s), _iqr(s), _p10(s)) for s in samples]
+                samples[k].append(_call_ms(module, example, device, clock))
+    return samples
+
+
+def summarize(samples: list[float]) -> tuple[float, float, float]:
+    """Median, inter-quartile range and 10th percentile (ms) of samples: every LUT row and report uses these."""
+    return statistics.median(samples), _iqr(samples), _p10(samples)
+
+
+def time_round_robin(items: list[tuple[Any, Any]], device: str = "cpu", dtype: str = "float32",
+                     warmup: int = 10, repeats: int = 30) -> list[tuple[float, float, float]]:
+    """``summarize`` of each item's ``sample_round_robin`` samples."""
+    return [summarize(s) for s in sample_round_robin(items, device, dtype, warmup, repeats)]
+
+
+def _call_ms(module: Any, x: Any, device: str, clock: Callable[[], float]) -> float:
+    """One timed call in ms: CUDA events and a synchronisation on GPU, else ``clock``."""
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        module(x)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = clock()
+    module(x)
+    return 1000.0 * (clock() - t0)
+
+
+def sample_in_turns(module: torch.nn.Module, x: Any, ref: torch.nn.Module | None, x_ref: Any,
+                    warmup: int = 10, samples: int = 30, device: str = "cpu", per_turn: int = 5,
+                    settle: int = 2) -> tuple[list[float], list[float]]:
+    """Times (ms) of ``samples`` calls of ``module(x)`` and as many of ``ref(x_ref)``, taking turns.
+
+    On a shared machine absolute times drift by 10-40 % over minutes while the ratio of two models
+    timed in turns stays within a few percent (measured: ±6 % under a load of 3 on 2 cores, against
+    ±40 % for separately timed medians). Each turn is ``settle`` untimed calls and then ``per_turn``
+    timed ones, so that a timed call follows a call of the same model, as it does when deployed, and
+    not the other model's pass through the caches (no difference measured on deit_small at 224 px:
+    one call per turn and five per turn agree within the run-to-run noise).
+    """
+    module = module.to(device).eval()
+    x = x.to(device)
+    if ref is not None:
+        ref = ref.to(device).eval()
+        x_ref = x_ref.to(device)
+    cuda = device.startswith("cuda")
+    clock = cpu_clock()
+    per_turn = max(1, int(per_turn))
+
+    def turn(m, inp, n, out):
+        for _ in range(settle):
+            m(inp)
+        if cuda:
+            torch.cuda.synchronize()
+        for _ in range(n):
+            out.append(_call_ms(m, inp, device, clock))
+
+    times: list[float] = []
+    ref_times: list[float] = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            module(x)
+            if ref is not None:
+                ref(x_ref)
+        while len(times) < samples:
+            n = min(per_turn, samples - len(times))
+            turn(module, x, n, times)
+            if ref is not None:
+                turn(ref, x_ref, n, ref_times)
+    return times, ref_times
+
+
+def measure_in_turns(module: torch.nn.Module, x: Any, ref: torch.nn.Module | None, x_ref: Any,
+                     warmup: int = 10, samples: int = 30, device: str = "cpu", per_turn: int = 5,
+                     settle: int = 2) -> tuple[float, float | None]:
+    """Median times (ms) of ``module(x)`` and of ``ref(x_ref)`` timed in turns with it (``sample_in_turns``)."""
+    times, ref_times = sample_in_turns(module, x, ref, x_ref, warmup, samples, device, per_turn, settle)
+    return statistics.median(times), (statistics.median(ref_times) if ref_times else None)
 
 
 def reference_item(batch: int = 1) -> tuple[Any, Any]:

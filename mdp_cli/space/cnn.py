@@ -378,10 +378,12 @@ def _terms(a: CnnAnalysis, users: dict[str, list[str]]) -> list[SpaceTerm]:
     return terms
 
 
-def discover_space(model_name: str, resolution: int = 224, pretrained: str | None = None, **options: Any):
-    """Create the dense model by name and discover its space; returns (model, analysis)."""
+def discover_space(model_name: str, resolution: int = 224, pretrained: str | None = None,
+                   model_overrides: dict[str, Any] | None = None, **options: Any):
+    """Create the dense model by name (``model_overrides``: constructor keywords such as num_classes) and
+    discover its space; returns (model, analysis)."""
     from mdp_cli.models import create_model
 
-    model = create_model(model_name, pretrained=pretrained)
+    model = create_model(model_name, pretrained=pretrained, **(model_overrides or {}))
     analysis = analyze_cnn(model, model_name, (3, resolution, resolution), **options)
     return model, analysis

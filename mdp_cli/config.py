@@ -1,0 +1,148 @@
+"""Typed configuration: one dataclass per section, validated when a config is loaded.
+
+A config (YAML file keys merged with command-line flags) is checked before any stage runs: unknown keys,
+wrong types and out-of-range values are one-line errors naming the key, the value and what is allowed.
+The model's family (``mdp_cli.families``) declares its own ``space`` section and how it reads
+``profile.grid``; a key that only another family understands is an error naming that family.
+
+The resolved config is a plain dict (what ``config.json`` of a run directory holds and what stages read)::
+
+    model, family, resolution, pretrained, num_classes,
+    space:   the family's section (CNN: step, max_options, multiple, prune_stem; ViT: steps)
+    profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat}
+    score:   {data, batches, batch_size, seed}
+    solve:   {budget, latency_model, time_limit}
+    export:  {tolerance, onnx, measure, repeats}
+"""
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+from mdp_cli.errors import MdpError
+from mdp_cli.settings import check_value, section_from, setting
+
+
+@dataclasses.dataclass
+class ProfileSection:
+    device: str = setting("cpu", doc="cpu or cuda[:N]")
+    dtype: str = setting("float32", choices=("float32", "fp32", "float16", "fp16", "bfloat16", "bf16"))
+    batch: int = setting(1, min=1)
+    threads: int = setting(1, min=1)
+    warmup: int = setting(10, min=0)
+    repeats: int = setting(30, min=1)
+    grid: Any = setting(None, doc="measured points per dim; read by the family (Family.parse_grid)")
+    lut_dir: str = setting("luts")
+    stat: str = setting("median", choices=("median", "p10"))
+
+
+@dataclasses.dataclass
+class ScoreSection:
+    data: str = setting("synthetic", doc="builtin:NAME, a train/val directory, an ImageFolder, or synthetic")
+    batches: int = setting(4, min=1)
+    batch_size: int = setting(16, min=1)
+    seed: int = setting(0, min=0)
+
+
+@dataclasses.dataclass
+class SolveSection:
+    budget: Union[float, str] = setting(0.5, doc="fraction of dense (0.5), percentage (50%) or latency (12ms)")
+    latency_model: str = setting("multidim", choices=("multidim", "linear"))
+    time_limit: Optional[float] = setting(None, min=0)
+
+
+@dataclasses.dataclass
+class ExportSection:
+    tolerance: float = setting(0.25, min=-0.99, doc="allowed overshoot of the budget (0.2 = 20 %; negative: a margin below it)")
+    onnx: bool = setting(False)
+    measure: bool = setting(True)
+    repeats: int = setting(30, min=1)
+
+
+SECTIONS: dict[str, type] = {"profile": ProfileSection, "score": ScoreSection, "solve": SolveSection,
+                             "export": ExportSection}
+# Top-level keys every family understands (besides the sections); ``None`` resolution: the family's default.
+TOP_LEVEL = ("model", "family", "resolution", "pretrained", "num_classes", "run_dir", "name")
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``override`` over ``base``, section by section; a ``None`` in ``override`` keeps ``base``'s value."""
+    out = copy.deepcopy(dict(base))
+    for key, value in (override or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        elif value is not None or key not in out:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config of ``path`` (YAML) with ``overrides`` (command-line flags) on top, validated against the
+    model family's sections (``mdp_cli.families``); returns the resolved dict with ``family`` set."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MdpError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MdpError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except (UnicodeDecodeError, OSError) as exc:
+            raise MdpError(f"{path}: cannot read the config ({exc})") from None
+        if not isinstance(data, dict):
+            raise MdpError(f"{path}: a config must be a mapping of settings")
+        if isinstance(data.get("pretrained"), str) and data["pretrained"] and ":" not in data["pretrained"] \
+                and not Path(data["pretrained"]).is_absolute():
+            data["pretrained"] = str(path.parent / data["pretrained"])  # relative to the config file
+    given = merge(data, {k: v for k, v in (overrides or {}).items() if v not in (None, {})})
+    return resolve_config(given, str(path) if path is not None else "command line")
+
+
+def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Validated config dict: ``given`` (file keys merged with flags, no defaults) over the defaults of the
+    model's family. ``where`` names the source in error messages (a file or 'command line')."""
+    from mdp_cli.families import all_families, family_for_model, get_family
+
+    for key in ("space", *SECTIONS):
+        if given.get(key) is not None and not isinstance(given[key], Mapping):
+            raise MdpError(f"{where}: '{key}' must be a mapping of settings, not {given[key]!r}")
+    unknown = [k for k in given if k not in TOP_LEVEL and k != "space" and k not in SECTIONS]
+    if unknown:
+        raise MdpError(f"{where}: unknown config keys {unknown} (known: {', '.join(sorted((*TOP_LEVEL, 'space', *SECTIONS)))})")
+    model = given.get("model")
+    if model is not None and not isinstance(model, str):
+        raise MdpError(f"{where}: model = {model!r} is not allowed; expected a model name")
+    declared = given.get("family")
+    if model is None:
+        family = get_family(declared) if declared else all_families()[0]
+        model = family.default_model
+    else:
+        family = family_for_model(model)
+        if declared is not None and declared != family.name:
+            raise MdpError(f"{where}: family {declared!r} does not match model {model!r}, which is a {family.name} "
+                           f"(remove 'family' or fix 'model')")
+    top = {}
+    for key, annotation, meta in (("resolution", Optional[int], {"min": 1}), ("num_classes", Optional[int], {"min": 1}),
+                                  ("pretrained", Optional[str], {}), ("run_dir", Optional[str], {}),
+                                  ("name", Optional[str], {})):
+        top[key] = check_value(given.get(key), annotation, meta, key, where)
+    foreign = {fld.name: other.title for other in all_families() if other.name != family.name
+               for fld in dataclasses.fields(other.space_section)}
+    space = section_from(family.space_section, given.get("space"), "space", where, foreign, family.title)
+    sections = {name: section_from(cls, given.get(name), name, where) for name, cls in SECTIONS.items()}
+    cfg: dict[str, Any] = {
+        "model": model, "family": family.name,
+        "resolution": top["resolution"] if top["resolution"] is not None else family.default_resolution,
+        "pretrained": top["pretrained"], "num_classes": top["num_classes"],
+        "space": family.check_space(dataclasses.asdict(space), where),
+        **{name: dataclasses.asdict(section) for name, section in sections.items()},
+    }
+    cfg["profile"]["grid"] = family.parse_grid(cfg["profile"]["grid"], where)
+    for key in ("run_dir", "name"):
+        if top[key] is not None:
+            cfg[key] = top[key]
+    return cfg

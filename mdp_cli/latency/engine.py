@@ -1,0 +1,156 @@
+"""The one profiling engine: time what a family asks for, the same way for every family, into the shared LUT.
+
+A family says *what* to time as a list of ``Measurement`` (op name from the op registry, the fixed
+context, the sizes to build it at, the LUT row it fills) and *how its terms like to be timed* as a
+``TimingPlan``; this module owns the loop: deduplication against the LUT and across terms, warm-up,
+turns (round-robin), the clock (``latency/timing.py``), the statistics, one progress bar, and saving
+rows as they complete so that an interrupted profile keeps what it measured (``mdp profile`` again
+resumes: rows already in the LUT are never re-measured).
+
+Turns: the items of a chunk take turns, one call each per round, beside a fixed reference op
+(``timing.reference_item``, recorded as ``ref_ms``, a load indicator). A plan with ``rounds > 1``
+takes each item's samples in that many passes over *all* items, so a slow drift of the machine
+during profiling spreads over every row instead of biasing the rows timed at the wrong moment. An item
+with ``copies > 1`` is timed as a chain of distinct copies (weights stream from memory as inside the
+whole model) and each sample divided by the copy count.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+from mdp_cli.latency.lut import Lut
+from mdp_cli.latency.ops import get_op
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One LUT row to measure: ``op`` built by the op registry at ``sizes`` (keyed by role) in ``context``.
+
+    ``signature`` and ``sizes_key`` are the row's identity in the LUT. Rows with equal ``share`` are one
+    timing (e.g. two terms whose reference points coincide); by default every row is its own timing.
+    """
+
+    op: str
+    signature: str
+    sizes_key: str
+    context: dict[str, Any]
+    sizes: dict[str, int]
+    copies: int = 1
+    share: Hashable = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.signature, self.sizes_key)
+
+    @property
+    def timing_key(self) -> Hashable:
+        return self.share if self.share is not None else self.key
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    """How a family's terms are timed: ``chunk`` items take turns (with the reference op when
+    ``reference``), samples in ``rounds`` passes over all items, items ``shuffle``d (seed 0) first."""
+
+    chunk: int = 24
+    rounds: int = 1
+    reference: bool = True
+    shuffle: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: TimingPlan, device: str = "cpu",
+                     warmup: int = 10, repeats: int = 30, label: str = "", progress: bool = True,
+                     save_every_s: float = 30.0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure the rows of ``measurements`` that ``lut`` lacks, add them and save the LUT.
+
+    Returns ``{"measured", "reused", "configurations", "timings", "seconds"}``: rows written, rows already
+    there, rows asked for, distinct timings run, wall time. ``lut.batch``, ``lut.dtype`` and
+    ``lut.threads`` say how each item is run."""
+    import torch
+
+    from mdp_cli.latency.timing import clock_for, reference_item, sample_round_robin, threads
+
+    start = time.perf_counter()
+    wanted: dict[tuple[str, str], Measurement] = {}
+    for m in measurements:
+        wanted.setdefault(m.key, m)
+    todo_rows = [m for key, m in wanted.items() if key not in lut]
+    groups: dict[Hashable, list[Measurement]] = {}
+    for m in todo_rows:
+        groups.setdefault(m.timing_key, []).append(m)
+    items = list(groups.values())
+    if plan.shuffle:
+        random.Random(0).shuffle(items)
+    rounds = max(1, int(plan.rounds))
+    per_round = -(-int(repeats) // rounds)
+    samples: list[list[float]] = [[] for _ in items]
+    ref_samples: list[list[float]] = [[] for _ in items]
+    clock = clock_for(device, lut.threads)
+    bar = None
+    if progress and items:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items) * rounds, desc=f"profile {label} on {lut.device}".strip(), unit="timing",
+                   leave=False)
+    torch.manual_seed(0)
+    pending: list[dict[str, Any]] = []
+    last_save = time.perf_counter()
+    with threads(lut.threads if device == "cpu" else None):
+        for r in range(rounds):
+            for lo in range(0, len(items), max(1, int(plan.chunk))):
+                part = range(lo, min(len(items), lo + max(1, int(plan.chunk))))
+                runnable = [_build(items[k][0], lut.batch) for k in part]
+                if plan.reference:
+                    runnable.insert(0, reference_item(lut.batch))
+                timed = sample_round_robin(runnable, device, lut.dtype, warmup, per_round)
+                ref = timed.pop(0) if plan.reference else []
+                for i, k in enumerate(part):
+                    samples[k] += [t / items[k][0].copies for t in timed[i]]
+                    ref_samples[k] += ref
+                del runnable
+                if bar is not None:
+                    bar.update(len(part))
+                if log is not None:
+                    log(f"round {r + 1}/{rounds}: {part.stop}/{len(items)} timings")
+                if r == rounds - 1:  # rows are complete only once their last round is in
+                    pending += [_row(m, lut, clock, samples[k], ref_samples[k], warmup)
+                                for k in part for m in items[k]]
+                    if time.perf_counter() - last_save > save_every_s:
+                        lut.add_rows(pending)
+                        pending = []
+                        lut.save(last_model=label)
+                        last_save = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    lut.add_rows(pending)
+    if todo_rows or not lut.path.is_file():
+        lut.save(last_model=label)
+    return {"measured": len(todo_rows), "reused": len(wanted) - len(todo_rows), "configurations": len(wanted),
+            "timings": len(items), "seconds": time.perf_counter() - start}
+
+
+def _build(m: Measurement, batch: int) -> tuple[Any, Any]:
+    """(module, input) for one timing: a chain of ``copies`` distinct modules when asked."""
+    import torch
+
+    build = get_op(m.op)
+    module, x = build(m.context, m.sizes, batch)
+    if m.copies > 1:
+        module = torch.nn.Sequential(module, *(build(m.context, m.sizes, batch)[0] for _ in range(m.copies - 1)))
+    return module, x
+
+
+def _row(m: Measurement, lut: Lut, clock: str, samples: list[float], ref: list[float], warmup: int) -> dict[str, Any]:
+    from mdp_cli.latency.timing import summarize
+
+    median, spread, p10 = summarize(samples)
+    return {"op": m.op, "signature": m.signature, "sizes": m.sizes_key, "device": lut.device, "dtype": lut.dtype,
+            "batch": lut.batch, "threads": lut.threads, "clock": clock, "median_ms": median, "spread_ms": spread,
+            "p10_ms": p10, "ref_ms": summarize(ref)[0] if ref else float("nan"), "repeats": len(samples),
+            "warmup": warmup, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

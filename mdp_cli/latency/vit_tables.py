@@ -1,0 +1,176 @@
+"""ViT latency tables: from the measured sub-grid rows of the shared LUT to a full-option table per term.
+
+``latency/vit_plan.py`` says which rows to measure (the profiling engine, ``latency/engine.py``, times
+them into the shared LUT of ``latency/lut.py``: sizes as ``embed=192;heads=3;qk=64;v=8``, reused by any
+model with the same op signature); ``rows_from_lut`` reads them back for ``vit_tables``. One table set
+serves every block, because all blocks of a timm ViT share the same term signatures (same context:
+tokens, batch, dtype).
+
+Tables (full option grids) come from multilinear interpolation over the measured sub-grid. The
+attention branch T(E, H, Q, V) is timed whole (the SDPA kernel fuses QKᵀ, softmax and attn·V): at
+(E, H, Q, v_ref) for ``vit_qk`` and at (E, H, qk_ref, V) for ``vit_vproj``. ``vit_sdpa`` times the part
+between its two linears alone, S(H, Q, V), on every Q and V option (up to ``FULL_AXIS_MAX`` options per
+axis; a sub-grid beyond): its cost follows max(Q, V) (the exporter pads the narrower side so the fused
+kernel runs) and the kernel's tiling, which neither an additive split nor a coarse sub-grid follows.
+P = T − S (LayerNorm, the projections, the residual add) is additive in Q and V for given (E, H). S is
+subtracted from every qk/vproj row at its own sizes before interpolation, and with
+R(E, H) = P(E, H, qk_ref, v_ref):
+
+    qk(E, H, Q)    = P(E, H, Q, v_ref)  − R(E, H) / 2
+    vproj(E, H, V) = P(E, H, qk_ref, V) − R(E, H) / 2
+    sdpa(H, Q, V)  = S(H, Q, V)
+
+so qk + vproj + sdpa = P(E,H,Q,v_ref) + P(E,H,qk_ref,V) − R(E,H) + S(H,Q,V): exact at either reference
+and everywhere when P is additive in Q and V, whatever the kernel does.
+``scripts/bench_latency_model_vit.py`` checks it against whole exported models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from mdp_cli.errors import MdpError
+from mdp_cli.latency.lut import sizes_key
+from mdp_cli.space.core import PruningSpace, SpaceTerm
+
+SIZE_COLUMNS = ("embed", "heads", "qk", "v", "hidden")
+
+
+def unique_terms(space: PruningSpace) -> dict[str, SpaceTerm]:
+    out: dict[str, SpaceTerm] = {}
+    for term in space.terms:
+        out.setdefault(term.signature(), term)
+    return out
+
+
+def _interpolate(axes: list[list[int]], values: np.ndarray, targets: list[tuple[int, ...]]) -> np.ndarray:
+    """Multilinear interpolation of ``values`` (on the grid ``axes``) to the full ``targets`` grid."""
+    out = values
+    for axis, (grid, target) in enumerate(zip(axes, targets)):
+        out = np.apply_along_axis(lambda col: np.interp(target, grid, col), axis, out)
+    return out
+
+
+def term_table(space: PruningSpace, term: SpaceTerm, rows: list[Mapping[str, Any]]) -> np.ndarray:
+    """Interpolated full-option table of one term from its measured rows (raw, before the qk/vproj split)."""
+    sig = term.signature()
+    mine = [r for r in rows if r["signature"] == sig]
+    if not term.dims:
+        if not mine:
+            raise MdpError(f"LUT has no row for fixed term {term.name!r}")
+        return np.asarray(float(np.median([r["ms"] for r in mine])))
+    axes = [sorted({int(r[role]) for r in mine}) for role in term.roles]
+    if not mine:
+        raise MdpError(f"LUT has no rows for term {term.name!r} (op {term.op}); re-run 'mdp profile' for this model")
+    values = np.full([len(a) for a in axes], np.nan)
+    for r in mine:
+        values[tuple(a.index(int(r[role])) for a, role in zip(axes, term.roles))] = r["ms"]
+    if np.isnan(values).any():
+        raise MdpError(f"LUT rows for term {term.name!r} do not form a full sub-grid; re-run 'mdp profile'")
+    targets = [space.dim(d).options for d in term.dims]
+    for axis, (grid, target) in enumerate(zip(axes, targets)):
+        if target[0] < grid[0] or target[-1] > grid[-1]:
+            raise MdpError(f"LUT for {term.name!r} covers {space.dim(term.dims[axis]).name} {grid[0]}..{grid[-1]}, "
+                           f"the space needs {target[0]}..{target[-1]}; re-profile")
+    return _interpolate(axes, values, targets)
+
+
+def vit_tables(space: PruningSpace, lut: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Full-option latency table (ms) of every term of the space, keyed by term name; ``lut`` is
+    ``{"rows": [...]}`` (``rows_from_lut``)."""
+    rows = _projection_rows(space, lut["rows"])
+    by_sig: dict[str, np.ndarray] = {}
+    for sig, term in unique_terms(space).items():
+        table = term_table(space, term, rows)
+        if term.op in ("vit_qk", "vit_vproj"):
+            # R(E, H) = P(E, H, qk_ref, v_ref): the first Q option of the qk slice (qk_ref = smallest option)
+            qk_term = next(t for t in space.terms if t.op == "vit_qk" and t.context == term.context)
+            ref = term_table(space, qk_term, rows)[:, :, 0]
+            table = np.clip(table - ref[:, :, None] / 2, 0.0, None)
+        by_sig[sig] = table
+    return {term.name: by_sig[term.signature()] for term in space.terms}
+
+
+def _projection_rows(space: PruningSpace, rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``rows`` with every qk/vproj branch time T replaced by P = T − S(H, Q, V) at its own measured sizes,
+    before any interpolation: the slices T(·, Q, v_ref) and T(·, qk_ref, V) carry the kernel's max(Q, V)
+    and tiling steps, P is smooth. S is measured at every Q and V (up to ``FULL_AXIS_MAX`` options) and at
+    the same head counts as the slices."""
+    kernel = next((t for t in space.terms if t.op == "vit_sdpa"), None)
+    if kernel is None:
+        raise MdpError("space has no vit_sdpa term; rebuild the space with this version of mdp")
+    table = term_table(space, kernel, rows)
+    opts = [list(space.dim(d).options) for d in kernel.dims]
+    out = []
+    for r in rows:
+        if r["op"] in ("vit_qk", "vit_vproj"):
+            try:
+                idx = tuple(o.index(int(r[role])) for o, role in zip(opts, kernel.roles))
+            except ValueError:
+                raise MdpError(f"LUT row {r['op']} {lut_sizes(r)} is off the space's head/qk/v options; re-profile") from None
+            r = {**r, "ms": r["ms"] - float(table[idx])}
+        out.append(r)
+    return out
+
+
+def predict_latency(space: PruningSpace, tables: Mapping[str, np.ndarray], sizes: Mapping[str, int],
+                    kept: Mapping[str, bool] | None = None) -> float:
+    """Σ tables at a configuration given as kept sizes per dim (missing dims: full) and kept blocks."""
+    kept = kept or {}
+    total = 0.0
+    for term in space.terms:
+        if term.block is not None and not kept.get(term.block, True):
+            continue
+        idx = tuple(space.dim(d).options.index(int(sizes.get(d, space.dim(d).size))) for d in term.dims)
+        total += float(tables[term.name][idx])
+    return total
+
+
+def linear_tables(space, tables):
+    """HALP-style linear per-dim model from the same tables (for comparison). Per term: T_full − Σ_dims slope_d · (full_d − size_d), slopes from (min, full) with other dims full."""
+    out = {}
+    for term in space.terms:
+        t = np.asarray(tables[term.name], float)
+        if t.ndim == 0:
+            out[term.name] = t
+            continue
+        full = t[(-1,) * t.ndim]
+        lin = np.full(t.shape, full)
+        for axis, d in enumerate(term.dims):
+            opts = np.asarray(space.dim(d).options, float)
+            idx = [-1] * t.ndim
+            idx[axis] = 0
+            slope = (full - t[tuple(idx)]) / max(opts[-1] - opts[0], 1.0)
+            shape = [1] * t.ndim
+            shape[axis] = -1
+            lin = lin - slope * (opts[-1] - opts).reshape(shape)
+        out[term.name] = np.clip(lin, 0.0, None)
+    return out
+
+
+def lut_sizes(row: Mapping[str, Any]) -> str:
+    """``embed=192;heads=3;qk=64;v=8``: a ViT row's sizes in the shared LUT's ``sizes`` column."""
+    roles = [c for c in SIZE_COLUMNS if c in row]
+    return sizes_key(roles, [row[c] for c in roles])
+
+
+def rows_from_lut(lut, space: PruningSpace, only: set[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """The rows of ``space``'s op signatures from a shared LUT, in the form ``vit_tables`` reads (``ms`` is
+    the LUT's statistic: median, or p10 when opened with ``stat="p10"``). ``only``: (signature, sizes) keys
+    to keep: the grid points this space was profiled on. Another model with the same token count shares
+    the signatures but not the sizes; its rows must not enter this model's sub-grid."""
+    wanted = {t.signature() for t in space.terms}
+    f = lut.frame
+    column = "median_ms" if lut.stat == "median" else "p10_ms"
+    rows = []
+    for op, sig, sizes, ms in zip(f["op"], f["signature"].astype(str), f["sizes"].astype(str), f[column]):
+        if sig not in wanted or (only is not None and (sig, sizes) not in only):
+            continue
+        row: dict[str, Any] = {"op": op, "signature": sig, "ms": float(ms)}
+        for part in filter(None, sizes.split(";")):
+            k, v = part.split("=", 1)
+            row[k] = int(v)
+        rows.append(row)
+    return rows
