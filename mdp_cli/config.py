@@ -10,7 +10,7 @@ The resolved config is a plain dict (what ``config.json`` of a run directory hol
     model, family, resolution, pretrained, num_classes,
     space:   the family's section (CNN: step, max_options, multiple, prune_stem; ViT: steps)
     profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat}
-    score:   {data, batches, batch_size, seed}
+    score:   {data, batches, batch_size, seed, objective, criterion}
     solve:   {budget, latency_model, time_limit}
     export:  {tolerance, onnx, measure, repeats}
 """
@@ -43,6 +43,13 @@ class ScoreSection:
     batches: int = setting(4, min=1)
     batch_size: int = setting(16, min=1)
     seed: int = setting(0, min=0)
+    objective: str = setting("labels", choices=("labels", "pseudo_labels", "features"),
+                             doc="loss the scores are the Taylor terms of: cross-entropy to the data's labels, to "
+                                 "the dense model's own predictions (no labels needed), or to its features "
+                                 "(headless backbones)")
+    criterion: str = setting("taylor", choices=("taylor", "fisher"),
+                             doc="first-order Taylor |g*w|, or the squared-gradient (Fisher / Hessian diagonal) "
+                                 "criterion of NViT")
 
 
 @dataclasses.dataclass

@@ -84,6 +84,11 @@ def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered 
     family = family_of_config(cfg)
     discovered = discovered or family.discover(cfg)
     s = cfg["score"]
+    method = (s.get("objective", "labels"), s.get("criterion", "taylor"))
+    if method not in family.score_methods:
+        known = ", ".join(f"objective={o} criterion={c}" for o, c in sorted(family.score_methods))
+        raise MdpError(f"score.objective={method[0]} with score.criterion={method[1]} is not implemented for "
+                       f"{family.title} models (available: {known})")
     resolution = family.input_shape(discovered)[1]
     t0 = time.perf_counter()
     batches = scoring_batches(str(s["data"]), resolution, int(s["batch_size"]), int(s["batches"]), int(s["seed"]),

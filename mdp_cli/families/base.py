@@ -48,6 +48,8 @@ class Family(abc.ABC):
     timing: ClassVar[TimingPlan] = TimingPlan()
     # Lower numbers are asked first; a catch-all family (the CNN tracer) comes last.
     priority: ClassVar[int] = 50
+    # (score.objective, score.criterion) pairs ``score`` implements; the pipeline refuses the others.
+    score_methods: ClassVar[frozenset] = frozenset({("labels", "taylor")})
 
     # -- models and configuration -------------------------------------------------------------------------
     @abc.abstractmethod
