@@ -7,7 +7,7 @@ The model's family (``mdp_cli.families``) declares its own ``space`` section and
 
 The resolved config is a plain dict (what ``config.json`` of a run directory holds and what stages read)::
 
-    model, family, resolution, pretrained, num_classes,
+    model, family, resolution, pretrained, random_init, num_classes,
     space:   the family's section (CNN: step, max_options, multiple, prune_stem; ViT: steps)
     profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat}
     score:   {data, batches, batch_size, seed, objective, criterion}
@@ -70,7 +70,7 @@ class ExportSection:
 SECTIONS: dict[str, type] = {"profile": ProfileSection, "score": ScoreSection, "solve": SolveSection,
                              "export": ExportSection}
 # Top-level keys every family understands (besides the sections); ``None`` resolution: the family's default.
-TOP_LEVEL = ("model", "family", "resolution", "pretrained", "num_classes", "run_dir", "name")
+TOP_LEVEL = ("model", "family", "resolution", "pretrained", "random_init", "num_classes", "run_dir", "name")
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -134,7 +134,8 @@ def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
                            f"(remove 'family' or fix 'model')")
     top = {}
     for key, annotation, meta in (("resolution", Optional[int], {"min": 1}), ("num_classes", Optional[int], {"min": 1}),
-                                  ("pretrained", Optional[str], {}), ("run_dir", Optional[str], {}),
+                                  ("pretrained", Optional[str], {}), ("random_init", Optional[bool], {}),
+                                  ("run_dir", Optional[str], {}),
                                   ("name", Optional[str], {})):
         top[key] = check_value(given.get(key), annotation, meta, key, where)
     foreign = {fld.name: other.title for other in all_families() if other.name != family.name
@@ -144,7 +145,7 @@ def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "model": model, "family": family.name,
         "resolution": top["resolution"] if top["resolution"] is not None else family.default_resolution,
-        "pretrained": top["pretrained"], "num_classes": top["num_classes"],
+        "pretrained": top["pretrained"] or None, "random_init": bool(top["random_init"]), "num_classes": top["num_classes"],
         "space": family.check_space(dataclasses.asdict(space), where),
         **{name: dataclasses.asdict(section) for name, section in sections.items()},
     }

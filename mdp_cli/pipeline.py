@@ -36,8 +36,40 @@ def family_of_config(cfg: Mapping[str, Any]) -> Family:
     return get_family(cfg["family"]) if cfg.get("family") else family_for_model(cfg["model"])
 
 
+# Random initialisation is seeded so that every stage of every run sees the same random model.
+RANDOM_INIT_SEED = 0
+
+
+def check_weights(cfg: Mapping[str, Any]) -> None:
+    """Refuse a config that would prune a randomly initialised model without saying so."""
+    if cfg.get("pretrained") and cfg.get("random_init"):
+        raise MdpError("--pretrained and --random-init (pretrained / random_init) both given; keep one")
+    if not cfg.get("pretrained") and not cfg.get("random_init"):
+        raise MdpError(f"{cfg['model']}: no weights given; pass --pretrained FILE (safetensors, a weights-only torch "
+                       "checkpoint or builtin:NAME), or --random-init to prune a randomly initialised model "
+                       "(its importance and accuracy mean nothing: for smoke tests and latency work)")
+
+
+def weights_note(cfg: Mapping[str, Any]) -> str:
+    """Where the dense model's weights come from, in one line (every stage prints it)."""
+    pretrained = cfg.get("pretrained")
+    if not pretrained:
+        return f"weights: random init (seed {RANDOM_INIT_SEED}, --random-init): importance and accuracy mean nothing"
+    if str(pretrained).startswith("builtin:"):
+        return f"weights: {pretrained}"
+    path = Path(pretrained)
+    digest = file_hash(path).split(":")[-1][:12] if path.is_file() else "missing"
+    return f"weights: {path} (sha256 {digest})"
+
+
 def discover(cfg: Mapping[str, Any]) -> Discovered:
-    """The dense model and its pruning space for the config's model, resolution, weights and space options."""
+    """The dense model and its pruning space for the config's model, resolution, weights and space options
+    (without weights: the seeded random initialisation; the stages whose result depends on the weights,
+    score and export, refuse that unless ``random_init`` is set)."""
+    if not cfg.get("pretrained"):
+        import torch
+
+        torch.manual_seed(RANDOM_INIT_SEED)
     return family_of_config(cfg).discover(cfg)
 
 
@@ -66,7 +98,7 @@ def stage_profile(cfg: Mapping[str, Any], discovered: Discovered | None = None, 
     from mdp_cli.latency.timing import check_device
 
     family = family_of_config(cfg)
-    discovered = discovered or family.discover(cfg)
+    discovered = discovered or discover(cfg)
     p = cfg["profile"]
     lut = open_lut(cfg, lut_path, create=True)
     summary = profile_into_lut(lut, family.measurements(discovered, p["grid"]), family.timing,
@@ -81,8 +113,9 @@ def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered 
     from mdp_cli.importance.taylor import scoring_batches, write_importance
     from mdp_cli.latency.timing import check_device
 
+    check_weights(cfg)
     family = family_of_config(cfg)
-    discovered = discovered or family.discover(cfg)
+    discovered = discovered or discover(cfg)
     s = cfg["score"]
     method = (s.get("objective", "labels"), s.get("criterion", "taylor"))
     if method not in family.score_methods:
@@ -107,7 +140,7 @@ def stage_problem(cfg: Mapping[str, Any], importance_path: str | Path | None, ou
     from mdp_cli.importance.taylor import read_importance
 
     family = family_of_config(cfg)
-    discovered = discovered or family.discover(cfg)
+    discovered = discovered or discover(cfg)
     importance = read_importance(importance_path) if importance_path else None
     problem = family.build_problem(cfg, discovered, open_lut(cfg, lut_path), importance,
                                    str(importance_path) if importance_path else None)
@@ -133,8 +166,9 @@ def stage_export(cfg: Mapping[str, Any], solution: Mapping[str, Any] | str | Pat
     from mdp_cli.export.spec import save_exported
     from mdp_cli.importance.taylor import read_importance
 
+    check_weights(cfg)
     family = family_of_config(cfg)
-    discovered = discovered or family.discover(cfg)
+    discovered = discovered or discover(cfg)
     if isinstance(solution, (str, Path)):
         src = str(solution)
         solution = read_json(solution, "mdp.solution", 1)
@@ -232,10 +266,12 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
     lut = lut_location(cfg)
     paths = {"importance": run_dir / "importance.json", "problem": run_dir / "problem.json",
              "solution": run_dir / "solution.json", "export": run_dir / "exported" / "arch.json"}
-    model_key = {k: cfg.get(k) for k in ("model", "resolution", "pretrained", "num_classes", "space")}
-    if cfg.get("pretrained"):
+    model_key = {k: cfg.get(k) for k in ("model", "resolution", "pretrained", "random_init", "num_classes", "space")}
+    if cfg.get("pretrained") and Path(cfg["pretrained"]).is_file():
         model_key["weights"] = file_hash(cfg["pretrained"])
     cache: dict[str, Any] = {}
+    check_weights(cfg)
+    echo(weights_note(cfg))
 
     def discovered() -> Discovered:
         if "discovered" not in cache:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from mdp_cli.cli import main
 
 TINY = {
-    "model": "resnet18", "resolution": 32,
+    "model": "resnet18", "resolution": 32, "random_init": True,
     "space": {"max_options": 2, "multiple": 8},
     "profile": {"warmup": 2, "repeats": 5},
     "score": {"data": "synthetic", "batches": 1, "batch_size": 2},

@@ -126,7 +126,7 @@ def test_a_family_defined_in_one_module_runs_through_mdp_run(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert "toymlp" in [f.name for f in all_families()] and family_of("toy_mlp") == "toymlp"
     assert "toymlp" in CliRunner().invoke(main, ["families"]).output
-    config = {"model": "toy_mlp", "space": {"step": 128},
+    config = {"model": "toy_mlp", "random_init": True, "space": {"step": 128},
               "profile": {"warmup": 2, "repeats": 5, "lut_dir": str(tmp_path / "luts")},
               "score": {"data": "synthetic", "batches": 2, "batch_size": 4},
               "solve": {"budget": 0.7}, "export": {"repeats": 5, "tolerance": 10.0}}
@@ -212,3 +212,25 @@ def test_vit_keys_of_a_cnn_config(tmp_path):
     path.write_text("model: deit_tiny\nspace: {max_options: 3}\n")
     with pytest.raises(Exception, match=r"space.max_options \(--max-options\) applies to CNN models only"):
         load_config(path)
+
+
+def test_weights_are_explicit_and_random_init_is_seeded(tmp_path):
+    base = ["--model", "resnet18", "--resolution", "32", "--max-options", "2", "--data", "synthetic",
+            "--batches", "1", "--batch-size", "2"]
+    runner = CliRunner()
+    refused = runner.invoke(main, ["score", *base, "-o", str(tmp_path / "a.json")])
+    assert refused.exit_code == 2 and "no weights given; pass --pretrained FILE" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "a.json").exists()
+    scores = []
+    for name in ("a", "b"):
+        result = runner.invoke(main, ["score", *base, "--random-init", "-o", str(tmp_path / f"{name}.json")])
+        assert result.exit_code == 0, result.output
+        assert "weights: random init (seed 0" in result.output
+        scores.append(json.loads((tmp_path / f"{name}.json").read_text())["dims"])
+    assert scores[0] == scores[1]  # the same random model, so the same importance, run after run
+    both = runner.invoke(main, ["score", *base, "--random-init", "--pretrained", str(tmp_path / "w.safetensors")])
+    assert both.exit_code == 2 and "keep one" in both.output
+    path = tmp_path / "run.yaml"
+    path.write_text("model: resnet18\nresolution: 32\n")
+    run = runner.invoke(main, ["run", str(path), "--run-dir", str(tmp_path / "run")])
+    assert run.exit_code == 2 and "no weights given" in run.output and not (tmp_path / "run" / "state.json").exists()

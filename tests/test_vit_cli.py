@@ -25,7 +25,7 @@ def lut_identity(cfg):
     return device_name(p["device"]), p["dtype"], p["batch"], p["threads"]
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-SMALL = ["--model", "deit_tiny", "--img-size", "32", "--num-classes", "5"]
+SMALL = ["--model", "deit_tiny", "--img-size", "32", "--num-classes", "5", "--random-init"]
 
 
 def invoke(args):
@@ -91,7 +91,7 @@ def test_run_then_solve_a_vit(tmp_path, monkeypatch):
     """mdp run on a tiny ViT config (real images from builtin:digits), then mdp solve on its run directory."""
     monkeypatch.chdir(tmp_path)
     cfg = {
-        "model": "deit_tiny", "resolution": 32, "num_classes": 5,
+        "model": "deit_tiny", "resolution": 32, "num_classes": 5, "random_init": True,
         "space": {"steps": {"embed": 64, "heads": 1, "qk": 32, "v": 32, "mlp": 384}},
         "profile": {"warmup": 1, "repeats": 3, "lut_dir": "luts", "grid": {"embed": 2, "heads": 2, "qk": 2, "v": 2, "hidden": 2}},
         "score": {"data": "builtin:digits", "batches": 1, "batch_size": 4},
@@ -129,7 +129,7 @@ def test_export_gate_fails_on_missed_budget(tmp_path):
     from mdp_cli.errors import MdpError
     from mdp_cli.pipeline import load_config, stage_export
 
-    cfg = load_config(None, {"model": "deit_tiny", "resolution": 32, "num_classes": 5,
+    cfg = load_config(None, {"model": "deit_tiny", "resolution": 32, "num_classes": 5, "random_init": True,
                              "profile": {"warmup": 1}, "export": {"repeats": 3, "tolerance": 0.1}})
     solution = {"choice": {"embed": 64}, "blocks": {}, "predicted_latency": 1e-4, "budget": 1e-4}
     with pytest.raises(MdpError, match="misses the budget"):

@@ -25,7 +25,9 @@ def _model_options(fn: Callable) -> Callable:
                      help="Input resolution (square; a ViT's default is its own img_size)."),
         click.option("--pretrained", "--weights", "pretrained", type=click.Path(dir_okay=False),
                      help="Local weights (safetensors or torch weights-only)."),
-        click.option("--num-classes", type=int, help="Classifier size (default: the model's)."),
+        click.option("--random-init", is_flag=True, default=None,
+                     help="No weights: prune a randomly initialised model (seeded; smoke tests, latency work)."),
+        click.option("--num-classes", type=int, help="Classifier size (default: the model's, or the checkpoint's)."),
         click.option("--step", type=int, help="CNN: channels per option step (default: size / max-options)."),
         click.option("--max-options", type=int, help="CNN: options per dim when --step is not given."),
         click.option("--multiple", type=int, help="CNN: restrict widths to multiples of this (e.g. 8)."),
@@ -51,18 +53,29 @@ def _profile_options(fn: Callable) -> Callable:
     return fn
 
 
-def _config(config: Path | None, kw: dict[str, Any]) -> dict[str, Any]:
-    top = {k: kw.pop(k) for k in ("model", "resolution", "pretrained", "num_classes") if k in kw}
+def _config(config: Path | None, kw: dict[str, Any], weights: bool = False) -> dict[str, Any]:
+    """The validated config of ``config`` with the flags in ``kw`` on top; ``weights``: the stage's result
+    depends on the weights (score, export), so they are checked and where they come from is said."""
+    top = {k: kw.pop(k) for k in ("model", "resolution", "pretrained", "random_init", "num_classes") if k in kw}
     space = {k: kw.pop(k) for k in ("step", "max_options", "multiple", "prune_stem", "steps") if k in kw}
     profile = {k: kw.pop(k) for k in ("device", "dtype", "batch", "threads", "lut_dir", "stat", "warmup", "repeats", "grid")
                if k in kw}
     over: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
+    # a weights flag replaces the config's choice of weights: --pretrained clears random_init and vice versa
+    if top.get("pretrained") and not top.get("random_init"):
+        over["random_init"] = False
+    elif top.get("random_init") and not top.get("pretrained"):
+        over["pretrained"] = ""
     over["space"] = {k: v for k, v in space.items() if v is not None}
     over["profile"] = {k: v for k, v in profile.items() if v is not None}
-    for section, keys in (("score", ("data", "batches", "batch_size", "seed")), ("solve", ("budget",)),
+    for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion")), ("solve", ("budget",)),
                           ("export", ("tolerance", "onnx", "measure"))):
         over[section] = {k: kw.pop(k) for k in keys if kw.get(k) is not None}
-    return pipeline.load_config(config, over)
+    cfg = pipeline.load_config(config, over)
+    if weights:
+        pipeline.check_weights(cfg)
+        click.echo(pipeline.weights_note(cfg), err=True)
+    return cfg
 
 
 @click.command("space")
@@ -106,12 +119,15 @@ def profile_command(config, lut_path, quiet, **kw):
 @click.option("--batches", type=int, help="Number of batches to accumulate scores over.")
 @click.option("--batch-size", type=int, help="Images per batch.")
 @click.option("--seed", type=int)
+@click.option("--objective", type=click.Choice(["labels", "pseudo_labels", "features"]),
+              help="Loss scored: the data's labels, the dense model's own predictions, or its features.")
+@click.option("--criterion", type=click.Choice(["taylor", "fisher"]), help="First-order Taylor or Fisher (squared gradients).")
 @click.option("--device", help="Device for the forward/backward passes.")
 @click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("importance.json"),
               show_default=True)
 def score_command(config, output, **kw):
     """First-order Taylor importance into an importance JSON (CNN: BN parameters; ViT: heads, q/k, v, MLP, embedding)."""
-    cfg = _config(config, kw)
+    cfg = _config(config, kw, weights=True)
     summary = pipeline.stage_score(cfg, output)
     note = " (synthetic data: scores are meaningless)" if cfg["score"]["data"] == "synthetic" else ""
     click.echo(f"wrote {output}: {summary['batches']} batches in {summary['seconds']:.1f} s{note}")
@@ -145,7 +161,7 @@ def problem_command(config, importance, lut_path, output, **kw):
 @click.option("--measure/--no-measure", default=None, help="Measure the exported model's latency (default on).")
 def export_command(config, solution, importance, output, **kw):
     """Cut the physically smaller model; report params, FLOPs, measured vs predicted latency; gate on budget."""
-    cfg = _config(config, kw)
+    cfg = _config(config, kw, weights=True)
     report = pipeline.stage_export(cfg, solution, output, importance, check_budget=False)
     click.echo(pipeline.format_report(report))
     click.echo(f"wrote {output}/arch.json, model.safetensors, report.json")
@@ -164,6 +180,10 @@ def export_command(config, solution, importance, output, **kw):
 @click.option("--budget", help="Override solve.budget (0.5, 50%, 12ms).")
 @click.option("--model", "-m")
 @click.option("--resolution", "-r", type=int)
+@click.option("--pretrained", "--weights", "pretrained", type=click.Path(dir_okay=False),
+              help="Local weights (safetensors, torch weights-only, or builtin:NAME).")
+@click.option("--random-init", is_flag=True, default=None, help="No weights: a randomly initialised model (seeded).")
+@click.option("--num-classes", type=int, help="Classifier size (default: the model's, or the checkpoint's).")
 @click.option("--data")
 @click.option("--device")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -171,6 +191,7 @@ def export_command(config, solution, importance, output, **kw):
 def run_command(config, run_dir, force, quiet, no_gate, **kw):
     """Run profile -> score -> problem -> solve -> export from CONFIG, skipping unchanged stages."""
     cfg = _config(config, kw)
+    pipeline.check_weights(cfg)  # before the run directory is made (run_pipeline says where they come from)
     run_dir = run_dir or Path("runs") / config.stem
     from mdp_cli.artifacts import write_json
 
