@@ -291,7 +291,9 @@ def _convert_function(fn, gm, src, shape_of, is_tensor, add, alias) -> None:
         if tname == "getitem" and isinstance(args[0], fx.Node) and isinstance(args[0].meta.get("tensor_meta"), (tuple, list)):
             raise MdpError(f"{where}: indexing a tuple of feature maps is not supported by CNN space discovery")
         return
-    if tname in _NO_OPS or tname == "contiguous":
+    if _constant_param(fn, gm) is not None:
+        return  # a reshaped parameter (timm's gamma.reshape(1, -1, 1, 1)): read by the op that uses it
+    if tname in _NO_OPS:
         alias[fn.name] = src(args[0], where)
         return
     if tname in ("add", "add_", "iadd", "__iadd__", "mul", "mul_", "imul", "sub", "truediv", "div", "div_",
