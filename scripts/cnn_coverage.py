@@ -14,7 +14,9 @@ import time
 
 import torch
 
-from mdp_cli.errors import MdpError
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+from mdp_cli.errors import MdpError  # noqa: E402
 
 MODELS = [
     "resnet18", "tv:resnet50", "timm:resnet18", "resnext50_32x4d", "wide_resnet50_2",
