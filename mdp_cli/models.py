@@ -33,17 +33,10 @@ def canonical_name(name: str) -> str:
 
 def create_model(name: str, pretrained: str | Path | None = None, **overrides: Any) -> nn.Module:
     """Create a dense model; ``overrides`` (num_classes, img_size, ...) go to the family's constructor."""
-    import torchvision.models as tvm
+    from mdp_cli.model_names import build_named_model, say_note_once  # tv:/timm: prefixes, FILE.py:factory
 
-    name = canonical_name(name)
-    if name in tvm.list_models(module=tvm):
-        model = tvm.get_model(name, weights=None, **overrides)
-    else:
-        import timm
-
-        if not timm.is_model(name):
-            raise MdpError(f"unknown model {name!r}: not a torchvision classification model nor a timm model")
-        model = timm.create_model(name, pretrained=False, **overrides)
+    model, resolved = build_named_model(canonical_name(name), **overrides)
+    say_note_once(resolved)
     if pretrained is not None:
         load_weights(model, pretrained)
     model.eval()

@@ -154,3 +154,59 @@ def test_loader_rejects_missing_weights(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(MdpError, match="missing"):
         load_exported(tmp_path)
+
+
+class _VggLike(nn.Module):
+    """conv -> relu -> pool -> flatten over a 2x2 map -> linear -> relu -> dropout -> linear -> relu -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(4))
+        self.classifier = nn.Sequential(nn.Linear(8 * 2 * 2, 24), nn.ReLU(inplace=True), nn.Dropout(),
+                                        nn.Linear(24, 20), nn.ReLU(inplace=True), nn.Linear(20, 5))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def test_vgg_linear_chain_prunes_producer_and_consumer():
+    """Regression: in linear -> act -> linear the producer's outputs are cut with the consumer's inputs, and a
+    conv dim before a flatten over a map cuts its H*W columns of the first linear."""
+    torch.manual_seed(0)
+    model = _VggLike().eval()
+    analysis = analyze_cnn(model, "vgglike", (3, 8, 8), prune_stem=True)
+    names = {d.name for d in analysis.space.dims}
+    assert names == {"features.0", "classifier.0", "classifier.3"}
+    choice = {"features.0": 3, "classifier.0": 10, "classifier.3": 7}
+    order = {"features.0": [5, 1, 6, 0, 2, 3, 4, 7], "classifier.0": list(range(23, -1, -1)),
+             "classifier.3": list(range(20))}
+    net, _ = prune_cnn(model, analysis, choice, {}, order)
+    layers = dict(net.layers.items())
+    fc1 = [m for m in layers.values() if isinstance(m, nn.Linear)][0]
+    assert (fc1.in_features, fc1.out_features) == (3 * 4, 10)
+    # Reference: the dense model with the dropped units silenced gives the same outputs.
+    ref = _VggLike().eval()
+    ref.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for dim, module in (("features.0", ref.features[0]), ("classifier.0", ref.classifier[0]),
+                            ("classifier.3", ref.classifier[3])):
+            dropped = order[dim][choice[dim]:]
+            module.weight[dropped] = 0
+            module.bias[dropped] = 0
+        x = torch.randn(4, 3, 8, 8)
+        torch.testing.assert_close(net(x), ref(x), atol=1e-6, rtol=0)
+
+
+def test_pruned_export_with_removed_blocks_trains():
+    """Regression: a removed block's skip input feeds the next op; no op may overwrite it in place."""
+    model, analysis = discover_space("resnet18", 32)
+    kept = {b.name: i == 0 for i, b in enumerate(b for b in analysis.blocks if b.removable)}
+    net, _ = prune_cnn(model, analysis, {}, kept)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 32, 32)
+    loss = nn.functional.cross_entropy(net(x), torch.tensor([1, 2]))
+    loss.backward()
+    opt.step()
+    assert not any(getattr(m, "inplace", False) for m in net.modules())
+    assert nn.functional.cross_entropy(net(x), torch.tensor([1, 2])).item() != loss.item()

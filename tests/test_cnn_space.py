@@ -101,17 +101,54 @@ def test_unsupported_op_is_one_line_error():
     import torch
     from torch import nn
 
-    class Cat(nn.Module):
+    class Split(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3)
 
         def forward(self, x):
-            return torch.cat([self.conv(x), self.conv(x)], 1)
+            a, b = self.conv(x).chunk(2, dim=1)
+            return a * torch.sigmoid(b)
 
-    with pytest.raises(MdpError, match="not supported") as info:
-        analyze_cnn(Cat(), "cat", (3, 8, 8))
+    with pytest.raises(MdpError, match="chunk.*not supported") as info:
+        analyze_cnn(Split(), "split", (3, 8, 8))
     assert "\n" not in str(info.value)
+
+
+def test_concat_parts_keep_their_own_dims():
+    """cat along channels: each input keeps its dim; the consumer's input is the union (SqueezeNet's Fire)."""
+    import torch
+    from torch import nn
+
+    from mdp_cli.export.cnn_prune import prune_cnn
+
+    class Fire(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.e1 = nn.Conv2d(8, 6, 1)
+            self.e3 = nn.Conv2d(8, 10, 3, padding=1)
+            self.bn = nn.BatchNorm2d(16)
+            self.head = nn.Conv2d(16, 5, 1)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            y = torch.relu(self.bn(torch.cat([self.e1(x), self.e3(x)], 1)))
+            return self.head(y).mean((2, 3))
+
+    model = Fire().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    analysis = analyze_cnn(model, "fire", (3, 8, 8))
+    assert {d.name for d in analysis.space.dims} == {"e1", "e3"}
+    order = {"e1": [5, 4, 3, 2, 1, 0], "e3": list(range(10))}
+    net, _ = prune_cnn(model, analysis, {"e1": 2, "e3": 4}, {}, order)
+    layers = dict(net.layers.items())
+    head = [m for k, m in layers.items() if isinstance(m, nn.Conv2d) and m.out_channels == 5][0]
+    assert head.in_channels == 6
+    kept = [5, 4] + [6 + i for i in range(4)]  # e1 keeps channels 4, 5; e3 its first four, shifted by 6
+    torch.testing.assert_close(head.weight, model.head.weight[:, sorted(kept)])
+    bn = [m for m in layers.values() if isinstance(m, nn.BatchNorm2d)][0]
+    torch.testing.assert_close(bn.running_mean, model.bn.running_mean[sorted(kept)])
 
 
 @pytest.mark.parametrize("name", ["resnet34", "resnet101", "wide_resnet50_2"])

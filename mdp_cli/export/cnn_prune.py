@@ -2,8 +2,13 @@
 
 Input: the dense model, its ``CnnAnalysis`` (space discovery), the chosen size of each dim, the kept flag
 of each block, and for each dim the channel order (most important first; from the importance JSON).
-Output: a ``GraphNet`` (plain PyTorch, see export/cnn.py) and its arch dict. A removed block's add is
+Output: a ``GraphNet`` (plain PyTorch, see modules/cnn.py) and its arch dict. A removed block's add is
 replaced by its skip input, so the first block of a stage, when removed, leaves its downsample path.
+
+Every tensor with a channel axis is sliced by the kept channels of that axis's space: a producer's output
+(conv/linear weight axis 0 and bias), a consumer's input (weight axis 1; for a linear after a flatten, the
+H*W features of each kept channel), norms (BN, LayerNorm), layer-scale parameters. A concatenation's kept
+channels are its parts' kept channels, each shifted by the part's offset.
 """
 
 from __future__ import annotations
@@ -75,8 +80,27 @@ def prune_cnn(
             name = alias[name]
         return name
 
+    def channels(root: int | None) -> torch.Tensor | None:
+        """Kept channel indices of a space (None: all kept); a concatenation's are its parts', shifted."""
+        if root in keep:
+            return keep[root]
+        if root not in analysis.parts:
+            return None
+        pieces, pruned = [], False
+        for sub, offset, size in analysis.segments(root):
+            idx = keep.get(sub)
+            pruned = pruned or idx is not None
+            pieces.append((idx if idx is not None else torch.arange(size)) + offset)
+        return torch.cat(pieces) if pruned else None
+
     def width(root: int | None) -> int:
-        return len(keep[root]) if root in keep else analysis.root_size[root]
+        idx = channels(root)
+        return len(idx) if idx is not None else analysis.root_size[root]
+
+    def repeated(idx: torch.Tensor | None, times: int) -> torch.Tensor | None:
+        if idx is None or times == 1:
+            return idx
+        return (idx[:, None] * times + torch.arange(times)[None, :]).flatten()
 
     modules = dict(model.named_modules())
     nodes: list[dict[str, Any]] = []
@@ -88,8 +112,8 @@ def prune_cnn(
         inputs = [resolve(i) for i in n.inputs]
         out_root = analysis.out_space.get(n.name)
         in_root = analysis.out_space.get(n.inputs[0]) if n.inputs else None
-        out_idx = keep.get(out_root)
-        in_idx = keep.get(in_root)
+        out_idx = channels(out_root)
+        in_idx = channels(in_root)
         prefix = f"layers.{n.name}."
         if n.op == "conv":
             conv = modules[n.module]
@@ -111,21 +135,39 @@ def prune_cnn(
             if conv.bias is not None:
                 b = conv.bias.detach()
                 state[prefix + "bias"] = (b[out_idx] if out_idx is not None else b).clone()
-        elif n.op == "bn":
-            bn = modules[n.module]
-            attrs["num_features"] = width(out_root)
-            for key, value in bn.state_dict().items():
+        elif n.op in ("bn", "ln2d", "layernorm"):
+            norm = modules[n.module]
+            if n.op == "bn":
+                attrs["num_features"] = width(out_root)
+            else:
+                attrs["normalized_shape"] = [width(out_root)]
+            for key, value in norm.state_dict().items():
                 value = value.detach()
                 if value.dim() == 1 and out_idx is not None:
                     value = value[out_idx]
                 state[prefix + key] = value.clone()
         elif n.op == "linear":
             fc = modules[n.module]
-            attrs["in_features"] = width(in_root)
+            mult = analysis.repeat.get(n.inputs[0], 1)
+            attrs["in_features"] = width(in_root) * mult
+            attrs["out_features"] = width(out_root)
             w = fc.weight.detach()
-            state[prefix + "weight"] = (w[:, in_idx] if in_idx is not None else w).clone()
+            cols = repeated(in_idx, mult)
+            if cols is not None:
+                w = w[:, cols]
+            if out_idx is not None:
+                w = w[out_idx]
+            state[prefix + "weight"] = w.clone()
             if fc.bias is not None:
-                state[prefix + "bias"] = fc.bias.detach().clone()
+                b = fc.bias.detach()
+                state[prefix + "bias"] = (b[out_idx] if out_idx is not None else b).clone()
+        elif n.op == "scale":
+            param = getattr(modules[n.module], n.attrs["param"]).detach().reshape(n.attrs["param_shape"])
+            axis = len(n.attrs["param_shape"]) - len(n.shape) + analysis.axis[n.name]
+            if out_idx is not None and 0 <= axis and param.shape[axis] > 1:
+                param = param.index_select(axis, out_idx)
+            attrs["param_shape"] = list(param.shape)
+            state[prefix + "weight"] = param.clone()
         nodes.append({"name": n.name, "op": n.op, "inputs": inputs, "attrs": attrs})
     net = GraphNet(nodes)
     net.load_state_dict(state, strict=True)

@@ -1,9 +1,10 @@
 """First-order Taylor importance of CNN channels from BN parameters, written as ``mdp.importance`` v1.
 
-Per channel c of a BN layer: |γ_c·∂L/∂γ_c + β_c·∂L/∂β_c|, accumulated over batches (absolute value per
-batch, then summed), and summed over every BN whose channels belong to the same (coupled) dim. A dim
-without any BN falls back to the weight Taylor score of its producing convs/linears (|Σ w·∂L/∂w| per
-output channel).
+Per channel c of a normalisation layer (BN; LayerNorm over channels where a model has no BN, as ConvNeXt):
+|γ_c·∂L/∂γ_c + β_c·∂L/∂β_c|, accumulated over batches (absolute value per batch, then summed), and summed
+over every norm whose channels belong to the same (coupled) dim. A norm over a concatenation (DenseNet)
+gives each part's dim the scores of that part's channels. A dim without any norm falls back to the weight
+Taylor score of its producing convs/linears (|Σ w·∂L/∂w| per output channel).
 
 Chunking: element scores are summed into units of ``align`` channels (1, or the group size of a grouped
 conv), units are sorted by score, and ``cumulative[k]`` is the sum of the top units that make up option k.
@@ -38,7 +39,7 @@ def bn_taylor_scores(model: nn.Module, analysis: CnnAnalysis, batches: Iterable[
     """Per-node scores: BN nodes (and producer convs/linears as a fallback), summed over batches."""
     model = model.to(device).eval()  # eval: running statistics are used and left untouched
     modules = dict(model.named_modules())
-    bn_nodes = [n for n in analysis.graph.nodes if n.op == "bn" and n.module]
+    bn_nodes = analysis.norm_nodes()
     weight_nodes = [n for n in analysis.graph.nodes if n.op in ("conv", "linear") and n.module]
     acc: dict[str, torch.Tensor] = {}
     count = 0
@@ -52,7 +53,10 @@ def bn_taylor_scores(model: nn.Module, analysis: CnnAnalysis, batches: Iterable[
             bn = modules[n.module]
             if bn.weight is None or bn.weight.grad is None:
                 continue
-            s = (bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).abs().detach().cpu().double()
+            s = bn.weight * bn.weight.grad
+            if getattr(bn, "bias", None) is not None and bn.bias.grad is not None:
+                s = s + bn.bias * bn.bias.grad
+            s = s.abs().detach().cpu().double()
             acc[n.name] = acc.get(n.name, 0) + s
         for n in weight_nodes:
             w = modules[n.module].weight
@@ -70,20 +74,18 @@ def bn_taylor_scores(model: nn.Module, analysis: CnnAnalysis, batches: Iterable[
 def importance_record(analysis: CnnAnalysis, node_scores: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     """Aggregate node scores into per-dim element scores, order, cumulative and per-block parts."""
     dims: dict[str, dict[str, Any]] = {}
+    by_dim = _norm_scores_by_dim(analysis, node_scores)
     for dim in analysis.space.dims:
         parts: dict[str | None, np.ndarray] = {}
-        bns = analysis.bn_nodes_of(dim.name)
-        sources = [(n.name, n.name) for n in bns]
-        if not bns:  # fallback: weight Taylor of the producers
-            sources = [("w:" + n.name, n.name) for n in analysis.graph.nodes
+        sources = by_dim.get(dim.name, [])
+        if not sources:  # fallback: weight Taylor of the producers
+            sources = [(n.name, node_scores["w:" + n.name]) for n in analysis.graph.nodes
                        if n.op in ("conv", "linear") and analysis.dim_out(n) == dim.name
                        and "w:" + n.name in node_scores and len(node_scores["w:" + n.name]) == dim.size]
-        for key, node_name in sources:
-            if key not in node_scores:
-                continue
+        for node_name, score in sources:
             blk = analysis.node_block.get(node_name)
             part = None if blk is None or blk == dim.block else blk
-            parts[part] = parts.get(part, 0) + node_scores[key]
+            parts[part] = parts.get(part, 0) + score
         total = sum(parts.values()) if parts else np.zeros(dim.size)
         align = dim.align
         units = np.asarray(total, dtype=float).reshape(-1, align).sum(1)
@@ -109,6 +111,20 @@ def importance_record(analysis: CnnAnalysis, node_scores: dict[str, np.ndarray])
             "gated": {blk: cumulative(v) for blk, v in parts.items() if blk is not None},
         }
     return dims
+
+
+def _norm_scores_by_dim(analysis: CnnAnalysis, node_scores: dict[str, np.ndarray]) -> dict[str, list]:
+    """dim -> [(norm node, its scores on that dim's channels)]; a norm over a concatenation feeds every part."""
+    out: dict[str, list] = {}
+    for n in analysis.norm_nodes():
+        root = analysis.out_space.get(n.name)
+        if n.name not in node_scores or root is None:
+            continue
+        for sub, offset, size in analysis.segments(root):
+            dim = analysis.dim_of_root.get(sub)
+            if dim is not None:
+                out.setdefault(dim, []).append((n.name, node_scores[n.name][offset:offset + size]))
+    return out
 
 
 def write_importance(path: str | Path, model_name: str, dims: dict[str, dict[str, Any]], **provenance_fields: Any) -> None:

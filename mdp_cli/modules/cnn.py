@@ -1,10 +1,13 @@
 """Plain-PyTorch CNN rebuilt from a node list (family ``cnn_graph``): what an exported CNN loads into.
 
 arch.json holds ``nodes``: ``[{"name", "op", "inputs": [names], "attrs": {...}}]`` in execution order
-(ops: input, conv, bn, act, maxpool, avgpool, adaptive_avgpool, flatten, linear, add, output). Modules
-with parameters are stored under their node name, so the safetensors keys are ``<node>.weight`` etc.
-This module imports nothing from mdp's tracing or pruning code: a pruned model loads with torch and
-safetensors only (plus this file).
+(ops: input, conv, bn, act, scalar, maxpool, avgpool, adaptive_avgpool, mean, flatten, linear, layernorm,
+ln2d, scale, add, mul, cat, permute, output). Modules with parameters are stored under their node name, so
+the safetensors keys are ``layers.<node>.weight`` etc. This module imports nothing from mdp's tracing or
+pruning code: a pruned model loads with torch and safetensors only (plus this file).
+
+No op runs in place: a removed residual block leaves its skip input feeding the next op directly, and an
+in-place activation there would overwrite a value autograd still needs (finetuning would fail).
 """
 
 from __future__ import annotations
@@ -13,25 +16,61 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mdp_cli.modules.registry import register_arch
 
 FAMILY = "cnn_graph"
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
-         "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+         "hardsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "mish": nn.Mish,
+         "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "leaky_relu": nn.LeakyReLU}
+# Ops computed inline in forward (no module, no parameters).
+INLINE_OPS = ("input", "output", "add", "mul", "cat", "flatten", "mean", "permute", "scalar")
+
+
+class PaddedConv2d(nn.Conv2d):
+    """A conv with explicit (possibly asymmetric) zero padding first: TF "same" padding at a fixed input size."""
+
+    def __init__(self, *args: Any, pad: list[int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pad = [int(p) for p in pad]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis of an NCHW map (ConvNeXt's LayerNorm2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Scale(nn.Module):
+    """Multiply by a parameter broadcast over the other axes (layer-scale gamma)."""
+
+    def __init__(self, shape: list[int]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
 
 
 def make_module(op: str, attrs: dict[str, Any]) -> nn.Module | None:
-    """The nn.Module that runs one node (None for ops done inline: input, add, flatten, output)."""
+    """The nn.Module that runs one node (None for ops computed inline, see ``INLINE_OPS``)."""
     if op == "conv":
-        return nn.Conv2d(attrs["in_channels"], attrs["out_channels"], tuple(attrs["kernel_size"]),
-                         stride=tuple(attrs["stride"]), padding=tuple(attrs["padding"]),
-                         dilation=tuple(attrs["dilation"]), groups=attrs["groups"], bias=attrs["bias"])
+        args = (attrs["in_channels"], attrs["out_channels"], tuple(attrs["kernel_size"]))
+        kwargs = dict(stride=tuple(attrs["stride"]), padding=tuple(attrs["padding"]),
+                      dilation=tuple(attrs["dilation"]), groups=attrs["groups"], bias=attrs["bias"])
+        if attrs.get("pad"):
+            return PaddedConv2d(*args, pad=attrs["pad"], **kwargs)
+        return nn.Conv2d(*args, **kwargs)
     if op == "bn":
         return nn.BatchNorm2d(attrs["num_features"], eps=attrs["eps"], momentum=attrs["momentum"],
                               affine=attrs["affine"], track_running_stats=attrs["track_running_stats"])
     if op == "act":
-        return _ACTS[attrs["kind"]](inplace=True) if attrs["kind"] in ("relu", "relu6") else _ACTS[attrs["kind"]]()
+        return _ACTS[attrs["kind"]]()  # never in place (see the module docstring)
     if op == "maxpool":
         return nn.MaxPool2d(tuple(attrs["kernel_size"]), tuple(attrs["stride"]), tuple(attrs["padding"]),
                             tuple(attrs["dilation"]), ceil_mode=attrs["ceil_mode"])
@@ -42,9 +81,59 @@ def make_module(op: str, attrs: dict[str, Any]) -> nn.Module | None:
         return nn.AdaptiveAvgPool2d(tuple(attrs["output_size"]))
     if op == "linear":
         return nn.Linear(attrs["in_features"], attrs["out_features"], bias=attrs["bias"])
-    if op in ("input", "add", "flatten", "output"):
+    if op in ("layernorm", "ln2d"):
+        cls = ChannelLayerNorm if op == "ln2d" else nn.LayerNorm
+        return cls(attrs["normalized_shape"], eps=attrs["eps"], elementwise_affine=attrs["affine"],
+                   bias=attrs.get("bias", True))
+    if op == "scale":
+        return Scale(attrs["param_shape"])
+    if op in INLINE_OPS:
         return None
     raise ValueError(f"unknown op {op!r} in cnn_graph spec")
+
+
+def _scalar(x: torch.Tensor, attrs: dict[str, Any]) -> torch.Tensor:
+    fn = attrs["fn"]
+    if fn == "clamp":
+        return torch.clamp(x, attrs.get("min"), attrs.get("max"))
+    v = attrs["value"]
+    return {"add": lambda: x + v, "sub": lambda: x - v, "rsub": lambda: v - x, "mul": lambda: x * v,
+            "div": lambda: x / v}[fn]()
+
+
+def apply_node(op: str, attrs: dict[str, Any], layer: nn.Module | None, args: list[torch.Tensor]) -> torch.Tensor:
+    """Run one node on its input values (``layer`` from ``make_module``)."""
+    if layer is not None:
+        return layer(args[0])
+    if op == "add":
+        return args[0] + args[1]
+    if op == "mul":
+        return args[0] * args[1]
+    if op == "cat":
+        return torch.cat(args, attrs["dim"])
+    if op == "flatten":
+        return torch.flatten(args[0], attrs["start_dim"])
+    if op == "mean":
+        return args[0].mean(attrs["dims"], keepdim=attrs["keepdim"])
+    if op == "permute":
+        return args[0].permute(*attrs["dims"])
+    if op == "scalar":
+        return _scalar(args[0], attrs)
+    raise ValueError(f"op {op!r} has no inline form")
+
+
+class NodeOp(nn.Module):
+    """One node as a module of its inputs: what latency profiling times for an op outside a fused conv group."""
+
+    def __init__(self, op: str, attrs: dict[str, Any]):
+        super().__init__()
+        self.op, self.attrs = op, attrs
+        self.layer = make_module(op, attrs)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        if len(args) == 1 and isinstance(args[0], (tuple, list)):
+            args = tuple(args[0])
+        return apply_node(self.op, self.attrs, self.layer, list(args))
 
 
 class GraphNet(nn.Module):
@@ -64,13 +153,6 @@ class GraphNet(nn.Module):
                 last_use[name] = i
         self._free = [[name for name in dict.fromkeys(n["inputs"]) if last_use[name] == i]
                       for i, n in enumerate(self.nodes)]
-        # The first input of an in-place activation must not be needed later (else the act runs out of place).
-        for i, n in enumerate(self.nodes):
-            feeds_on_input = any(m["name"] == n["inputs"][0] and m["op"] == "input" for m in self.nodes) if n["inputs"] else False
-            if n["op"] == "act" and (n["inputs"][0] not in self._free[i] or feeds_on_input):
-                self.layers[n["name"]] = make_module("act", {"kind": n["attrs"]["kind"]})
-                if hasattr(self.layers[n["name"]], "inplace"):
-                    self.layers[n["name"]].inplace = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {}
@@ -81,15 +163,10 @@ class GraphNet(nn.Module):
                 values[name] = x
                 continue
             args = [values[i] for i in n["inputs"]]
-            if op == "add":
-                y = args[0] + args[1]
-            elif op == "flatten":
-                y = torch.flatten(args[0], n["attrs"]["start_dim"])
-            elif op == "output":
+            if op == "output":
                 out = args[0]
                 break
-            else:
-                y = self.layers[name](args[0])
+            y = apply_node(op, n["attrs"], self.layers[name] if name in self.layers else None, args)
             for f in free:
                 del values[f]
             values[name] = y

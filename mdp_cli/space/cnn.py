@@ -1,13 +1,23 @@
 """Pruning-space discovery for CNNs, from the traced graph (no per-model tables).
 
-Channel spaces: every tensor carries a channel space. A dense conv or a linear starts a new space for its
-output and *consumes* its input's space (weight axis 1). BN, activations and pooling pass the space
-through. A residual ``add`` unions the spaces of its two inputs (so a ResNet stage's conv3 outputs, its
-downsample and the stage input of the following blocks become one coupled dim). A grouped conv whose
-input and output widths are equal (depthwise, ResNeXt's grouped 3x3) passes its input space through and
-is pruned by whole groups (the dim's ``align`` = channels per group). Spaces that reach the model's
-input or output, flatten over a spatial map, or go through a grouped conv with unequal widths are fixed.
-By default the stem conv's output is fixed too (the official rule "the stem keeps all channels").
+Channel spaces: every tensor carries a channel space on one axis (axis 1 for NCHW maps, the last axis after
+a ``permute`` to channels-last or after a flatten). General rules, one per op kind, make the couplings:
+
+- a dense conv or a linear starts a new space for its output and *consumes* its input's space (weight axis 1);
+- elementwise ops (any activation, ``x <op> scalar``), BN, LayerNorm over the channel axis, layer-scale
+  parameters, pools, ``mean`` over spatial axes and ``permute`` pass the space through (following its axis);
+- ``add`` / ``mul`` of two tensors unify their spaces: a residual add couples a ResNet stage; a broadcast
+  per-channel gate (squeeze-and-excitation, ECA) couples the gate's producer (the SE's expand conv) with the
+  gated channels, so the SE squeeze conv consumes them and its reduced hidden width is a dim of its own;
+- a grouped conv with equal in and out widths (depthwise, ResNeXt/RegNet 3x3) passes its input space through
+  and is pruned by whole groups (the dim's ``align`` = channels per group); unequal widths fix both sides;
+- ``cat`` along channels makes a *composite* space: the concatenation of its inputs' spaces (each keeps its
+  own dim; a consumer's input channels are the union of the kept channels of every part). A composite that
+  is unified with anything else (added to a residual, gated) fixes its parts;
+- a flatten over a spatial map keeps the space, each channel repeated H*W times (VGG's classifier input).
+
+Fixed (never pruned): spaces that reach the model's input or output, and by default the stem conv's output
+(the official rule "the stem keeps all channels").
 
 Blocks: for each ``add(a, b)``, the nodes that feed only one side form that side's branch; the side with
 more convs is the residual branch (removable if nothing outside it reads its inner values and it holds no
@@ -28,19 +38,28 @@ from mdp_cli.errors import MdpError
 from mdp_cli.space.core import PruningSpace, Slice, SpaceBlock, SpaceDim, SpaceTerm
 from mdp_cli.space.graph import CnnGraph, GNode, trace_cnn
 
-_PASS = ("bn", "act", "maxpool", "avgpool", "adaptive_avgpool")
+# Ops that pass their input's channel space through unchanged (channel axis may move only for permute/mean).
+_PASS = ("bn", "act", "scalar", "maxpool", "avgpool", "adaptive_avgpool", "mean", "ln2d", "layernorm", "scale",
+         "permute")
+_NCHW_ONLY = ("conv", "bn", "ln2d", "maxpool", "avgpool", "adaptive_avgpool")
+MAX_TERM_DIMS = 3  # the LUT tables a term over at most three dims
 
 
 class _UnionFind:
+    """Channel spaces with union (coupling), fixed flags, group alignment and composite (concatenated) spaces."""
+
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.fixed: list[bool] = []
         self.align: list[int] = []
+        self.parts: dict[int, list[int]] = {}  # composite root -> its parts, in channel order
 
-    def new(self, fixed: bool = False) -> int:
+    def new(self, fixed: bool = False, parts: list[int] | None = None) -> int:
         self.parent.append(len(self.parent))
         self.fixed.append(fixed)
         self.align.append(1)
+        if parts is not None:
+            self.parts[len(self.parent) - 1] = list(parts)
         return len(self.parent) - 1
 
     def find(self, i: int) -> int:
@@ -49,16 +68,55 @@ class _UnionFind:
             i = self.parent[i]
         return i
 
+    def parts_of(self, i: int) -> list[int] | None:
+        parts = self.parts.get(self.find(i))
+        return [self.find(p) for p in parts] if parts is not None else None
+
+    def closure(self, i: int) -> set[int]:
+        """Every space a composite is made of, recursively."""
+        out: set[int] = set()
+        for p in self.parts_of(i) or []:
+            out |= {p} | self.closure(p)
+        return out
+
     def union(self, a: int, b: int) -> int:
         ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-            self.fixed[ra] = self.fixed[ra] or self.fixed[rb]
-            self.align[ra] = math.lcm(self.align[ra], self.align[rb])
+        if ra == rb:
+            return ra
+        pa, pb = self.parts_of(ra), self.parts_of(rb)
+        if pa is not None and pb is not None:
+            if pa != pb:  # two different concatenations cannot share one channel order
+                self.fix(ra)
+                self.fix(rb)
+        elif pa is not None or pb is not None:
+            comp, plain = (ra, rb) if pa is not None else (rb, ra)
+            # A plain space (e.g. an SE gate) joins a concatenation: its producers slice by the composite's
+            # channels. A concatenation that contains the space itself, or an add to a residual, fixes it.
+            if plain in self.closure(comp) or self.parts_of(plain) is None and self.fixed[plain]:
+                self.fix(comp)
+            ra, rb = comp, plain
+        self.parent[rb] = ra
+        self.fixed[ra] = self.fixed[ra] or self.fixed[rb]
+        self.align[ra] = math.lcm(self.align[ra], self.align[rb])
         return ra
 
     def fix(self, i: int) -> None:
-        self.fixed[self.find(i)] = True
+        root = self.find(i)
+        self.fixed[root] = True
+        for p in self.parts_of(root) or []:
+            if not self.fixed[p]:
+                self.fix(p)
+
+    def settle(self) -> None:
+        """A fixed or group-aligned composite fixes its parts (its channel order cannot follow theirs otherwise)."""
+        changed = True
+        while changed:
+            changed = False
+            for root in list(self.parts):
+                r = self.find(root)
+                if (self.fixed[r] or self.align[r] > 1) and any(not self.fixed[p] for p in self.parts_of(r)):
+                    self.fix(r)
+                    changed = True
 
 
 @dataclasses.dataclass
@@ -83,6 +141,9 @@ class CnnAnalysis:
     blocks: list[ResidualBlock]
     node_block: dict[str, str]  # node -> removable block containing it
     space: PruningSpace
+    parts: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # composite root -> part roots
+    axis: dict[str, int] = dataclasses.field(default_factory=dict)  # node -> channel axis of its output
+    repeat: dict[str, int] = dataclasses.field(default_factory=dict)  # node -> copies per channel (flatten)
 
     def in_root(self, node: GNode) -> int | None:
         return self.out_space[node.inputs[0]] if node.inputs else None
@@ -94,6 +155,22 @@ class CnnAnalysis:
     def dim_out(self, node: GNode) -> str | None:
         root = self.out_space.get(node.name)
         return self.dim_of_root.get(root) if root is not None else None
+
+    def segments(self, root: int) -> list[tuple[int, int, int]]:
+        """(part root, offset, size) of each plain space along a (possibly composite) space's channels."""
+        if root not in self.parts:
+            return [(root, 0, self.root_size[root])]
+        out: list[tuple[int, int, int]] = []
+        offset = 0
+        for part in self.parts[root]:
+            for sub, off, size in self.segments(part):
+                out.append((sub, offset + off, size))
+            offset += self.root_size[part]
+        return out
+
+    def norm_nodes(self) -> list[GNode]:
+        """Normalisation layers with per-channel affine parameters (BN, LayerNorm over channels)."""
+        return [n for n in self.graph.nodes if n.op in ("bn", "ln2d", "layernorm") and n.module]
 
     def bn_nodes_of(self, dim: str) -> list[GNode]:
         return [n for n in self.graph.nodes if n.op == "bn" and self.dim_out(n) == dim]
@@ -141,9 +218,22 @@ def analyze_cnn(
     users = graph.users()
     uf = _UnionFind()
     space_of: dict[str, int | None] = {}
+    axis: dict[str, int] = {}
+    repeat: dict[str, int] = {}
     first_conv_done = False
     for n in nodes:
         x = space_of.get(n.inputs[0]) if n.inputs else None
+        ax = axis.get(n.inputs[0], 1) if n.inputs else 1
+        rep = repeat.get(n.inputs[0], 1) if n.inputs else 1
+        in_shape = graph.node(n.inputs[0]).shape if n.inputs else ()
+        where = f"{n.module or n.name} ({n.op})"
+        if n.op in _NCHW_ONLY and (ax != 1 or len(in_shape) != 4):
+            raise MdpError(f"{where}: expects an NCHW feature map with channels on axis 1, got shape "
+                           f"{list(in_shape)} with channels on axis {ax}")
+        if rep > 1 and n.op not in ("linear", "act", "scalar", "output"):
+            uf.fix(x)  # a flattened map feeds something other than a linear: keep it whole
+            x, rep = uf.new(fixed=True), 1
+        axis[n.name], repeat[n.name] = ax, rep
         if n.op == "input":
             space_of[n.name] = uf.new(fixed=True)
         elif n.op == "conv":
@@ -151,7 +241,8 @@ def analyze_cnn(
             if kind == "dense":
                 space_of[n.name] = uf.new(fixed=not first_conv_done and not prune_stem)
             elif kind == "grouped":
-                uf.align[uf.find(x)] = math.lcm(uf.align[uf.find(x)], n.attrs["in_channels"] // n.attrs["groups"])
+                root = uf.find(x)
+                uf.align[root] = math.lcm(uf.align[root], n.attrs["in_channels"] // n.attrs["groups"])
                 space_of[n.name] = x
             else:
                 uf.fix(x)
@@ -159,25 +250,58 @@ def analyze_cnn(
             first_conv_done = True
         elif n.op in _PASS:
             space_of[n.name] = x
+            if n.op == "permute":
+                axis[n.name] = n.attrs["dims"].index(ax)
+            elif n.op == "mean":
+                if ax in n.attrs["dims"]:
+                    raise MdpError(f"{where}: a mean over the channel axis cannot be pruned structurally")
+                if not n.attrs["keepdim"]:
+                    axis[n.name] = ax - sum(d < ax for d in n.attrs["dims"])
+            elif n.op == "layernorm" and ax != len(in_shape) - 1:
+                raise MdpError(f"{where}: LayerNorm over a non-channel axis (shape {list(in_shape)}, channels on "
+                               f"axis {ax}) is not supported")
+            elif n.op == "scale":
+                shape = list(n.attrs["param_shape"])
+                aligned = [1] * (len(in_shape) - len(shape)) + shape
+                if len(aligned) != len(in_shape) or any(s != 1 for k, s in enumerate(aligned) if k != ax):
+                    uf.fix(x)  # a parameter that varies along other axes than channels: keep the channels whole
+        elif n.op in ("add", "mul"):
+            xa, xb = (space_of[i] for i in n.inputs)
+            if axis[n.inputs[0]] != axis[n.inputs[1]] or xa is None or xb is None:
+                raise MdpError(f"{where}: operands with channels on different axes are not supported")
+            space_of[n.name] = uf.union(xa, xb)
+        elif n.op == "cat":
+            parts = [space_of[i] for i in n.inputs]
+            if any(axis[i] != n.attrs["dim"] for i in n.inputs):  # not along channels: the result is one space
+                for p in parts:
+                    uf.fix(p)
+                space_of[n.name] = uf.new(fixed=True)
+            else:
+                space_of[n.name] = uf.new(parts=parts)
         elif n.op == "flatten":
-            shape_in = graph.node(n.inputs[0]).shape
-            if n.attrs["start_dim"] == 1 and len(shape_in) == 4 and shape_in[2] * shape_in[3] == 1:
+            start = n.attrs["start_dim"]
+            if start == ax and len(in_shape) >= 2:
                 space_of[n.name] = x
+                repeat[n.name] = rep * math.prod(int(s) for s in in_shape[ax + 1:])
             else:
                 if x is not None:
                     uf.fix(x)
                 space_of[n.name] = uf.new(fixed=True)
+                axis[n.name] = len(n.shape) - 1
         elif n.op == "linear":
+            if ax != len(in_shape) - 1:
+                raise MdpError(f"{where}: a linear over a non-channel axis (shape {list(in_shape)}, channels on "
+                               f"axis {ax}) is not supported")
             space_of[n.name] = uf.new()
-        elif n.op == "add":
-            a, b = (space_of[i] for i in n.inputs)
-            space_of[n.name] = uf.union(a, b)
+            axis[n.name], repeat[n.name] = len(n.shape) - 1, 1
         elif n.op == "output":
             uf.fix(x)
             space_of[n.name] = None
         else:  # pragma: no cover - trace_cnn only emits the ops above
             raise MdpError(f"{n.name}: op {n.op} not handled")
+    uf.settle()
     out_space = {k: (uf.find(v) if v is not None else None) for k, v in space_of.items()}
+    composite = {uf.find(r): uf.parts_of(r) for r in uf.parts}
 
     # --- blocks ------------------------------------------------------------------------------------------
     ancestors: dict[str, set[str]] = {}
@@ -232,7 +356,7 @@ def analyze_cnn(
     for n in nodes:
         root = out_space.get(n.name)
         if root is not None and len(n.shape) >= 2:
-            root_size.setdefault(root, int(n.shape[1]))
+            root_size.setdefault(root, int(n.shape[axis[n.name]]) // repeat.get(n.name, 1))
     dim_of_root: dict[int, str] = {}
     dims: list[SpaceDim] = []
     roots = sorted({r for r in out_space.values() if r is not None},
@@ -243,7 +367,7 @@ def analyze_cnn(
         paths = [p.module or p.name for p in producers.get(r, [])]
         prefixes[r] = _common_prefix(paths) if len(paths) > 1 else None
     for r in roots:
-        if uf.fixed[r] or r not in producers:
+        if uf.fixed[r] or r not in producers or r in composite:
             continue
         paths = [p.module or p.name for p in producers[r]]
         if len(paths) == 1:
@@ -258,11 +382,16 @@ def analyze_cnn(
         size, align = root_size[r], uf.align[r]
         s, opts = _options(size, step, max_options, multiple, align)
         slices: list[Slice] = []
-        members = [n for n in nodes if out_space.get(n.name) == r and n.op in ("conv", "bn", "linear")]
+        members = [n for n in nodes if out_space.get(n.name) == r and n.op in ("conv", "bn", "linear", "ln2d",
+                                                                               "layernorm", "scale")]
         for n in members:
             path = n.module or n.name
             if n.op == "bn":
                 slices += [Slice(path, p, 0) for p in ("weight", "bias", "running_mean", "running_var")]
+            elif n.op in ("ln2d", "layernorm"):
+                slices += [Slice(path, p, 0) for p in ("weight", "bias")]
+            elif n.op == "scale":
+                slices.append(Slice(path, n.attrs["param"], len(n.attrs["param_shape"]) - len(n.shape) + axis[n.name]))
             else:
                 slices.append(Slice(path, "weight", 0))
                 if n.attrs.get("bias"):
@@ -278,7 +407,7 @@ def analyze_cnn(
         dim_of_root[r] = name
 
     analysis = CnnAnalysis(graph, out_space, dim_of_root, root_size, {r: uf.align[r] for r in roots},
-                           blocks, node_block, None)  # type: ignore[arg-type]
+                           blocks, node_block, None, composite, axis, repeat)  # type: ignore[arg-type]
     terms = _terms(analysis, users)
     space_blocks = [SpaceBlock(b.name, b.removable, [by_name[m].module or m for m in b.branch]) for b in blocks]
     for b in blocks:
@@ -314,67 +443,132 @@ def _hw(graph: CnnGraph, node: GNode) -> list[int]:
     return [int(shape[2]), int(shape[3])] if len(shape) == 4 else [1, 1]
 
 
+class _TermWidths:
+    """The channel widths of one term: a dim becomes a role (a LUT axis), anything else a fixed size.
+
+    A width in a term's context is an int (fixed), a role name (the same dim as that role) or a list of role
+    names and ints whose sum is the width (a concatenation of several dims)."""
+
+    def __init__(self, a: CnnAnalysis):
+        self.a = a
+        self.roles: list[str] = []
+        self.dims: list[str] = []
+
+    def _role(self, dim: str, name: str) -> str:
+        if dim in self.dims:
+            return self.roles[self.dims.index(dim)]
+        self.roles.append(name)
+        self.dims.append(dim)
+        return name
+
+    def ref(self, root: int | None, name: str, ctx: dict[str, Any]) -> None:
+        """Set ``name``'s width: a role if ``root`` is a dim, a list of parts for a concatenation, else a size."""
+        a = self.a
+        dim = a.dim_of_root.get(root) if root is not None else None
+        if dim is not None:
+            role = self._role(dim, name)
+            if role != name:
+                ctx[name] = role
+            return
+        if root in a.parts:
+            segments = a.segments(root)
+            new = {a.dim_of_root[s] for s, _o, _n in segments if s in a.dim_of_root} - set(self.dims)
+            if new and len(self.dims) + len(new) <= MAX_TERM_DIMS:
+                items: list[Any] = []
+                for sub, _off, size in segments:
+                    d = a.dim_of_root.get(sub)
+                    items.append(self._role(d, f"{name}{len(self.dims)}") if d else size)
+                ctx[name] = items
+                return
+        ctx[name] = a.root_size[root] if root is not None else 0
+
+
+def _shape_context(graph: CnnGraph, a: CnnAnalysis, name: str) -> dict[str, Any]:
+    """Where an op's input lives: ``hw`` for an NCHW map, else ``shape`` (channel entry 0) and ``axis``."""
+    shape = list(graph.node(name).shape)
+    ax = a.axis.get(name, 1)
+    if len(shape) == 4 and ax == 1 and a.repeat.get(name, 1) == 1:
+        return {"hw": [int(shape[2]), int(shape[3])]}
+    shape[ax] = 0
+    return {"shape": [int(s) for s in shape[1:]], "axis": ax, "repeat": a.repeat.get(name, 1)}
+
+
+_TERM_SKIP = ("input", "output", "flatten")
+_ATTR_NOT_IN_CONTEXT = ("num_features", "momentum", "track_running_stats", "normalized_shape", "param_shape",
+                        "param")
+
+
 def _terms(a: CnnAnalysis, users: dict[str, list[str]]) -> list[SpaceTerm]:
-    """One latency term per op group as it runs after export: conv+bn+act fused, add, pools, linear."""
+    """One latency term per op group as it runs after export: conv(+bn)(+act) fused, linear, every other op."""
     graph = a.graph
     terms: list[SpaceTerm] = []
     covered: set[str] = set()
-
-    def role(roles: list[str], dims: list[str], ctx: dict[str, Any], name: str, dim: str | None, size: int) -> None:
-        if dim is None:
-            ctx[name] = size
-        else:
-            roles.append(name)
-            dims.append(dim)
-
     for n in graph.nodes:
-        if n.name in covered or n.op in ("input", "output", "flatten"):
+        if n.name in covered or n.op in _TERM_SKIP:
             continue
-        roles: list[str] = []
-        dims: list[str] = []
-        ctx: dict[str, Any] = {"hw": _hw(graph, n)} if n.op != "linear" else {}
+        w = _TermWidths(a)
         block = a.node_block.get(n.name)
+        in_root = a.in_root(n)
+        out_root = a.out_space.get(n.name)
         if n.op == "conv":
             at = n.attrs
+            ctx: dict[str, Any] = {"hw": _hw(graph, n)}
             group = [n.name]
             nxt = users[n.name]
             if len(nxt) == 1 and graph.node(nxt[0]).op == "bn":
                 group.append(nxt[0])
-                nn_ = users[nxt[0]]
-                if len(nn_) == 1 and graph.node(nn_[0]).op == "act":
-                    group.append(nn_[0])
+                nxt = users[nxt[0]]
+            if len(nxt) == 1 and graph.node(nxt[0]).op == "act":
+                group.append(nxt[0])
+            has_bn = len(group) > 1 and graph.node(group[1]).op == "bn"
+            act = graph.node(group[-1]).attrs["kind"] if graph.node(group[-1]).op == "act" else None
             ctx.update(k=at["kernel_size"], stride=at["stride"], padding=at["padding"], dilation=at["dilation"],
-                       bias=at["bias"], bn=len(group) > 1,
-                       act=graph.node(group[2]).attrs["kind"] if len(group) > 2 else None)
+                       bias=at["bias"], bn=has_bn, act=act)
+            if at.get("pad"):
+                ctx["pad"] = at["pad"]
             kind = _grouped_kind(n)
             din, dout = a.dim_in(n), a.dim_out(n)
             if kind == "grouped":
                 ctx["mode"] = "grouped"
                 ctx["group_size"] = at["in_channels"] // at["groups"]
-                role(roles, dims, ctx, "c", dout, at["out_channels"])
+                w.ref(out_root, "c", ctx)
             elif kind == "grouped_fixed":
                 ctx.update(mode="grouped", groups=at["groups"], cin=at["in_channels"], cout=at["out_channels"])
             elif din is not None and din == dout:
                 ctx["mode"] = "dense"
-                role(roles, dims, ctx, "c", dout, at["out_channels"])
+                w.ref(out_root, "c", ctx)
             else:
                 ctx["mode"] = "dense"
-                role(roles, dims, ctx, "cin", din, at["in_channels"])
-                role(roles, dims, ctx, "cout", dout, at["out_channels"])
+                w.ref(in_root, "cin", ctx)
+                w.ref(out_root, "cout", ctx)
             op = "conv_bn_act"
             covered.update(group)
         elif n.op == "linear":
             op = "linear"
-            ctx.update(cout=n.attrs["out_features"], bias=n.attrs["bias"])
-            role(roles, dims, ctx, "cin", a.dim_in(n), n.attrs["in_features"])
-        elif n.op in ("bn", "act", "add", "maxpool", "avgpool", "adaptive_avgpool"):
+            ctx = {"bias": n.attrs["bias"]}
+            in_shape = graph.node(n.inputs[0]).shape
+            rows = math.prod(int(s) for s in in_shape[1:-1])
+            if rows > 1:
+                ctx["rows"] = rows  # a linear over channels-last tokens (ConvNeXt's MLP)
+            mult = a.repeat.get(n.inputs[0], 1)
+            if mult > 1:
+                ctx["cin_mult"] = mult  # input is a flattened map: each channel is H*W features
+            w.ref(in_root, "cin", ctx)
+            w.ref(out_root, "cout", ctx)
+        elif n.op == "cat":
+            op = "cat"
+            ctx = _shape_context(graph, a, n.inputs[0])
+            for k, i in enumerate(n.inputs):
+                w.ref(a.out_space[i], f"c{k}", ctx)
+            ctx["parts"] = len(n.inputs)
+        else:
             op = n.op
-            ctx.update({k: v for k, v in n.attrs.items() if k not in ("num_features", "momentum", "track_running_stats")})
-            size = a.root_size[a.out_space[n.name]]
-            role(roles, dims, ctx, "c", a.dim_out(n), size)
-        else:  # pragma: no cover
-            raise MdpError(f"{n.name}: no latency term for op {n.op}")
-        terms.append(SpaceTerm(n.name, op, tuple(dims), tuple(roles), ctx, block))
+            ctx = _shape_context(graph, a, n.inputs[0])
+            ctx.update({k: v for k, v in n.attrs.items() if k not in _ATTR_NOT_IN_CONTEXT})
+            if n.op == "mul" and "gate" in n.attrs:
+                ctx["gate"] = n.attrs["gate"]
+            w.ref(out_root, "c", ctx)
+        terms.append(SpaceTerm(n.name, op, tuple(w.dims), tuple(w.roles), ctx, block))
     return terms
 
 
