@@ -67,7 +67,10 @@ class VitFamily(Family):
     def recognises(self, model: str) -> bool:
         from mdp_cli.models import canonical_name
 
-        name = canonical_name(str(model))
+        prefix, _, bare = str(model).rpartition(":")
+        if prefix and prefix != "timm":  # tv:NAME, or the user's own file.py:factory / package.module:factory
+            return False
+        name = canonical_name(bare)
         if name.startswith(("deit_", "vit_")):
             return True
         try:
