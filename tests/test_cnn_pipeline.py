@@ -45,6 +45,39 @@ def test_run_then_skip_then_rerun_changed_stage(tiny_config, tmp_path):
     assert "[solve] done" in third.output and "[export] done" in third.output
 
 
+
+def test_run_remakes_edited_outputs_and_never_caches_a_missed_budget(tiny_config, tmp_path):
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    args = ["run", str(tiny_config), "--run-dir", str(run_dir), "-q"]
+    assert runner.invoke(main, args).exit_code == 0
+    # a hand-edited problem and corrupted exported weights are re-made, not "unchanged, skipped"
+    problem = json.loads((run_dir / "problem.json").read_text())
+    problem["name"] = "edited by hand"
+    (run_dir / "problem.json").write_text(json.dumps(problem))
+    weights = run_dir / "exported" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    again = runner.invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "[problem] done" in again.output and "[export] done" in again.output
+    assert "[score] unchanged" in again.output
+    assert json.loads((run_dir / "problem.json").read_text())["name"] != "edited by hand"
+    # the gate judges fractions of dense measured in turns; a missed budget is measured again on the next run
+    report = json.loads((run_dir / "exported" / "report.json").read_text())
+    assert report["measured_fraction"] == pytest.approx(report["measured_ms"] / report["measured_dense_ms"])
+    assert report["budget_fraction"] == pytest.approx(report["budget_ms"] / report["dense_predicted_ms"])
+    strict = runner.invoke(main, [*args, "--budget", "0.001ms"])
+    assert strict.exit_code == 2 and "below the smallest reachable latency" in strict.output
+    cfg = yaml.safe_load(tiny_config.read_text())
+    cfg["export"]["tolerance"] = -0.99
+    tiny_config.write_text(yaml.safe_dump(cfg))
+    missed = runner.invoke(main, args)
+    assert missed.exit_code == 2 and "of the dense latency (timed in turns" in missed.output, missed.output
+    state = json.loads((run_dir / "state.json").read_text())
+    assert "export" not in state["stages"] and state["version"] == 2
+    rerun = runner.invoke(main, args)
+    assert "[export] done" in rerun.output and rerun.exit_code == 2
+
 def test_stage_commands_and_budget_gate(tiny_config, tmp_path):
     runner = CliRunner()
     c = ["--config", str(tiny_config)]

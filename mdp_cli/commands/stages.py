@@ -168,8 +168,7 @@ def export_command(config, solution, importance, output, **kw):
     if report.get("within_tolerance") is False:
         from mdp_cli.errors import MdpError
 
-        raise MdpError(f"measured latency {report['measured_ms']:.3f} ms misses the budget {report['budget_ms']:.3f} ms "
-                       f"by more than the tolerance {report['tolerance']:.0%}")
+        raise MdpError(pipeline.missed_budget_message(report))
 
 
 @click.command("run")
