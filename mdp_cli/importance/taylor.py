@@ -140,14 +140,23 @@ def _check_dims(dims: dict[str, Any], source: str) -> None:
                                       "(NaN usually means the loss diverged; re-run 'mdp score')")
                 if v < 0:
                     raise SchemaError(f"{source}: dims.{name}.{field}[{k}] is negative ({v})")
+        options = rec.get("options", rec["cumulative"] and list(range(1, len(rec["cumulative"]) + 1)))
+        if not isinstance(options, list) or not all(isinstance(o, int) and not isinstance(o, bool) for o in options):
+            raise SchemaError(f"{source}: dims.{name}.options must be a list of widths (integers)")
         cum = rec["cumulative"]
-        if len(cum) != len(rec.get("options", cum)):
+        if len(cum) != len(options):
             raise SchemaError(f"{source}: dims.{name}.cumulative needs one value per option")
         if any(b < a - 1e-12 * max(1.0, abs(a)) for a, b in zip(cum, cum[1:])):
             raise SchemaError(f"{source}: dims.{name}.cumulative decreases; it must be non-decreasing")
-        options = rec.get("options", [])
-        if not isinstance(options, list) or not all(isinstance(o, int) and not isinstance(o, bool) for o in options):
-            raise SchemaError(f"{source}: dims.{name}.options must be a list of widths (integers)")
+        # base and gated parts feed the problem as they are: the same rules as cumulative
+        gated = rec.get("gated", {})
+        if not isinstance(gated, dict):
+            raise SchemaError(f"{source}: dims.{name}.gated must map block names to cumulative lists")
+        for field, values in [("base", rec.get("base", cum))] + [(f"gated.{b}", v) for b, v in gated.items()]:
+            if (not isinstance(values, list) or len(values) != len(options)
+                    or not all(is_finite_number(v) and v >= 0 for v in values)):
+                raise SchemaError(f"{source}: dims.{name}.{field} must be {len(options)} finite non-negative "
+                                  "numbers (one per option); re-run 'mdp score'")
         order = rec.get("order")
         if order is not None and (not isinstance(order, list) or sorted(
                 o if isinstance(o, int) and not isinstance(o, bool) else -1 for o in order) != list(range(len(rec["scores"])))):
