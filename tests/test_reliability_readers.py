@@ -88,6 +88,6 @@ def test_resume_refuses_a_missing_or_empty_run_directory(tmp_path):
 
 def test_deeply_nested_json_is_one_line(tmp_path):
     path = tmp_path / "deep.json"
-    path.write_text("[" * 200_000 + "]" * 200_000)
+    path.write_text("[" * 20_000 + "]" * 20_000)
     with pytest.raises(MdpError, match="nested too deeply"):
         read_json(path, "mdp.problem", 1)
