@@ -11,7 +11,7 @@ import torch
 
 from mdp_cli.artifacts import write_json
 from mdp_cli.errors import MdpError
-from mdp_cli.export.spec import load_exported, replace_directory, save_exported, staged_directory
+from mdp_cli.export.spec import load_exported, replace_directory, staged_directory
 from mdp_cli.models import read_state_dict
 from train_helpers import TinyCNN, export_tiny
 
