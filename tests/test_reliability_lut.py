@@ -136,3 +136,17 @@ def test_a_profiled_grid_is_interpolated_and_its_points_are_required(tmp_path):
     with pytest.raises(MdpError, match=r"lacks 2 of 6 rows \(cin=48;cout=8, cin=48;cout=16\); the grid-2 points"):
         require_rows(sparse, space, grid=2)
     require_rows(lut_with(tmp_path / "f.csv", space, (16, 32, 48, 64), (8, 16)), space, grid=1)  # complete: fine
+
+
+def test_issue_scenario_profiled_with_two_options_solved_with_four(tmp_path):
+    """The probe's case on a real profile: resnet18 profiled with --max-options 2, problem asked with 4."""
+    from mdp_cli.latency.profile import profile_space
+    from mdp_cli.space.cnn import discover_space
+
+    _, coarse = discover_space("resnet18", 32, max_options=2)
+    summary = profile_space(coarse.space, lut_dir=tmp_path, warmup=1, repeats=3, progress=False)
+    lut = Lut.open(summary["lut"], summary["device"], summary["dtype"], summary["batch"], summary["threads"])
+    require_rows(lut, coarse.space, grid=1)  # what was profiled is complete
+    _, fine = discover_space("resnet18", 32, max_options=4)
+    with pytest.raises(MdpError, match=r"lacks \d+ of \d+ rows .*grid 1: nothing is interpolated.*mdp profile"):
+        require_rows(lut, fine.space, grid=1)
