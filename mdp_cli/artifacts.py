@@ -32,8 +32,11 @@ _TRACKED_LIBRARIES = ("torch", "torchvision", "timm", "pyomo", "highspy", "numpy
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``, on error delete it."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _naming(exc, target) from None
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600 files; artifacts are ordinary files, readable as the umask allows.
@@ -43,9 +46,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, target, tmp)
         raise
+
+
+def _naming(exc: OSError, target: Path, tmp: Path | None = None) -> OSError:
+    """Make an OSError name the artifact being written, not the hidden temporary file beside it (the CLI
+    prints ``exc.filename``: "results/solution.json: no space left on the device ...")."""
+    if exc.filename is None or str(exc.filename) == str(tmp) or str(exc.filename).startswith(
+            str(target.parent / f".{target.name}.")):
+        exc.filename, exc.filename2 = str(target), None
+    return exc
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -115,6 +129,9 @@ def read_json(path: str | os.PathLike, schema: str, max_version: int) -> dict[st
         data = json.loads(path.read_text(), parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise SchemaError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        # json recurses once per nesting level: a hostile or corrupted file can exhaust the stack.
+        raise SchemaError(f"{path}: JSON nested too deeply to be an mdp artifact; regenerate the file") from None
     if not isinstance(data, dict):
         raise SchemaError(f"{path}: expected a JSON object with schema '{schema}'")
     found = data.get("schema")

@@ -182,6 +182,20 @@ def _digits(split: str, transform: Callable | None) -> Dataset:
 BUILTINS: dict[str, Callable[[str, Callable | None], Dataset]] = {"fashion-mnist": _fashion_mnist, "digits": _digits}
 
 
+def read_image(path: str):
+    """An RGB PIL image, fully decoded now, so that a corrupt or truncated file is one error naming it
+    (PIL decodes lazily and would fail later with a traceback from inside the loader)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise MdpError(f"{path}: not a readable image ({reason}); the file is corrupt or truncated: "
+                       "remove or replace it") from None
+
+
 def _image_folder(root: str, split: str, transform: Callable | None) -> Dataset:
     from torchvision.datasets import ImageFolder
 
@@ -198,7 +212,7 @@ def _image_folder(root: str, split: str, transform: Callable | None) -> Dataset:
     if not any(p.is_dir() for p in directory.iterdir()):
         raise MdpError(f"--data {root}: split '{split}' has no class subdirectories ({directory}/CLASS/IMAGE)")
     try:
-        return ImageFolder(str(directory), transform=transform)
+        return ImageFolder(str(directory), transform=transform, loader=read_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise MdpError(f"--data {root}: split '{split}': {exc}".replace("\n", " ")) from None
 

@@ -51,7 +51,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError: truncated or corrupted header or data
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise MdpError(f"{path}: not a readable safetensors file ({reason}); the file is corrupt or "
+                           "truncated: write it again (re-run the stage that made it)") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors name what was refused; keep the message on one line

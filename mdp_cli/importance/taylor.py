@@ -13,7 +13,8 @@ a block's own BN vanishes when the solver removes that block.
 
 JSON: ``{"schema": "mdp.importance", "version": 1, "model", "provenance", "dims": {name: {"scores",
 "step", "options", "align", "order", "cumulative", "base", "block", "gated": {block: cumulative}}}}``.
-NaN or negative scores are refused on write and on read, with one line naming the file.
+NaN or negative scores, all-zero scores (nothing to rank) and an ``order`` that is not a permutation are
+refused on write and on read, with one line naming the file.
 """
 
 from __future__ import annotations
@@ -135,14 +136,16 @@ def write_importance(path: str | Path, model_name: str, dims: dict[str, dict[str
 
 def read_importance(path: str | Path) -> dict[str, Any]:
     data = read_json(path, SCHEMA, VERSION)
-    if not isinstance(data.get("dims"), dict):
-        raise SchemaError(f"{path}: field 'dims' must be an object of dim name -> scores")
+    if not isinstance(data.get("dims"), dict) or not data["dims"]:
+        raise SchemaError(f"{path}: field 'dims' must be a non-empty object of dim name -> scores; re-run 'mdp score'")
     _check_dims(data["dims"], str(path))
     return data
 
 
 def _check_dims(dims: dict[str, Any], source: str) -> None:
     for name, rec in dims.items():
+        if not isinstance(rec, dict):
+            raise SchemaError(f"{source}: dims.{name} must be an object with 'scores', 'options', 'cumulative'")
         for field in ("scores", "cumulative"):
             values = rec.get(field)
             if not isinstance(values, list):
@@ -153,11 +156,33 @@ def _check_dims(dims: dict[str, Any], source: str) -> None:
                                       "(NaN usually means the loss diverged; re-run 'mdp score')")
                 if v < 0:
                     raise SchemaError(f"{source}: dims.{name}.{field}[{k}] is negative ({v})")
+        options = rec.get("options", rec["cumulative"] and list(range(1, len(rec["cumulative"]) + 1)))
+        if not isinstance(options, list) or not all(isinstance(o, int) and not isinstance(o, bool) for o in options):
+            raise SchemaError(f"{source}: dims.{name}.options must be a list of widths (integers)")
         cum = rec["cumulative"]
-        if len(cum) != len(rec.get("options", cum)):
+        if len(cum) != len(options):
             raise SchemaError(f"{source}: dims.{name}.cumulative needs one value per option")
         if any(b < a - 1e-12 * max(1.0, abs(a)) for a, b in zip(cum, cum[1:])):
             raise SchemaError(f"{source}: dims.{name}.cumulative decreases; it must be non-decreasing")
+        # base and gated parts feed the problem as they are: the same rules as cumulative
+        gated = rec.get("gated", {})
+        if not isinstance(gated, dict):
+            raise SchemaError(f"{source}: dims.{name}.gated must map block names to cumulative lists")
+        for field, values in [("base", rec.get("base", cum))] + [(f"gated.{b}", v) for b, v in gated.items()]:
+            if (not isinstance(values, list) or len(values) != len(options)
+                    or not all(is_finite_number(v) and v >= 0 for v in values)):
+                raise SchemaError(f"{source}: dims.{name}.{field} must be {len(options)} finite non-negative "
+                                  "numbers (one per option); re-run 'mdp score'")
+        order = rec.get("order")
+        if order is not None and (not isinstance(order, list) or sorted(
+                o if isinstance(o, int) and not isinstance(o, bool) else -1 for o in order) != list(range(len(rec["scores"])))):
+            raise SchemaError(f"{source}: dims.{name}.order must rank each unit once (a permutation of 0..n-1 "
+                              f"for its {len(rec['scores'])} scores); re-run 'mdp score'")
+    if dims and all(not any(rec["scores"]) for rec in dims.values()):
+        # Nothing to rank: every width would look free to cut, and the solver would prune to the minimum.
+        raise SchemaError(f"{source}: every importance score is zero (no gradient reached the scored layers: "
+                          "a model with zero-initialised or frozen weights, or a loss that does not depend on "
+                          "them); score a trained model (--pretrained) on real data ('mdp score')")
 
 
 # ---------------------------------------------------------------------------------------------------------

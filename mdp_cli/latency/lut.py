@@ -9,14 +9,25 @@ indicator, see latency/timing.py), repeats, warmup, created. Lookups read ``medi
 ``p10_ms`` (``stat="p10"``: for an oversubscribed CPU, where medians of long calls include preemptions). A JSON sidecar (``<name>.json``, schema ``mdp.lut``) holds the provenance.
 Rows are keyed by (signature, sizes): a row measured for one model is reused for any other model with the
 same op (the paper's LUT reuse). Reading checks that every row belongs to the requested device, dtype,
-batch and thread count; a mismatch is an error, never a silent reuse.
+batch and thread count; a mismatch is an error, never a silent reuse. A (signature, sizes) key appears
+once: a file listing it twice with different latencies is refused (``read_rows``).
+
+Several processes may profile into one LUT at once: ``save`` merges with the rows on disk under an
+exclusive lock (``<csv>.lock``), so no process's rows are lost.
+
+Missing rows: a table is interpolated only between the points of a profiling grid (``grid > 1``, every
+grid-th option and the last one measured). ``require_rows`` refuses a LUT that lacks a row the space needs
+(grid 1) or a grid point (grid > 1), naming the op and the sizes, before any table is built.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +48,61 @@ def sizes_key(roles: Sequence[str], sizes: Sequence[int]) -> str:
 def lut_filename(device: str, dtype: str, batch: int, threads: int) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower() or "device"
     return f"{slug}__{dtype}__b{batch}__t{threads}.csv"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on ``path`` for the duration of the block: writers of one LUT
+    take turns. The lock file stays (deleting it would race with a process waiting on it)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no concurrent profiling guarantee, but still atomic writes
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def read_rows(path: str | Path) -> pd.DataFrame:
+    """The rows of a LUT CSV, validated: every column present, latencies finite and non-negative, each
+    (signature, sizes) once. A key listed twice with the same latencies is kept once (first row); listed
+    twice with different latencies it is an error: which measurement is right cannot be told."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, dtype={"sizes": str, "signature": str})
+    except Exception as exc:
+        raise SchemaError(f"{path}: not a readable LUT CSV ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                          "delete it and re-profile (mdp profile)") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise SchemaError(f"{path}: LUT is missing columns {missing}")
+    for column in ("median_ms", "p10_ms"):
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values) | (values < 0)
+        if len(frame) and bad.any():
+            row = int(np.argmax(bad))
+            raise SchemaError(f"{path}: column {column} row {row + 2} holds a NaN, negative or non-numeric "
+                              "latency; re-profile (mdp profile)")
+        frame[column] = values
+    for column in ("signature", "sizes"):
+        frame[column] = frame[column].astype(str)
+    keys = frame["signature"] + "\x00" + frame["sizes"]
+    repeated = keys.duplicated(keep=False)
+    if repeated.any():
+        for _, rows in frame[repeated].groupby(keys[repeated], sort=False):
+            first = rows.iloc[0]
+            for line, row in rows.iloc[1:].iterrows():
+                if (row["median_ms"], row["p10_ms"]) != (first["median_ms"], first["p10_ms"]):
+                    raise SchemaError(
+                        f"{path}: rows {rows.index[0] + 2} and {line + 2} both measure {first['op']} at "
+                        f"{first['sizes'] or '(fixed)'} with different latencies ({first['median_ms']:g} vs "
+                        f"{row['median_ms']:g} ms); delete one of them (or the file, and re-profile)")
+        frame = frame[~keys.duplicated(keep="first")].reset_index(drop=True)
+    return frame
 
 
 class Lut:
@@ -72,21 +138,7 @@ class Lut:
             if not create:
                 raise MdpError(f"{path}: no such LUT; run 'mdp profile' first")
             return cls(path, device, dtype, batch, threads, stat=stat)
-        try:
-            frame = pd.read_csv(path, keep_default_na=False, dtype={"sizes": str, "signature": str})
-        except Exception as exc:
-            raise SchemaError(f"{path}: not a readable LUT CSV ({str(exc).splitlines()[0]})") from None
-        missing = [c for c in COLUMNS if c not in frame.columns]
-        if missing:
-            raise SchemaError(f"{path}: LUT is missing columns {missing}")
-        for column in ("median_ms", "p10_ms"):
-            values = pd.to_numeric(frame[column], errors="coerce")
-            if len(frame) and (values.isna().any() or (values < 0).any() or not np.isfinite(values).all()):
-                row = int(np.argmax(~np.isfinite(values.to_numpy(dtype=float)) | (values.to_numpy(dtype=float) < 0)))
-                raise SchemaError(f"{path}: column {column} row {row + 2} holds a NaN, negative or non-numeric "
-                                  "latency; re-profile (mdp profile)")
-            frame[column] = values.astype(float)
-        lut = cls(path, device, dtype, batch, threads, frame, stat=stat)
+        lut = cls(path, device, dtype, batch, threads, read_rows(path), stat=stat)
         lut.check(device, dtype, batch, threads)
         return lut
 
@@ -124,17 +176,43 @@ class Lut:
         self._reindex()
 
     def save(self, **provenance_fields: Any) -> None:
+        """Write the LUT, merged with the rows on disk: other processes profiling into the same file (a
+        second ``mdp profile``) may have added rows since this one was opened. The merge and the write
+        happen under an exclusive lock on ``<csv>.lock``, so no row is ever lost; for a row both hold, this
+        process's measurement wins (either is a valid measurement of the same configuration)."""
         for value in self.frame["median_ms"]:
             if not np.isfinite(float(value)):
                 raise MdpError(f"{self.path}: refusing to write a non-finite latency")
-        with atomic_path(self.path) as tmp:
-            self.frame.to_csv(tmp, index=False)
-        write_json(self.sidecar, {
-            "schema": SCHEMA, "version": VERSION,
-            "provenance": provenance(device=self.device, dtype=self.dtype, batch=self.batch, threads=self.threads,
-                                     rows=len(self.frame), **provenance_fields),
-            "csv": self.path.name,
-        })
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.lock_path):
+            if self.path.is_file():
+                on_disk = Lut(self.path, self.device, self.dtype, self.batch, self.threads, read_rows(self.path))
+                on_disk.check(self.device, self.dtype, self.batch, self.threads)
+                self._merge_missing(on_disk.frame)
+            with atomic_path(self.path) as tmp:
+                self.frame.to_csv(tmp, index=False)
+            write_json(self.sidecar, {
+                "schema": SCHEMA, "version": VERSION,
+                "provenance": provenance(device=self.device, dtype=self.dtype, batch=self.batch,
+                                         threads=self.threads, rows=len(self.frame), **provenance_fields),
+                "csv": self.path.name,
+            })
+
+    def _merge_missing(self, other: pd.DataFrame) -> None:
+        """Append the rows of ``other`` whose (signature, sizes) this LUT lacks."""
+        if not len(other):
+            return
+        keys = set(zip(self.frame["signature"].astype(str), self.frame["sizes"].fillna("").astype(str)))
+        theirs = list(zip(other["signature"].astype(str), other["sizes"].fillna("").astype(str)))
+        extra = other[[key not in keys for key in theirs]]
+        if len(extra):
+            self.frame = extra.reset_index(drop=True) if not len(self.frame) else pd.concat(
+                [self.frame, extra], ignore_index=True)
+            self._reindex()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
 
     @property
     def sidecar(self) -> Path:
@@ -178,7 +256,8 @@ def fill_by_interpolation(table: np.ndarray, axes_sizes: Sequence[Sequence[int]]
 
 def term_table(lut: Lut, signature: str, roles: Sequence[str], options: Sequence[Sequence[int]],
                interpolate: bool = True) -> np.ndarray:
-    """The term's latency table over its dims' options, from measured rows (interpolated in between)."""
+    """The term's latency table over its dims' options, from measured rows (interpolated in between when
+    ``interpolate``: only for a LUT profiled on a grid, after ``require_rows`` checked the grid points)."""
     shape = tuple(len(o) for o in options)
     table = np.full(shape, np.nan)
     for idx in np.ndindex(*shape) if shape else [()]:
@@ -188,10 +267,44 @@ def term_table(lut: Lut, signature: str, roles: Sequence[str], options: Sequence
     if np.isnan(table).any() and interpolate and shape:
         table = fill_by_interpolation(table, options)
     if np.isnan(table).any():
-        missing = int(np.isnan(table).sum())
-        raise MdpError(f"{lut.path}: {missing} configurations of op {signature[:80]}... are not measured; "
-                       "run 'mdp profile' for this model (and the same --step/--grid)")
+        missing = [sizes_key(roles, [options[d][i] for d, i in enumerate(idx)])
+                   for idx in zip(*np.nonzero(np.isnan(table)))]
+        raise MdpError(f"{lut.path}: op {signature.split('{')[0]} is not measured at {len(missing)} sizes "
+                       f"({_first(missing)}); run 'mdp profile' for this model (and the same --step/--grid)")
     return table
+
+
+def missing_rows(lut: Lut, signature: str, roles: Sequence[str], options: Sequence[Sequence[int]],
+                 grid: int = 1) -> list[str]:
+    """The sizes keys a table over ``options`` needs measured: every combination for ``grid <= 1``, the
+    grid's points (``grid_indices`` per dim, as ``mdp profile --grid`` measures them) otherwise."""
+    picks = [[o[i] for i in grid_indices(len(o), grid)] for o in options]
+    keys = [sizes_key(roles, combo) for combo in itertools.product(*picks)]
+    return [key for key in keys if (signature, key) not in lut]
+
+
+def require_rows(lut: Lut, space: Any, grid: int = 1) -> None:
+    """Refuse, in one line, a LUT that lacks rows ``space`` (a ``PruningSpace``: ``terms``, ``dim()``)
+    needs: with ``grid`` 1 nothing may be interpolated, so every option combination of every term must be
+    measured; with ``grid`` > 1 every grid point must be, and the rest is interpolated between them."""
+    grid = int(grid)
+    for term in space.terms:
+        options = [space.dim(d).options for d in term.dims]
+        signature = term.signature()
+        missing = missing_rows(lut, signature, term.roles, options, grid)
+        if not missing:
+            continue
+        needed = math.prod(len(grid_indices(len(o), grid)) for o in options)
+        how = ("the LUT must hold every size the space allows (grid 1: nothing is interpolated)" if grid <= 1
+               else f"the grid-{grid} points must be measured to interpolate between them")
+        raise MdpError(f"{lut.path}: op {term.op} of term {term.name} lacks {len(missing)} of {needed} rows "
+                       f"({_first(missing)}); {how}; run 'mdp profile' for this model with the same "
+                       f"--step/--max-options/--grid")
+
+
+def _first(keys: Sequence[str], shown: int = 3) -> str:
+    text = ", ".join(k or "(fixed part)" for k in keys[:shown])
+    return text + (f", ... {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def lut_summary(path: str | Path) -> Mapping[str, Any]:

@@ -116,19 +116,36 @@ def save_checkpoint(run_dir: str | Path, *, epoch: int, step: int, model: torch.
     return run_dir / name
 
 
+def require_checkpoint(run_dir: str | Path) -> None:
+    """For ``--resume``: refuse (one line) a run directory that does not exist or holds no checkpoint,
+    instead of silently starting a new run in a mistyped directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise MdpError(f"--resume: {run_dir} does not exist (mistyped --output?); give the directory of the run "
+                       "to continue, or drop --resume to start a new run")
+    if not run_dir.is_dir():
+        raise MdpError(f"--resume: {run_dir} is a file, not a run directory; give the run's --output directory")
+    if not (run_dir / POINTER).is_file():
+        raise MdpError(f"--resume: {run_dir} holds no checkpoint ({POINTER}): no epoch of a run there finished "
+                       "(or the path is mistyped); drop --resume to start the run from the beginning")
+
+
 def read_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
+    from mdp_cli.models import read_state_dict
 
     run_dir = Path(run_dir)
-    if not (run_dir / POINTER).is_file():
-        raise MdpError(f"--resume: {run_dir / POINTER} not found (no epoch of this run finished yet?)")
+    require_checkpoint(run_dir)
     state = read_json(run_dir / POINTER, CHECKPOINT_SCHEMA, CHECKPOINT_VERSION)
-    path = run_dir / state["tensors"]
+    tensors, digest = state.get("tensors"), state.get("tensors_sha256")
+    if not isinstance(tensors, str) or not isinstance(digest, str):
+        raise MdpError(f"--resume: {run_dir / POINTER} lacks 'tensors' and 'tensors_sha256'; the checkpoint is "
+                       "damaged: start the run again without --resume")
+    path = run_dir / tensors
     if not path.is_file():
         raise MdpError(f"--resume: {path} named by {run_dir / POINTER} is missing")
-    if file_hash(path) != state["tensors_sha256"]:
+    if file_hash(path) != digest:
         raise MdpError(f"--resume: {path} does not match the sha256 recorded in {run_dir / POINTER}")
-    return state, load_file(str(path))
+    return state, read_state_dict(path)
 
 
 def restore(state: dict[str, Any], tensors: dict[str, torch.Tensor], *, model: torch.nn.Module,
