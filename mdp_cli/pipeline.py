@@ -166,7 +166,7 @@ def stage_export(cfg: Mapping[str, Any], solution: Mapping[str, Any] | str | Pat
                  check_budget: bool = True) -> dict[str, Any]:
     """Export the pruned model for a solution (``None``: nothing pruned), measure it in turns with the dense
     model, write ``report.json`` and gate on the budget."""
-    from mdp_cli.export.spec import save_exported
+    from mdp_cli.export.spec import staged_directory
     from mdp_cli.importance.taylor import read_importance
 
     check_weights(cfg)
@@ -179,11 +179,39 @@ def stage_export(cfg: Mapping[str, Any], solution: Mapping[str, Any] | str | Pat
         src = "<solution>"
     solution = dict(solution or {})
     choice, kept = _choice_kept(solution, src)
-    importance = read_importance(importance_path)["dims"] if importance_path else None
-    net, arch = family.export(discovered, choice, kept, importance)
+    importance = read_importance(importance_path) if importance_path else None
+    if solution:
+        check_solution_inputs(solution, src, discovered, importance, importance_path)
+    net, arch = family.export(discovered, choice, kept, importance["dims"] if importance else None)
     out_dir = Path(out_dir)
     shape = family.input_shape(discovered)
-    save_exported(out_dir, net, arch, source_model=cfg["model"], family=family.name, solution=src,
+    with staged_directory(out_dir) as staging:  # the old export stays whole until the new one is complete
+        report = _write_export(cfg, family, discovered, net, arch, solution, src, kept, importance_path, staging,
+                               shape, out_dir)
+    if check_budget and report.get("within_tolerance") is False:
+        raise MdpError(missed_budget_message(report) + f"; model written to {out_dir}")
+    return report
+
+
+def check_solution_inputs(solution: Mapping[str, Any], src: str, discovered: Discovered,
+                          importance: Mapping[str, Any] | None, importance_path: str | Path | None) -> None:
+    """Refuse a solution of another problem, widths that are not options, edited blocks, or the importance
+    of another model (``export/checks.py``), before anything is cut."""
+    from mdp_cli.export.checks import check_solution
+
+    problem_file = (solution.get("provenance") or {}).get("problem") or solution.get("problem")
+    problem = None
+    if isinstance(problem_file, str) and Path(problem_file).is_file():
+        problem = read_json(problem_file, "mdp.problem", 1)
+    check_solution(solution, problem, discovered.space, importance, where=src, problem_where=str(problem_file),
+                   importance_where=str(importance_path))
+
+
+def _write_export(cfg, family, discovered, net, arch, solution, src, kept, importance_path, staging: Path,
+                  shape, out_dir: Path) -> dict[str, Any]:
+    from mdp_cli.export.spec import save_exported
+
+    save_exported(staging, net, arch, source_model=cfg["model"], family=family.name, solution=src,
                   resolution=int(shape[1]), importance=str(importance_path) if importance_path else None)
     dense_stats, stats = family.model_stats(discovered.model, shape), family.model_stats(net, shape)
     report: dict[str, Any] = {
@@ -197,11 +225,10 @@ def stage_export(cfg: Mapping[str, Any], solution: Mapping[str, Any] | str | Pat
         report.update(measure_against_dense(cfg, net, discovered.model, shape))
         report.update(budget_verdict(report, cfg["export"]["tolerance"]))
     if cfg["export"]["onnx"]:
-        report["onnx"] = family.write_onnx(net, arch, shape, out_dir / "model.onnx")
-    write_json(out_dir / "report.json", {"schema": "mdp.export_report", "version": 1,
+        report["onnx"] = family.write_onnx(net, arch, shape, staging / "model.onnx")
+        report["onnx"]["path"] = str(out_dir / "model.onnx")
+    write_json(staging / "report.json", {"schema": "mdp.export_report", "version": 1,
                                          "provenance": provenance(model=cfg["model"]), **report})
-    if check_budget and report.get("within_tolerance") is False:
-        raise MdpError(missed_budget_message(report) + f"; model written to {out_dir}")
     return report
 
 

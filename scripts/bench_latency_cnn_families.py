@@ -29,7 +29,7 @@ from mdp_cli.latency.lut import Lut  # noqa: E402
 from mdp_cli.latency.profile import profile_space  # noqa: E402
 from mdp_cli.latency.timing import clock_for, threads, time_round_robin  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
-from mdp_cli.space.to_problem import build_problem, choice_indices  # noqa: E402
+from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict:

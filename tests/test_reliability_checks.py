@@ -15,7 +15,7 @@ from mdp_cli.latency.lut import Lut, missing_rows
 from mdp_cli.latency.timing import clock_for
 from mdp_cli.solve import solve_problem
 from mdp_cli.space.cnn import discover_space
-from mdp_cli.space.to_problem import build_problem
+from mdp_cli.latency.to_problem import build_problem
 
 CPU = ("cpu-test", "float32", 1, 1)
 
@@ -140,10 +140,12 @@ def test_importance_of_another_model_with_the_same_dim_names_is_refused():
     from torch import nn
 
     from mdp_cli.importance.vit import vit_importance
-    from mdp_cli.vit_stages import space_stage
+    from mdp_cli.models import create_model
+    from mdp_cli.space.vit import build_vit_space
 
     def space_and_importance(name):
-        model, space = space_stage(name, None, None, batch=1, dtype="float32", img_size=32, num_classes=10)
+        model = create_model(name, img_size=32, num_classes=10)
+        space = build_vit_space(model, name)
         batches = [(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)))]
         return space, vit_importance(model, batches, space, max_batches=1,
                                      loss_fn=lambda out, labels: nn.functional.cross_entropy(out, labels))

@@ -215,10 +215,7 @@ def test_lut_reader(content):
     check_reader("lut.csv", content, read)
 
 
-@pytest.mark.xfail(raises=(UnicodeDecodeError, OverflowError), strict=False,
-                   reason="pipeline.load_config reads non-UTF-8 bytes and families.resolve_config int(inf) "
-                          "unguarded (the lead's rewrite; docs/reliability.md)")
-@KNOWN_BUG
+@EXAMPLES
 @given(file_contents(CONFIG, "yaml"))
 def test_config_reader(content):
     check_reader("config.yaml", content, load_config)

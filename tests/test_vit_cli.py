@@ -79,8 +79,11 @@ def test_cli_score_export(tmp_path):
     assert record["dims"]["embed"]["options"] == [32, 64, 96, 128, 160, 192]
     assert record["provenance"]["data"] == "builtin:digits" and record["provenance"]["batches"] == 1
     sol = tmp_path / "sol.json"
-    sol.write_text(json.dumps({"schema": "mdp.solution", "version": 1, "choice": {"embed": 64, "blocks.0.attn.qk": 16},
-                               "blocks": {"blocks.1.attn": False}}))
+    choice = {name: rec["options"][-1] for name, rec in record["dims"].items()}  # a solution names every dim
+    choice.update({"embed": 64, "blocks.0.attn.qk": 16})
+    blocks = {f"blocks.{i}.{b}": True for i in range(12) for b in ("attn", "mlp")}
+    sol.write_text(json.dumps({"schema": "mdp.solution", "version": 1, "choice": choice,
+                               "blocks": {**blocks, "blocks.1.attn": False}}))
     invoke(["export", *SMALL, "--steps", "embed=32", "--solution", sol, "--importance", imp,
             "-o", tmp_path / "pruned", "--onnx", "--no-measure"])
     assert (tmp_path / "pruned" / "model.onnx").is_file()
@@ -131,7 +134,12 @@ def test_export_gate_fails_on_missed_budget(tmp_path):
 
     cfg = load_config(None, {"model": "deit_tiny", "resolution": 32, "num_classes": 5, "random_init": True,
                              "profile": {"warmup": 1}, "export": {"repeats": 3, "tolerance": 0.1}})
-    solution = {"choice": {"embed": 64}, "blocks": {}, "predicted_latency": 1e-4, "budget": 1e-4}
+    from mdp_cli.pipeline import discover
+
+    space = discover(cfg).space
+    choice = {d.name: d.size for d in space.dims} | {"embed": 64}
+    blocks = {b.name: True for b in space.blocks if b.removable}
+    solution = {"choice": choice, "blocks": blocks, "predicted_latency": 1e-4, "budget": 1e-4}
     with pytest.raises(MdpError, match="misses the budget"):
         stage_export(cfg, solution, tmp_path / "a")
     report = json.loads((tmp_path / "a" / "report.json").read_text())

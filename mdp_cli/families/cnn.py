@@ -65,9 +65,12 @@ class CnnFamily(Family):
         return grid_measurements(discovered.space, grid)
 
     def build_problem(self, cfg, discovered, lut, importance, importance_path):
+        from mdp_cli.latency.lut import require_rows
         from mdp_cli.latency.to_problem import build_problem
 
-        return build_problem(discovered.space, lut, importance, interpolate=True, source=str(importance_path),
+        grid = int(cfg["profile"]["grid"])
+        require_rows(lut, discovered.space, grid)  # interpolate only inside a grid profiled to be interpolated
+        return build_problem(discovered.space, lut, importance, interpolate=grid > 1, source=str(importance_path),
                              resolution=cfg["resolution"], space_options=dict(cfg["space"]),
                              importance_file=str(importance_path) if importance_path else None)
 

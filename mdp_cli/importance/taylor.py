@@ -221,7 +221,9 @@ def scoring_batches(data: str, resolution: int, batch_size: int, batches: int, s
     tf = transforms.Compose([transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.ToTensor(),
                              transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     try:
-        dataset = datasets.ImageFolder(str(root), transform=tf)
+        from mdp_cli.data import read_image  # a corrupt image is one line naming the file
+
+        dataset = datasets.ImageFolder(str(root), transform=tf, loader=read_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise MdpError(f"--data {data}: {str(exc).splitlines()[0]}") from None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, num_workers=0)

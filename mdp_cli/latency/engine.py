@@ -101,33 +101,41 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     torch.manual_seed(0)
     pending: list[dict[str, Any]] = []
     last_save = time.perf_counter()
-    with threads(lut.threads if device == "cpu" else None):
-        for r in range(rounds):
-            for lo in range(0, len(items), max(1, int(plan.chunk))):
-                part = range(lo, min(len(items), lo + max(1, int(plan.chunk))))
-                runnable = [_build(items[k][0], lut.batch) for k in part]
-                if plan.reference:
-                    runnable.insert(0, reference_item(lut.batch))
-                timed = sample_round_robin(runnable, device, lut.dtype, warmup, per_round)
-                ref = timed.pop(0) if plan.reference else []
-                for i, k in enumerate(part):
-                    samples[k] += [t / items[k][0].copies for t in timed[i]]
-                    ref_samples[k] += ref
-                del runnable
-                if bar is not None:
-                    bar.update(len(part))
-                if log is not None:
-                    log(f"round {r + 1}/{rounds}: {part.stop}/{len(items)} timings")
-                if r == rounds - 1:  # rows are complete only once their last round is in
-                    pending += [_row(m, lut, clock, samples[k], ref_samples[k], warmup)
-                                for k in part for m in items[k]]
-                    if time.perf_counter() - last_save > save_every_s:
-                        lut.add_rows(pending)
-                        pending = []
-                        lut.save(last_model=label)
-                        last_save = time.perf_counter()
-    if bar is not None:
-        bar.close()
+    try:
+        with threads(lut.threads if device == "cpu" else None):
+            for r in range(rounds):
+                for lo in range(0, len(items), max(1, int(plan.chunk))):
+                    part = range(lo, min(len(items), lo + max(1, int(plan.chunk))))
+                    runnable = [_build(items[k][0], lut.batch) for k in part]
+                    if plan.reference:
+                        runnable.insert(0, reference_item(lut.batch))
+                    timed = sample_round_robin(runnable, device, lut.dtype, warmup, per_round)
+                    ref = timed.pop(0) if plan.reference else []
+                    for i, k in enumerate(part):
+                        samples[k] += [t / items[k][0].copies for t in timed[i]]
+                        ref_samples[k] += ref
+                    del runnable
+                    if bar is not None:
+                        bar.update(len(part))
+                    if log is not None:
+                        log(f"round {r + 1}/{rounds}: {part.stop}/{len(items)} timings")
+                    if r == rounds - 1:  # rows are complete only once their last round is in
+                        pending += [_row(m, lut, clock, samples[k], ref_samples[k], warmup)
+                                    for k in part for m in items[k]]
+                        if time.perf_counter() - last_save > save_every_s:
+                            lut.add_rows(pending)
+                            pending = []
+                            lut.save(last_model=label)
+                            last_save = time.perf_counter()
+    except BaseException:
+        # interrupted (Ctrl-C, an error): keep every row whose timing completed, then let it propagate
+        lut.add_rows(pending)
+        if pending:
+            lut.save(last_model=label)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     lut.add_rows(pending)
     if todo_rows or not lut.path.is_file():
         lut.save(last_model=label)

@@ -10,7 +10,7 @@ reference ``v_ref`` and ``vit_vproj(E, H, V)`` times it with the q/k width at ``
 V)`` times the part between the two linears alone (``modules.vit.attention_kernel``: split, per-head
 views, padding to equal widths, SDPA, merge), on every Q and V: its cost follows max(Q, V) and the
 kernel's own tiling, not Q + V. The profiler turns the three into tables whose sum is the branch (see
-``mdp_cli.latency.vit_profile``). ``vit_attn`` times the branch at any (E, H, Q, V), used to check that split.
+``mdp_cli.latency.vit_tables``). ``vit_attn`` times the branch at any (E, H, Q, V), used to check that split.
 """
 
 from __future__ import annotations
