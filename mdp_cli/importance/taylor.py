@@ -150,10 +150,23 @@ def _check_dims(dims: dict[str, Any], source: str) -> None:
 
 
 def scoring_batches(data: str, resolution: int, batch_size: int, batches: int, seed: int = 0,
-                    num_classes: int = 1000):
+                    num_classes: int = 1000, progress: bool | None = None):
     """Yield ``batches`` (images, labels) batches from a data spec of mdp_cli.data (``builtin:NAME`` or a
     directory with train/val splits), a flat ImageFolder directory (one sub-folder per class), or
-    ``synthetic`` (random-noise images with random labels: smoke tests only, the scores mean nothing)."""
+    ``synthetic`` (random-noise images with random labels: smoke tests only, the scores mean nothing).
+
+    ``progress``: one tqdm bar on stderr over the batches (None: only when stderr is a terminal; False: never).
+    Both families score through here, so this is the scoring stage's one bar.
+    """
+    from tqdm import tqdm
+
+    source = _scoring_batches(data, resolution, batch_size, batches, seed, num_classes)
+    with tqdm(source, total=batches, desc="score", unit="batch", leave=False, dynamic_ncols=True,
+              disable=None if progress is None else not progress) as bar:
+        yield from bar
+
+
+def _scoring_batches(data: str, resolution: int, batch_size: int, batches: int, seed: int, num_classes: int):
     g = torch.Generator().manual_seed(seed)
     if data == "synthetic":
         for _ in range(batches):
