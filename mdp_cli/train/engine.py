@@ -196,12 +196,12 @@ def evaluate(model_spec: str, data: str, *, split: str = "val", pretrained: str 
     ctx = setup(device)
     try:
         loaded = load_model(model_spec, pretrained, num_classes, img_size)
-        if log is not None and ctx.is_main:
-            log(loaded.describe(img_size))
         model = loaded.module.to(ctx.device)
         dcfg = data_config(model, img_size)
         loader = make_loader(data, split, config=dcfg, batch_size=batch_size, train=False,
                              limit=limit, num_workers=num_workers, rank=ctx.rank, world_size=ctx.world_size)
+        if log is not None and ctx.is_main:  # after the data checks: an error stays the only line
+            log(loaded.describe(img_size))
         metrics = _run_eval(model, loader, ctx, _amp_dtype(amp, ctx), str(data), progress)
         result = {
             "schema": EVAL_SCHEMA, "version": 1,
@@ -409,8 +409,6 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
     dcfg = data_config(model, cfg.img_size)
     if loaded.arch is not None:  # the finetuned export records the transform it was trained with
         loaded.arch["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dcfg.items()}
-    if ctx.is_main:
-        log(loaded.describe(cfg.img_size))
     per_rank = cfg.batch_size // ctx.world_size
     train_loader = make_loader(data, "train", config=dcfg, batch_size=per_rank, train=True, augment=cfg.augment,
                                limit=cfg.train_limit, num_workers=num_workers, seed=cfg.seed, rank=ctx.rank,
@@ -418,6 +416,8 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
     val_loader = make_loader(data, "val", config=dcfg, batch_size=per_rank, train=False, limit=cfg.val_limit,
                              num_workers=num_workers, rank=ctx.rank, world_size=ctx.world_size)
     classes = len(train_loader.dataset.classes)
+    if ctx.is_main:  # after the data checks: an error stays the only line
+        log(loaded.describe(cfg.img_size))
 
     teacher = None
     if cfg.kd != "none":
