@@ -39,9 +39,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "example_own_model", help="Working directory.")
     p.add_argument("--budgets", type=float, nargs=2, default=(0.6, 0.35),
                    help="Latency budgets as fractions of the dense model's predicted latency.")
-    p.add_argument("--train-images", type=int, default=12000)
+    p.add_argument("--train-images", type=int, default=10000)
     p.add_argument("--val-images", type=int, default=2000)
-    p.add_argument("--train-epochs", type=int, default=3)
+    p.add_argument("--train-epochs", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="Threads for training and evaluation.")
     p.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the wiring, numbers mean nothing.")

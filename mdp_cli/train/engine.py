@@ -424,7 +424,7 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
         # The teacher keeps its own class count (from its weights); it must match the student's.
         loaded_teacher = load_model(cfg.teacher, cfg.teacher_pretrained, None, cfg.img_size)
         if ctx.is_main:
-            log(f"teacher {loaded_teacher.describe(cfg.img_size)}")
+            log(f"teacher {loaded_teacher.source}: weights {loaded_teacher.weights} (sees the student's inputs)")
         teacher = loaded_teacher.module.to(ctx.device)
         teacher.eval().requires_grad_(False)
     if cfg.kd == "hard":
