@@ -150,3 +150,8 @@ def describe_weights(spec: str | os.PathLike | None, seed: int | None = None, pa
         origin = f"{entry.model} from pip package {entry.package}, " if entry is not None else ""
         return f"{spec} ({origin}{digest})"
     return f"{spec} ({digest})"
+
+
+def weights_hash(spec: str | os.PathLike, model_name: str | None = None) -> str:
+    """``sha256:<hex>`` of the file behind ``spec`` (a path or ``builtin:NAME``): the cache key of a run's weights."""
+    return "sha256:" + file_sha256(weights_file(spec, model_name))

@@ -91,3 +91,12 @@ def test_describe_weights_lines(tmp_path) -> None:
     (tmp_path / "w.safetensors").write_bytes(b"abc")
     assert describe_weights(str(tmp_path / "w.safetensors")).endswith(
         f"(sha256 {hashlib.sha256(b'abc').hexdigest()[:12]})")
+
+
+def test_weights_hash_of_a_file(resnet18_10) -> None:
+    from mdp_cli.weights import weights_hash
+
+    _, path = resnet18_10
+    assert weights_hash(str(path)) == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(MdpError, match="unknown built-in weights"):
+        weights_hash("builtin:nope")
