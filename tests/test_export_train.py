@@ -129,3 +129,13 @@ def test_teacher_without_weights_is_refused(tmp_path: Path) -> None:
     cfg = FinetuneConfig(epochs=1, kd="soft", teacher="resnet50")
     with pytest.raises(MdpError, match="--teacher resnet50 has no weights"):
         finetune("resnet18", TINY_DATA, tmp_path / "run", cfg, progress=False, log=lambda _: None)
+
+
+@needs_fashion_mnist
+def test_dense_weights_saved_by_finetune_keep_their_transform(tmp_path: Path) -> None:
+    cfg = FinetuneConfig(epochs=1, batch_size=16, lr=0.01, img_size=32, num_classes=10, augment=False, amp="off")
+    finetune("resnet18", TINY_DATA, tmp_path / "run", cfg, progress=False, log=lambda _: None)
+    weights = str(tmp_path / "run" / "final" / "model.safetensors")
+    result = evaluate("resnet18", TINY_DATA, pretrained=weights, progress=False)  # no --img-size, no --num-classes
+    assert result["input"]["size"] == [32, 32] and "model.json" in result["input"]["from"]
+    assert "10 classes from the checkpoint" in result["weights"]

@@ -82,7 +82,28 @@ def load_model(spec: str, pretrained: str | None = None, num_classes: int | None
         module = create_model(spec, pretrained, replace_head=replace_head, **overrides)
     weights = module.mdp_weights if pretrained is not None else (
         "random init" + (f" (seed {seed})" if seed is not None else ""))
-    return LoadedModel(module, spec, weights=weights, input_from="defaults of the model")
+    input_from = "defaults of the model"
+    trained = _trained_data_config(pretrained, spec)
+    if trained is not None:
+        module.mdp_data_config = trained
+        input_from = "model.json beside the weights (the transform they were trained with)"
+    if img_size is not None:
+        input_from = f"size from --img-size, the rest from {input_from}"
+    return LoadedModel(module, spec, weights=weights, input_from=input_from)
+
+
+def _trained_data_config(pretrained: str | None, model_name: str) -> dict[str, Any] | None:
+    """The transform recorded by ``mdp finetune`` in ``model.json`` next to dense weights it saved, if any."""
+    if pretrained is None or str(pretrained).startswith("builtin:"):
+        return None
+    sidecar = Path(pretrained).with_name("model.json")
+    if not sidecar.is_file():
+        return None
+    record = read_json(sidecar, "mdp.dense_weights", 1)
+    config = record.get("data_config")
+    if record.get("model") != model_name or not isinstance(config, dict):
+        return None
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
 
 
 def _load_exported(path: Path, pretrained: str | None, num_classes: int | None, img_size: int | None,
@@ -375,6 +396,8 @@ def _save_model(directory: Path, model: nn.Module, loaded: LoadedModel, cfg: Fin
         "schema": "mdp.dense_weights", "version": 1,
         "provenance": provenance(stage="finetune", **fields),
         "model": loaded.source, "num_classes": cfg.num_classes, "img_size": cfg.img_size,
+        # the transform it was trained with: eval/finetune of these weights use it unless told otherwise
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config(model, cfg.img_size).items()},
     })
 
 
