@@ -52,8 +52,8 @@ EXPORTS = {
     "cnn_removed_blocks": _cnn_export,
     "vit_removed_branches": lambda d: _vit_export(d, {}, {"blocks.1.attn": False, "blocks.2.mlp": False,
                                                           "blocks.3.attn": False, "blocks.3.mlp": False}),
-    "vit_q_ne_v": lambda d: _vit_export(d, {"blocks.0.attn.qk": 16, "blocks.0.attn.v": 48,
-                                            "blocks.5.attn.qk": 40, "blocks.5.attn.v": 8, "blocks.5.attn.heads": 2}, {}),
+    "vit_q_ne_v": lambda d: _vit_export(d, {"blocks.0.attn.qk": 16, "blocks.0.attn.v": 48, "blocks.5.attn.qk": 40,
+                                            "blocks.5.attn.v": 8, "blocks.5.attn.heads": 2}, {}),
 }
 
 

@@ -41,10 +41,13 @@ def _model_options(command):
     """The options that say how to build MODEL when it is a dense model name (shared by eval and finetune)."""
     for option in reversed([
         click.option("--pretrained", type=click.Path(dir_okay=False),
-                     help="Weights for a dense model name: a local file (its class count is used) or builtin:efficientnet-lite0."),
+                     help="Weights for a dense model name: a local file (its class count is used) or "
+                          "builtin:efficientnet-lite0."),
         click.option("--num-classes", type=int,
-                     help="Classifier size (default: the weights' or the export's; finetune replaces a different head)."),
-        click.option("--img-size", type=int, help="Input resolution (default: the export's arch.json, else the model's)."),
+                     help="Classifier size (default: the weights' or the export's; finetune replaces a different "
+                          "head)."),
+        click.option("--img-size", type=int,
+                     help="Input resolution (default: the export's arch.json, else the model's)."),
     ]):
         command = option(command)
     return command

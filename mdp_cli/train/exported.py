@@ -86,7 +86,8 @@ def replace_export_head(module: nn.Module, arch: dict[str, Any], num_classes: in
     """New ``num_classes`` classifier(s) (random init) in place, and the same in ``arch``; returns the old count."""
     layers = classifier_layers(module, arch)
     if not layers:
-        raise MdpError(f"cannot find the classifier of this {arch.get('family')} export to give it {num_classes} classes")
+        raise MdpError(f"cannot find the classifier of this {arch.get('family')} export to give it "
+                       f"{num_classes} classes")
     old = export_num_classes(module, arch)
     for path in layers:
         layer = module.get_submodule(path)
