@@ -38,11 +38,11 @@ def _cnn_export(directory: Path) -> Path:
     return directory
 
 
-def _vit_export(directory: Path, choice: dict, kept: dict) -> Path:
+def _vit_export(directory: Path, choice: dict, kept: dict, num_classes: int = 10) -> Path:
     from mdp_cli.export.vit import export_vit
 
     torch.manual_seed(0)
-    model = create_model("deit_tiny", img_size=32, num_classes=10)
+    model = create_model("deit_tiny", img_size=32, num_classes=num_classes)
     pruned, arch = export_vit(model, choice, kept)
     save_exported(directory, pruned, arch, source_model="deit_tiny")
     return directory
@@ -123,6 +123,18 @@ def test_new_class_count_replaces_an_exports_head(tmp_path: Path) -> None:
                                   "--epochs", "1", "--batch-size", "8", "--num-classes", "10", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "10 classes (arch.json)" in result.output
+    # an ImageNet-sized export finetuned on 10 classes: new head, said so, saved with it
+    imagenet = _vit_export(tmp_path / "e1000", {}, {"blocks.0.mlp": False}, num_classes=1000)
+    result = runner.invoke(main, ["finetune", str(imagenet), "--data", TINY_DATA, "-o", str(tmp_path / "ft10"),
+                                  "--epochs", "1", "--batch-size", "8", "--num-classes", "10", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "head replaced: 1000 -> 10 classes" in result.output
+    assert json.loads((tmp_path / "ft10" / "final" / "arch.json").read_text())["num_classes"] == 10
+    assert load_exported(tmp_path / "ft10" / "final")(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    result = runner.invoke(main, ["finetune", str(exported), "--data", TINY_DATA, "-o", str(tmp_path / "ft3"),
+                                  "--epochs", "1", "--batch-size", "8", "--num-classes", "3", "--no-progress"])
+    assert result.exit_code == 2 and result.output.splitlines()[-1].endswith("pass --num-classes 10 (finetune "
+                                                                             "gives the model a new head of that size)")
 
 
 def test_teacher_without_weights_is_refused(tmp_path: Path) -> None:

@@ -158,7 +158,7 @@ def _check_classes(model: nn.Module, logits: torch.Tensor, classes: int, data: s
     if logits.shape[-1] < classes:
         raise MdpError(
             f"the model has {logits.shape[-1]} outputs but --data {data} has {classes} classes; "
-            f"use --num-classes {classes} for a dense model"
+            f"pass --num-classes {classes} (finetune gives the model a new head of that size)"
         )
 
 
@@ -577,9 +577,9 @@ def _train_epoch(p: _Parts, loader, cfg: FinetuneConfig, ctx: Dist, epoch: int, 
         images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=p.amp_dtype, enabled=p.amp_dtype is not None):
             output = p.train_model(images)
+            if i == 0:  # before the loss: too few outputs for the labels is a one-line error, not an IndexError
+                check(_logits(output))
             loss = p.criterion(images, output, targets)
-        if i == 0:
-            check(_logits(output))
         if not torch.isfinite(loss):
             raise MdpError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; lower --lr or use --clip-grad")
         p.optimizer.zero_grad(set_to_none=True)
