@@ -117,7 +117,10 @@ def test_new_class_count_replaces_an_exports_head(tmp_path: Path) -> None:
     assert loaded.notes == ["head replaced: 10 -> 3 classes (new head, random init)"]
     assert loaded.module(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     cnn = load_model(str(_cnn_export(tmp_path / "cnn")), num_classes=4, replace_head=True)
-    assert cnn.module(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    x = torch.randn(2, 3, 32, 32)
+    assert cnn.module(x).shape == (2, 4)
+    save_exported(tmp_path / "cnn4", cnn.module, cnn.arch)  # the arch spec follows the new head
+    torch.testing.assert_close(load_exported(tmp_path / "cnn4")(x), cnn.module(x), rtol=0, atol=0)
     runner = CliRunner()
     result = runner.invoke(main, ["finetune", str(exported), "--data", TINY_DATA, "-o", str(tmp_path / "ft"),
                                   "--epochs", "1", "--batch-size", "8", "--num-classes", "10", "--no-progress"])
