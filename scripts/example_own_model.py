@@ -5,7 +5,7 @@
    safetensors (``OUT/train/final/model.safetensors``), as you would your own model.
 2. Prune it with ``mdp run`` (profile the latency LUT on this CPU, score importance on real images, solve,
    export) at two budgets — the checkpoint's 10-class head is taken from the file, no flags needed.
-3. Finetune each export briefly, distilling from the dense model.
+3. Finetune each export briefly (one epoch on part of the training set), distilling from the dense model.
 4. Print top-1 accuracy before pruning, right after pruning, and after finetuning, with measured latency.
 
 Runs on 2 CPU cores in a few minutes (one thread for latency, as the profiler measures). ``--smoke`` runs a
@@ -39,7 +39,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "example_own_model", help="Working directory.")
     p.add_argument("--budgets", type=float, nargs=2, default=(0.6, 0.35),
                    help="Latency budgets as fractions of the dense model's predicted latency.")
-    p.add_argument("--train-images", type=int, default=10000)
+    p.add_argument("--train-images", type=int, default=8000)
+    p.add_argument("--finetune-images", type=int, default=4000, help="Training images for each finetune.")
     p.add_argument("--val-images", type=int, default=2000)
     p.add_argument("--train-epochs", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=1)
@@ -48,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.smoke:
         args.train_images, args.val_images, args.train_epochs, args.finetune_epochs = 256, 128, 1, 1
+        args.finetune_images = 128
     return args
 
 
@@ -125,7 +127,8 @@ def main() -> None:
                              kd_alpha=0.5, kd_temperature=2.0, teacher="resnet18", teacher_pretrained=str(weights))
         run = args.out / f"finetune_{budget:g}"
         shutil.rmtree(run, ignore_errors=True)
-        finetune(str(exported), data, run, cfg, device="cpu", progress=not args.smoke, log=log)
+        finetune_data = f"builtin:fashion-mnist?train={args.finetune_images}&val={args.val_images}"
+        finetune(str(exported), finetune_data, run, cfg, device="cpu", progress=not args.smoke, log=log)
         after_ft = evaluate(str(run / "final"), data, device="cpu", progress=False)["top1"]
         rows.append((f"budget {budget:g}", report, after_prune, after_ft))
 
