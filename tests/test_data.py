@@ -143,4 +143,5 @@ def test_eval_errors_are_one_line(tmp_path: Path) -> None:
     torch.save({"x": torch.zeros(1)}, tmp_path / "w.pt")
     result = runner.invoke(main, ["eval", "test_resnet", "--num-classes", "10", "--pretrained", str(tmp_path / "w.pt"),
                                   "--data", "builtin:fashion-mnist?val=8"])
-    assert result.exit_code == 2 and "do not fit the model" in result.output
+    assert result.exit_code == 2 and "does not fit test_resnet: 77 model tensors missing" in result.output
+    assert result.output.count("\n") == 1

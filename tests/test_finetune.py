@@ -137,14 +137,20 @@ def test_lr_schedule_shapes() -> None:
 
 @needs_data
 def test_hard_distillation_for_deit_distillation_token(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    teacher = timm.create_model("test_vit", num_classes=10, img_size=32)  # a teacher needs weights: these
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(tmp_path / "teacher.safetensors"))
     common = ["--num-classes", "10", "--img-size", "32", "--data", "builtin:fashion-mnist?train=64&val=32",
               "--epochs", "1", "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3", "--kd", "hard",
-              "--teacher", "test_vit", "--clip-grad", "1.0", "--no-progress"]
+              "--teacher", "test_vit", "--teacher-pretrained", str(tmp_path / "teacher.safetensors"),
+              "--clip-grad", "1.0", "--no-progress"]
     result = CliRunner().invoke(main, ["finetune", "deit_tiny_distilled", "-o", str(tmp_path / "a"), *common])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a" / "final" / "model.safetensors").is_file()
     result = CliRunner().invoke(main, ["finetune", "test_resnet", "-o", str(tmp_path / "b"), *common])
     assert result.exit_code == 2 and "distillation token" in result.output
     result = CliRunner().invoke(main, ["finetune", "test_resnet", "-o", str(tmp_path / "c"), "--kd", "soft",
-                                       *common[:-7], "--no-progress"])
+                                       *common[:-9], "--no-progress"])
     assert result.exit_code == 2 and "needs --teacher" in result.output

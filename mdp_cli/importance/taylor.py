@@ -191,10 +191,25 @@ def _check_dims(dims: dict[str, Any], source: str) -> None:
 
 
 def scoring_batches(data: str, resolution: int, batch_size: int, batches: int, seed: int = 0,
-                    num_classes: int = 1000):
+                    num_classes: int = 1000, progress: bool | None = None, model: nn.Module | None = None):
     """Yield ``batches`` (images, labels) batches from a data spec of mdp_cli.data (``builtin:NAME`` or a
     directory with train/val splits), a flat ImageFolder directory (one sub-folder per class), or
-    ``synthetic`` (random-noise images with random labels: smoke tests only, the scores mean nothing)."""
+    ``synthetic`` (random-noise images with random labels: smoke tests only, the scores mean nothing).
+
+    ``progress``: one tqdm bar on stderr over the batches (None: only when stderr is a terminal; False: never).
+    Both families score through here, so this is the scoring stage's one bar. ``model``: normalise images
+    with its mean/std (timm's pretrained config, e.g. 0.5/0.5 for EfficientNet-Lite0) instead of ImageNet's.
+    """
+    from tqdm import tqdm
+
+    source = _scoring_batches(data, resolution, batch_size, batches, seed, num_classes, model)
+    with tqdm(source, total=batches, desc="score", unit="batch", leave=False, dynamic_ncols=True,
+              disable=None if progress is None else not progress) as bar:
+        yield from bar
+
+
+def _scoring_batches(data: str, resolution: int, batch_size: int, batches: int, seed: int, num_classes: int,
+                     model: nn.Module | None):
     g = torch.Generator().manual_seed(seed)
     if data == "synthetic":
         for _ in range(batches):
@@ -205,8 +220,8 @@ def scoring_batches(data: str, resolution: int, batch_size: int, batches: int, s
         # The shared data pipeline (mdp_cli.data): built-in real data sets and train/val trees.
         from mdp_cli.data import make_loader
 
-        loader = make_loader(data, "train", batch_size=batch_size, train=True, augment=False, img_size=resolution,
-                             seed=seed)
+        loader = make_loader(data, "train", model, batch_size=batch_size, train=True, augment=False,
+                             img_size=resolution, seed=seed)
         for k, batch in enumerate(loader):
             if k >= batches:
                 break
@@ -218,8 +233,12 @@ def scoring_batches(data: str, resolution: int, batch_size: int, batches: int, s
     if not root.is_dir():
         raise MdpError(f"--data {data}: not a directory (expected an ImageFolder: one sub-folder per class) "
                        "or 'synthetic'")
+    from mdp_cli.data import data_config
+
+    norm = data_config(model, resolution) if model is not None else {"mean": (0.485, 0.456, 0.406),
+                                                                        "std": (0.229, 0.224, 0.225)}
     tf = transforms.Compose([transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.ToTensor(),
-                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+                             transforms.Normalize(list(norm["mean"]), list(norm["std"]))])
     try:
         from mdp_cli.data import read_image  # a corrupt image is one line naming the file
 

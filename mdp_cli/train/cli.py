@@ -41,9 +41,13 @@ def _model_options(command):
     """The options that say how to build MODEL when it is a dense model name (shared by eval and finetune)."""
     for option in reversed([
         click.option("--pretrained", type=click.Path(dir_okay=False),
-                     help="Local weights file for a dense model name, or builtin:efficientnet-lite0."),
-        click.option("--num-classes", type=int, help="Classifier size for a dense model name."),
-        click.option("--img-size", type=int, help="Input resolution (default: the model's)."),
+                     help="Weights for a dense model name: a local file (its class count is used) or "
+                          "builtin:efficientnet-lite0."),
+        click.option("--num-classes", type=int,
+                     help="Classifier size (default: the weights' or the export's; finetune replaces a different "
+                          "head)."),
+        click.option("--img-size", type=int,
+                     help="Input resolution (default: the export's arch.json, else the model's)."),
     ]):
         command = option(command)
     return command
@@ -68,7 +72,7 @@ def eval_command(model, data, split, pretrained, num_classes, img_size, batch_si
 
     result = evaluate(model, data, split=split, pretrained=pretrained, num_classes=num_classes, img_size=img_size,
                       batch_size=batch_size, limit=limit, num_workers=workers, device=device, amp=amp,
-                      output=output, progress=not no_progress)
+                      output=output, progress=not no_progress, log=lambda line: click.echo(line, err=True))
     click.echo(f"{model} on {data} [{split}]: top1 {result['top1']:.2f}  top5 {result['top5']:.2f}  "
                f"loss {result['loss']:.4f}  {result['images_per_s']:.0f} images/s  ({result['images']} images)")
 
@@ -99,8 +103,8 @@ def eval_command(model, data, split, pretrained, num_classes, img_size, batch_si
               help="auto: fp16 autocast + grad scaler on CUDA, off on CPU.")
 @click.option("--kd", type=click.Choice(["none", "soft", "hard"]), default="none", show_default=True,
               help="Distil from --teacher: soft KL with temperature, or hard labels (DeiT distillation token).")
-@click.option("--teacher", help="Teacher: dense model name or exported directory.")
-@click.option("--teacher-pretrained", type=click.Path(dir_okay=False), help="Local weights for the teacher (or builtin:NAME).")
+@click.option("--teacher", help="Teacher: exported/finetuned directory, or dense model name with --teacher-pretrained.")
+@click.option("--teacher-pretrained", help="Weights of a dense --teacher (file or builtin:NAME); required for a name.")
 @click.option("--kd-alpha", type=float, default=0.5, show_default=True, help="Weight of the soft KD term.")
 @click.option("--kd-temperature", type=float, default=1.0, show_default=True)
 @_model_options

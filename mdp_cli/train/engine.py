@@ -46,57 +46,105 @@ class LoadedModel:
     module: nn.Module
     source: str
     arch: dict[str, Any] | None = None  # the exported spec (minus envelope) when loaded from a directory
+    weights: str = ""  # where the weights came from (file + sha256, builtin, random init)
+    input_from: str = ""  # where the input transform came from (an export's arch.json, or the model's defaults)
+    notes: list[str] = field(default_factory=list)  # what was changed on loading (e.g. a replaced head)
+
+    def describe(self, img_size: int | None = None) -> str:
+        """One line for the log: model, weights, input transform (``img_size`` overriding), classes."""
+        cfg = data_config(self.module, img_size)
+        size = "x".join(str(v) for v in cfg["input_size"][1:])
+        mean = ", ".join(f"{v:.3f}" for v in cfg["mean"])
+        std = ", ".join(f"{v:.3f}" for v in cfg["std"])
+        line = (f"{self.source}: weights {self.weights}; input {size} px, mean ({mean}), std ({std})"
+                + (f" [{self.input_from}]" if self.input_from else ""))
+        return line + "".join(f"; {note}" for note in self.notes)
 
 
 def load_model(spec: str, pretrained: str | None = None, num_classes: int | None = None,
-               img_size: int | None = None) -> LoadedModel:
-    """An exported pruned model directory (``arch.json`` + ``model.safetensors``) or a dense model name."""
+               img_size: int | None = None, replace_head: bool = False, seed: int | None = None) -> LoadedModel:
+    """An exported pruned model directory (``arch.json`` + ``model.safetensors``) or a dense model name.
+
+    An export keeps its resolution, normalisation and class count (from ``arch.json``); ``num_classes`` that
+    differs is an error unless ``replace_head`` (finetuning), which gives it a new head. A dense model takes
+    ``pretrained`` (file or builtin:NAME; its class count unless ``num_classes``); ``seed`` is only reported.
+    """
     path = Path(spec)
     if path.is_dir():
-        from mdp_cli.export.spec import ARCH_SCHEMA, ARCH_VERSION, load_exported
-
-        if not (path / "arch.json").is_file():
-            raise MdpError(f"{spec}: a directory but not an exported model (no arch.json); run 'mdp export'")
-        if pretrained:
-            raise MdpError(f"{spec}: --pretrained applies to dense model names; an exported model has its weights")
-        module = load_exported(path)
-        arch = read_json(path / "arch.json", ARCH_SCHEMA, ARCH_VERSION)
-        arch = {k: v for k, v in arch.items() if k not in ("schema", "version", "provenance")}
-        if isinstance(arch.get("data_config"), dict):
-            module.mdp_data_config = arch["data_config"]
-        return LoadedModel(module, str(path), arch)
+        return _load_exported(path, pretrained, num_classes, img_size, replace_head)
     from mdp_cli.models import create_model
-    from mdp_cli.weights import is_builtin, resolve_weights
 
-    if is_builtin(pretrained):
-        pretrained = str(resolve_weights(pretrained, spec))
-    overrides: dict[str, Any] = {}
-    if num_classes is not None:
-        overrides["num_classes"] = num_classes
-    def create(**kwargs: Any) -> nn.Module:
-        try:
-            return create_model(spec, pretrained=pretrained, **kwargs, **({"img_size": img_size} if img_size else {}))
-        except TypeError:  # families without an img_size argument (CNNs) take any resolution as it is
-            return create_model(spec, pretrained=pretrained, **kwargs)
-
+    overrides: dict[str, Any] = {"num_classes": num_classes} if num_classes is not None else {}
     try:
-        module = create(**overrides)
-    except (MdpError, RuntimeError) as exc:  # load_state_dict raises RuntimeError on shape mismatches
-        mismatch = exc if isinstance(exc, MdpError) else MdpError(
-            f"{pretrained}: weights do not fit {spec} ({str(exc).splitlines()[-1].strip()}); "
-            f"check --num-classes and --img-size")
-        # Pretrained weights with another classifier (e.g. ImageNet's 1000 classes): load them with their own
-        # head, then give the model a new --num-classes head (timm models), initialised from the seed.
-        if num_classes is None or pretrained is None:
-            raise mismatch from None
-        try:
-            module = create()
-        except (MdpError, RuntimeError):
-            raise mismatch from None
-        if not hasattr(module, "reset_classifier"):
-            raise mismatch from None
-        module.reset_classifier(num_classes)
-    return LoadedModel(module, spec)
+        module = create_model(spec, pretrained, replace_head=replace_head, **overrides,
+                              **({"img_size": img_size} if img_size else {}))
+    except TypeError:  # families without an img_size argument (CNNs) take any resolution as it is
+        module = create_model(spec, pretrained, replace_head=replace_head, **overrides)
+    weights = module.mdp_weights if pretrained is not None else (
+        "random init" + (f" (seed {seed})" if seed is not None else ""))
+    input_from = "defaults of the model"
+    trained = _trained_data_config(pretrained, spec)
+    if trained is not None:
+        module.mdp_data_config = trained
+        input_from = "model.json beside the weights (the transform they were trained with)"
+    if img_size is not None:
+        input_from = f"size from --img-size, the rest from {input_from}"
+    return LoadedModel(module, spec, weights=weights, input_from=input_from)
+
+
+def _trained_data_config(pretrained: str | None, model_name: str) -> dict[str, Any] | None:
+    """The transform recorded by ``mdp finetune`` in ``model.json`` next to dense weights it saved, if any."""
+    if pretrained is None or str(pretrained).startswith("builtin:"):
+        return None
+    sidecar = Path(pretrained).with_name("model.json")
+    if not sidecar.is_file():
+        return None
+    record = read_json(sidecar, "mdp.dense_weights", 1)
+    config = record.get("data_config")
+    if record.get("model") != model_name or not isinstance(config, dict):
+        return None
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+def _load_exported(path: Path, pretrained: str | None, num_classes: int | None, img_size: int | None,
+                   replace_head: bool) -> LoadedModel:
+    from mdp_cli.export.spec import ARCH_SCHEMA, ARCH_VERSION, load_exported
+    from mdp_cli.train.exported import export_data_config, export_num_classes, replace_export_head
+    from mdp_cli.weights import describe_weights
+
+    if not (path / "arch.json").is_file():
+        raise MdpError(f"{path}: a directory but not an exported model (no arch.json); run 'mdp export'")
+    if pretrained:
+        raise MdpError(f"{path}: --pretrained applies to dense model names; an exported model has its weights")
+    module = load_exported(path)
+    arch = read_json(path / "arch.json", ARCH_SCHEMA, ARCH_VERSION)
+    prov = arch.get("provenance") if isinstance(arch.get("provenance"), dict) else {}
+    arch = {k: v for k, v in arch.items() if k not in ("schema", "version", "provenance")}
+    config, input_from = export_data_config(arch, prov)
+    if img_size is not None and int(img_size) != config["input_size"][1]:
+        if arch.get("family") == "vit":
+            raise MdpError(f"--img-size {img_size}: {path} is a ViT exported at {config['input_size'][1]} px "
+                           f"(its position embedding fixes the size); drop --img-size")
+        input_from = f"size from --img-size, {input_from.split(', ', 1)[1]}"
+    module.mdp_data_config = config
+    arch["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    loaded = LoadedModel(module, str(path), arch, weights=describe_weights(str(path / "model.safetensors")),
+                         input_from=input_from)
+    classes = export_num_classes(module, arch)
+    if num_classes is not None and classes is not None and num_classes != classes:
+        if not replace_head:
+            raise MdpError(f"--num-classes {num_classes}: {path} has a {classes}-class head; drop --num-classes "
+                           f"(or finetune, which replaces the head)")
+        replace_export_head(module, arch, num_classes)
+        loaded.notes.append(f"head replaced: {classes} -> {num_classes} classes (new head, random init)")
+    elif classes is not None:
+        loaded.notes.append(f"{classes} classes (arch.json)")
+    return loaded
+
+
+def _input_summary(config: dict[str, Any], source: str) -> dict[str, Any]:
+    return {"size": list(config["input_size"][1:]), "mean": list(config["mean"]), "std": list(config["std"]),
+            "from": source}
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -110,7 +158,7 @@ def _check_classes(model: nn.Module, logits: torch.Tensor, classes: int, data: s
     if logits.shape[-1] < classes:
         raise MdpError(
             f"the model has {logits.shape[-1]} outputs but --data {data} has {classes} classes; "
-            f"use --num-classes {classes} for a dense model"
+            f"pass --num-classes {classes} (finetune gives the model a new head of that size)"
         )
 
 
@@ -160,20 +208,28 @@ def _run_eval(model: nn.Module, loader, ctx: Dist, amp_dtype: torch.dtype | None
 def evaluate(model_spec: str, data: str, *, split: str = "val", pretrained: str | None = None,
              num_classes: int | None = None, img_size: int | None = None, batch_size: int = 128,
              limit: int | None = None, num_workers: int = 0, device: str | None = None, amp: str = "off",
-             output: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Top-1/top-5, loss and images/s of a model on one split; writes ``output`` (JSON) when given."""
+             output: str | Path | None = None, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Top-1/top-5, loss and images/s of a model on one split; writes ``output`` (JSON) when given.
+
+    ``log`` gets one line saying which weights, input size, mean/std and class count were used.
+    """
     ctx = setup(device)
     try:
         loaded = load_model(model_spec, pretrained, num_classes, img_size)
         model = loaded.module.to(ctx.device)
-        loader = make_loader(data, split, model, batch_size=batch_size, train=False, img_size=img_size,
+        dcfg = data_config(model, img_size)
+        loader = make_loader(data, split, config=dcfg, batch_size=batch_size, train=False,
                              limit=limit, num_workers=num_workers, rank=ctx.rank, world_size=ctx.world_size)
+        if log is not None and ctx.is_main:  # after the data checks: an error stays the only line
+            log(loaded.describe(img_size))
         metrics = _run_eval(model, loader, ctx, _amp_dtype(amp, ctx), str(data), progress)
         result = {
             "schema": EVAL_SCHEMA, "version": 1,
             "provenance": provenance(stage="eval", model=loaded.source, data=str(parse_spec(data)), split=split,
                                      device=str(ctx.device), batch_size=batch_size,
                                      threads=torch.get_num_threads(), world_size=ctx.world_size),
+            "weights": loaded.weights, "input": _input_summary(dcfg, loaded.input_from),
             **metrics,
         }
         if output is not None and ctx.is_main:
@@ -299,6 +355,9 @@ class DistillationLoss(nn.Module):
             cls, dist_head = output
             return 0.5 * self.ce(cls, targets) + 0.5 * F.cross_entropy(dist_head, teacher_logits.argmax(-1))
         student = _logits(output).float()
+        if teacher_logits.shape[-1] != student.shape[-1]:
+            raise MdpError(f"--teacher has {teacher_logits.shape[-1]} classes, the model {student.shape[-1]}; "
+                           f"distil from a teacher trained on the same classes")
         kl = F.kl_div(F.log_softmax(student / self.t, dim=-1), F.log_softmax(teacher_logits / self.t, dim=-1),
                       reduction="batchmean", log_target=True)
         return (1 - self.alpha) * self.ce(student, targets) + self.alpha * self.t**2 * kl
@@ -337,6 +396,8 @@ def _save_model(directory: Path, model: nn.Module, loaded: LoadedModel, cfg: Fin
         "schema": "mdp.dense_weights", "version": 1,
         "provenance": provenance(stage="finetune", **fields),
         "model": loaded.source, "num_classes": cfg.num_classes, "img_size": cfg.img_size,
+        # the transform it was trained with: eval/finetune of these weights use it unless told otherwise
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config(model, cfg.img_size).items()},
     })
 
 
@@ -357,15 +418,20 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
         raise MdpError(f"--batch-size {cfg.batch_size} is global and must divide by the {ctx.world_size} processes")
     if cfg.kd != "none" and not cfg.teacher:
         raise MdpError(f"--kd {cfg.kd} needs --teacher (the dense model name or an exported directory)")
+    if cfg.kd != "none" and not Path(cfg.teacher).is_dir() and not cfg.teacher_pretrained:
+        raise MdpError(f"--teacher {cfg.teacher} has no weights (a randomly initialised teacher teaches nothing); "
+                       f"pass --teacher-pretrained FILE or builtin:NAME, or a finetuned/exported directory")
     config = asdict(cfg) | {"model": model_spec, "data": str(parse_spec(data))}
     config_hash = canonical_hash(config)
     if not resume and ctx.is_main and (out / ckpt.POINTER).exists():
         raise MdpError(f"{out}: holds a run already; pass --resume to continue it or choose another --output")
 
     torch.manual_seed(cfg.seed)
-    loaded = load_model(model_spec, cfg.pretrained, cfg.num_classes, cfg.img_size)
+    loaded = load_model(model_spec, cfg.pretrained, cfg.num_classes, cfg.img_size, replace_head=True, seed=cfg.seed)
     model = loaded.module.to(ctx.device)
     dcfg = data_config(model, cfg.img_size)
+    if loaded.arch is not None:  # the finetuned export records the transform it was trained with
+        loaded.arch["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dcfg.items()}
     per_rank = cfg.batch_size // ctx.world_size
     train_loader = make_loader(data, "train", config=dcfg, batch_size=per_rank, train=True, augment=cfg.augment,
                                limit=cfg.train_limit, num_workers=num_workers, seed=cfg.seed, rank=ctx.rank,
@@ -373,10 +439,16 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
     val_loader = make_loader(data, "val", config=dcfg, batch_size=per_rank, train=False, limit=cfg.val_limit,
                              num_workers=num_workers, rank=ctx.rank, world_size=ctx.world_size)
     classes = len(train_loader.dataset.classes)
+    if ctx.is_main:  # after the data checks: an error stays the only line
+        log(loaded.describe(cfg.img_size))
 
     teacher = None
     if cfg.kd != "none":
-        teacher = load_model(cfg.teacher, cfg.teacher_pretrained, cfg.num_classes, cfg.img_size).module.to(ctx.device)
+        # The teacher keeps its own class count (from its weights); it must match the student's.
+        loaded_teacher = load_model(cfg.teacher, cfg.teacher_pretrained, None, cfg.img_size)
+        if ctx.is_main:
+            log(f"teacher {loaded_teacher.source}: weights {loaded_teacher.weights} (sees the student's inputs)")
+        teacher = loaded_teacher.module.to(ctx.device)
         teacher.eval().requires_grad_(False)
     if cfg.kd == "hard":
         if not hasattr(model, "set_distilled_training"):
@@ -505,9 +577,9 @@ def _train_epoch(p: _Parts, loader, cfg: FinetuneConfig, ctx: Dist, epoch: int, 
         images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=p.amp_dtype, enabled=p.amp_dtype is not None):
             output = p.train_model(images)
+            if i == 0:  # before the loss: too few outputs for the labels is a one-line error, not an IndexError
+                check(_logits(output))
             loss = p.criterion(images, output, targets)
-        if i == 0:
-            check(_logits(output))
         if not torch.isfinite(loss):
             raise MdpError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; lower --lr or use --clip-grad")
         p.optimizer.zero_grad(set_to_none=True)
