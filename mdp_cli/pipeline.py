@@ -55,14 +55,13 @@ def check_weights(cfg: Mapping[str, Any]) -> None:
 
 def weights_note(cfg: Mapping[str, Any]) -> str:
     """Where the dense model's weights come from, in one line (every stage prints it)."""
+    from mdp_cli.weights import describe_weights
+
     pretrained = cfg.get("pretrained")
     if not pretrained:
-        return f"weights: random init (seed {RANDOM_INIT_SEED}, --random-init): importance and accuracy mean nothing"
-    if str(pretrained).startswith("builtin:"):
-        return f"weights: {pretrained}"
-    path = Path(pretrained)
-    digest = file_hash(path).split(":")[-1][:12] if path.is_file() else "missing"
-    return f"weights: {path} (sha256 {digest})"
+        return (f"weights: {describe_weights(None, seed=RANDOM_INIT_SEED)}, --random-init: importance and accuracy "
+                "mean nothing")
+    return f"weights: {describe_weights(pretrained)}"
 
 
 def discover(cfg: Mapping[str, Any]) -> Discovered:
@@ -111,7 +110,8 @@ def stage_profile(cfg: Mapping[str, Any], discovered: Discovered | None = None, 
             "threads": lut.threads}
 
 
-def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered | None = None) -> dict[str, Any]:
+def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered | None = None,
+                progress: bool | None = None) -> dict[str, Any]:
     """Importance of every dim's units from batches of ``score.data`` into an importance JSON."""
     from mdp_cli.importance.taylor import scoring_batches, write_importance
     from mdp_cli.latency.timing import check_device
@@ -128,7 +128,7 @@ def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered 
     resolution = family.input_shape(discovered)[1]
     t0 = time.perf_counter()
     batches = scoring_batches(str(s["data"]), resolution, int(s["batch_size"]), int(s["batches"]), int(s["seed"]),
-                              family.num_classes(discovered))
+                              family.num_classes(discovered), progress=progress, model=discovered.model)
     record = family.score(cfg, discovered, batches, check_device(cfg["profile"]["device"]))
     dims = record.pop("dims")
     write_importance(out, cfg["model"], dims, data=str(s["data"]), batch_size=int(s["batch_size"]), resolution=resolution,
@@ -211,6 +211,11 @@ def _write_export(cfg, family, discovered, net, arch, solution, src, kept, impor
                   shape, out_dir: Path) -> dict[str, Any]:
     from mdp_cli.export.spec import save_exported
 
+    from mdp_cli.data import data_config
+
+    # the input the dense model was scored on: eval and finetune of the export read it back (train/exported.py)
+    config = data_config(discovered.model, int(shape[1]))
+    arch = {**arch, "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}
     save_exported(staging, net, arch, source_model=cfg["model"], family=family.name, solution=src,
                   resolution=int(shape[1]), importance=str(importance_path) if importance_path else None)
     dense_stats, stats = family.model_stats(discovered.model, shape), family.model_stats(net, shape)
@@ -337,8 +342,10 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
     paths = {"importance": run_dir / "importance.json", "problem": run_dir / "problem.json",
              "solution": run_dir / "solution.json", "export": run_dir / "exported" / "arch.json"}
     model_key = {k: cfg.get(k) for k in ("model", "resolution", "pretrained", "random_init", "num_classes", "space")}
-    if cfg.get("pretrained") and Path(cfg["pretrained"]).is_file():
-        model_key["weights"] = file_hash(cfg["pretrained"])
+    if cfg.get("pretrained"):
+        from mdp_cli.weights import weights_hash
+
+        model_key["weights"] = weights_hash(cfg["pretrained"], cfg["model"])
     cache: dict[str, Any] = {}
     check_weights(cfg)
     echo(weights_note(cfg))
@@ -377,7 +384,7 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
 
     # The LUT is content-addressed by its rows: profiling re-runs (cheaply) when the LUT file changed.
     def do_score():
-        stage_score(cfg, paths["importance"], discovered())
+        stage_score(cfg, paths["importance"], discovered(), progress=progress)
         return str(paths["importance"])
 
     def do_problem():

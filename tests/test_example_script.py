@@ -13,8 +13,6 @@ from train_helpers import ROOT, needs_fashion_mnist, subprocess_env
 
 @pytest.mark.slow
 @needs_fashion_mnist
-@pytest.mark.xfail(strict=False, reason="the 0.35 budget removes a residual block, whose in-place ReLU breaks "
-                                        "finetuning until the modules/cnn.py fix (another branch) is merged")
 def test_example_own_model_smoke(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "example_own_model.py"), "--smoke", "--out",
                            str(tmp_path)], env=subprocess_env(), cwd=ROOT, text=True, capture_output=True, timeout=900)

@@ -57,15 +57,8 @@ EXPORTS = {
 }
 
 
-INPLACE_RELU = pytest.mark.xfail(
-    raises=RuntimeError, strict=False,
-    reason="a removed block's in-place ReLU rewrites the previous block's output (fixed in modules/cnn.py by "
-           "another branch; drop this mark once merged)")
-
-
 @needs_fashion_mnist
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=INPLACE_RELU) if k.startswith("cnn") else k
-                                  for k in sorted(EXPORTS)])
+@pytest.mark.parametrize("kind", sorted(EXPORTS))
 def test_every_export_kind_finetunes_one_step(kind: str, tmp_path: Path) -> None:
     exported = EXPORTS[kind](tmp_path / "export")
     before = load_exported(exported).state_dict()

@@ -125,10 +125,11 @@ def profile_command(config, lut_path, quiet, **kw):
 @click.option("--device", help="Device for the forward/backward passes.")
 @click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("importance.json"),
               show_default=True)
-def score_command(config, output, **kw):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def score_command(config, output, quiet, **kw):
     """First-order Taylor importance into an importance JSON (CNN: BN parameters; ViT: heads, q/k, v, MLP, embedding)."""
     cfg = _config(config, kw, weights=True)
-    summary = pipeline.stage_score(cfg, output)
+    summary = pipeline.stage_score(cfg, output, progress=False if quiet else None)
     note = " (synthetic data: scores are meaningless)" if cfg["score"]["data"] == "synthetic" else ""
     click.echo(f"wrote {output}: {summary['batches']} batches in {summary['seconds']:.1f} s{note}")
 
