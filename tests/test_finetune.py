@@ -154,3 +154,12 @@ def test_hard_distillation_for_deit_distillation_token(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["finetune", "test_resnet", "-o", str(tmp_path / "c"), "--kd", "soft",
                                        *common[:-9], "--no-progress"])
     assert result.exit_code == 2 and "needs --teacher" in result.output
+
+
+def test_resume_on_a_mistyped_directory_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["finetune", "test_resnet", "--num-classes", "10", "--img-size", "32",
+                                       "--data", "builtin:fashion-mnist?train=64&val=32", "--resume",
+                                       "-o", str(tmp_path / "typo")])
+    assert result.exit_code == 2, result.output
+    assert "--resume:" in result.output and "does not exist (mistyped --output?)" in result.output
+    assert not (tmp_path / "typo").exists()

@@ -423,6 +423,8 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
                        f"pass --teacher-pretrained FILE or builtin:NAME, or a finetuned/exported directory")
     config = asdict(cfg) | {"model": model_spec, "data": str(parse_spec(data))}
     config_hash = canonical_hash(config)
+    if resume:
+        ckpt.require_checkpoint(out)  # a mistyped --output must not silently start a fresh run
     if not resume and ctx.is_main and (out / ckpt.POINTER).exists():
         raise MdpError(f"{out}: holds a run already; pass --resume to continue it or choose another --output")
 
@@ -473,7 +475,7 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
     start_epoch, step = 0, 0
     best: dict[str, Any] = {"metric": "val_top1", "value": None, "epoch": None}
     rows: list[dict[str, Any]] = []
-    if resume and (out / ckpt.POINTER).exists():
+    if resume:
         state, tensors = ckpt.read_checkpoint(out)
         if state["config"] != config:
             changed = sorted(k for k in config if state["config"].get(k) != config[k])
