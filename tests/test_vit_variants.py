@@ -198,3 +198,40 @@ def test_resolution_and_pretrained_weights_at_another_size(tmp_path):
     assert small.pos_embed.shape == (1, 5, 384)
     with pytest.raises(MdpError, match="weights do not fit the model"):
         load_vit_weights(create_model("vit_small_patch14_dinov2", img_size=28, depth=3), tmp_path / "w.safetensors")
+
+
+@pytest.mark.slow  # ~25 s: a 12-block DINOv2-S is created four times
+def test_headless_dinov2_through_the_commands(tmp_path):
+    """mdp space / score (label-free: score.objective features) / export (ONNX: features out) for a DINOv2
+    backbone at 28 px; the default objective (labels) is refused in one line for a model without classifier."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from mdp_cli.cli import main
+
+    base = {"model": "vit_small_patch14_dinov2", "resolution": 28, "space": {"steps": {"embed": 96, "mlp": 384}},
+            "score": {"data": "synthetic", "batches": 1, "batch_size": 2}}
+    (tmp_path / "labels.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "features.yaml").write_text(yaml.safe_dump({**base, "score": {**base["score"], "objective": "features"}}))
+    runner = CliRunner()
+    out = runner.invoke(main, ["space", "--config", str(tmp_path / "features.yaml")])
+    assert out.exit_code == 0 and "input [3, 28, 28]" in out.output, out.output
+    res = runner.invoke(main, ["score", "--config", str(tmp_path / "labels.yaml"), "-o", str(tmp_path / "x.json")])
+    assert res.exit_code != 0 and "no classifier" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    imp = tmp_path / "imp.json"
+    res = runner.invoke(main, ["score", "--config", str(tmp_path / "features.yaml"), "-o", str(imp)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(imp.read_text())["provenance"]["objective"] == "features"
+    sol = tmp_path / "sol.json"
+    sol.write_text(json.dumps({"schema": "mdp.solution", "version": 1, "choice": {"embed": 192},
+                               "blocks": {"blocks.3.attn": False}}))
+    res = runner.invoke(main, ["export", "--config", str(tmp_path / "features.yaml"), "--solution", str(sol),
+                               "--importance", str(imp), "-o", str(tmp_path / "pruned"), "--onnx", "--no-measure"])
+    assert res.exit_code == 0, res.output
+    model = load_exported(tmp_path / "pruned")
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 28, 28)).shape == (2, 192)  # features as wide as the kept embedding
+    report = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    assert report["onnx"]
