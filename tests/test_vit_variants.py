@@ -235,3 +235,20 @@ def test_headless_dinov2_through_the_commands(tmp_path):
         assert model(torch.randn(2, 3, 28, 28)).shape == (2, 192)  # features as wide as the kept embedding
     report = json.loads((tmp_path / "pruned" / "report.json").read_text())
     assert report["onnx"]
+
+
+@pytest.mark.parametrize("key", sorted(VARIANTS))
+def test_pretrained_file_loads_into_every_variant(key, tmp_path):
+    """--pretrained goes through timm's checkpoint filter: for each variant a saved state dict loads into a
+    fresh model of the same configuration and gives the same outputs (the filter changes nothing there)."""
+    from safetensors.torch import save_file
+
+    from mdp_cli.families.vit import load_vit_weights
+
+    name, model, img = variant(key)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    fresh = create_model(name, depth=2, **VARIANTS[key][1])
+    load_vit_weights(fresh, tmp_path / "w.safetensors")
+    x = torch.randn(2, 3, img, img)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), model(x), rtol=0, atol=0)
