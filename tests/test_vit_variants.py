@@ -72,6 +72,7 @@ def test_unpruned_export_equals_timm_and_pruned_export_reloads(key, tmp_path):
         torch.testing.assert_close(pruned(x), expected)
     width = facts["num_classes"] or facts["embed_dim"]  # headless: the pooled features are the output
     assert expected.shape == (3, width)
+    assert ("inputs only" in arch.get("note", "")) == facts["dynamic_img_size"]
 
     space = build_vit_space(model, name)
     rng = random.Random(2)

@@ -156,6 +156,9 @@ def export_vit(
         **({"prefix_tokens": f["prefix_tokens"]} if f["prefix_tokens"] != (2 if f["distilled"] else 1) else {}),
         **nondefault(f, {**STEM_LAYOUT, **HEAD_LAYOUT, **BRANCH_LAYOUT}),
     }
+    if f["dynamic_img_size"]:  # said in the spec: the source took any size, the export takes this one
+        arch["note"] = (f"the source model had dynamic_img_size; this export takes {f['img_size'][0]}x{f['img_size'][1]} "
+                        "inputs only (position embedding fixed at that grid)")
     pruned = build_vit(arch)
     pruned.load_state_dict({k: v.clone().contiguous() for k, v in new.items()}, strict=True)
     pruned.eval()
