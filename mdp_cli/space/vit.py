@@ -298,6 +298,7 @@ def vit_problem(
     tables: Mapping[str, Any],
     importance: Mapping[str, Any],
     constant_latency: float = 0.0,
+    family: str = "vit",
     **provenance_fields: Any,
 ):
     """The solver's problem for a ViT space: dims with cumulative importance, one latency term per space
@@ -329,7 +330,7 @@ def vit_problem(
     terms = [Term(t.name, tuple(t.dims), np.asarray(tables[t.name], float), t.block) for t in space.terms]
     blocks = [Block(b.name, b.removable) for b in space.blocks]
     return make_problem(dims, entries, terms, blocks, constant_latency=constant_latency, name=space.model_name,
-                        model=space.model_name, family="vit", **provenance_fields)
+                        model=space.model_name, family=family, **provenance_fields)
 
 
 def is_vit_model(model: nn.Module) -> bool:
