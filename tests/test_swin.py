@@ -152,3 +152,20 @@ def test_mdp_run_on_swin(tmp_path, monkeypatch):
         assert load_exported(tmp_path / "runs" / "swin" / "exported")(torch.randn(1, 3, 56, 56)).shape == (1, 5)
     res = CliRunner().invoke(main, ["space", "--model", NAME, "--resolution", "58"])
     assert res.exit_code != 0 and "not a multiple of" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # ~13 s: three full swin_tiny models
+def test_pretrained_weights_from_another_resolution(tmp_path):
+    """--pretrained for a Swin created at 56 px from weights of one created at 112 px: timm's Swin filter
+    resizes the relative-position tables of the windows clamped to the smaller grids."""
+    from safetensors.torch import save_file
+
+    from mdp_cli.families.swin import SwinFamily
+
+    big = create_model(NAME, img_size=112, num_classes=5)
+    save_file({k: v.contiguous() for k, v in big.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    model = SwinFamily()._model({"model": NAME, "resolution": 56, "num_classes": 5, "pretrained": tmp_path / "w.safetensors"})
+    torch.testing.assert_close(model.layers[0].blocks[0].mlp.fc1.weight, big.layers[0].blocks[0].mlp.fc1.weight)
+    assert model.layers[3].blocks[0].attn.relative_position_bias_table.shape == (9, 24)  # 2x2 window at 56 px
+    with pytest.raises(MdpError, match="weights do not fit"):
+        SwinFamily()._model({"model": NAME, "resolution": 56, "num_classes": 7, "pretrained": tmp_path / "w.safetensors"})
