@@ -41,7 +41,9 @@ class SwinFamily(Family):
     space_section = SwinSpaceSection
     default_model = "swin_tiny_patch4_window7_224"
     timing = VIT_TIMING
-    priority = 20
+    # the narrowest rule (timm's swin_transformer module only), so asked first; config.py names the last
+    # family owning a foreign key, so ViT (asked after) stays the one named for `space.steps` on a CNN
+    priority = 5
     score_methods = frozenset((o, c) for o in ("labels", "pseudo_labels", "features") for c in ("taylor", "fisher"))
 
     def recognises(self, model: str) -> bool:
