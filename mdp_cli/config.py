@@ -133,13 +133,18 @@ def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise MdpError(f"{where}: family {declared!r} does not match model {model!r}, which is a {family.name} "
                            f"(remove 'family' or fix 'model')")
     top = {}
-    for key, annotation, meta in (("resolution", Optional[int], {"min": 1}), ("num_classes", Optional[int], {"min": 1}),
+    # num_classes 0: a headless backbone (features out), where the family supports it
+    for key, annotation, meta in (("resolution", Optional[int], {"min": 1}), ("num_classes", Optional[int], {"min": 0}),
                                   ("pretrained", Optional[str], {}), ("random_init", Optional[bool], {}),
                                   ("run_dir", Optional[str], {}),
                                   ("name", Optional[str], {})):
         top[key] = check_value(given.get(key), annotation, meta, key, where)
-    foreign = {fld.name: other.title for other in all_families() if other.name != family.name
-               for fld in dataclasses.fields(other.space_section)}
+    owners: dict[str, list[str]] = {}
+    for other in all_families():
+        if other.name != family.name:
+            for fld in dataclasses.fields(other.space_section):
+                owners.setdefault(fld.name, []).append(other.title)
+    foreign = {key: "/".join(titles) for key, titles in owners.items()}
     space = section_from(family.space_section, given.get("space"), "space", where, foreign, family.title)
     sections = {name: section_from(cls, given.get(name), name, where) for name, cls in SECTIONS.items()}
     cfg: dict[str, Any] = {

@@ -18,6 +18,8 @@ dense vs the measured one, which cancels the load drift of a shared machine betw
 measuring). Prints and (``--out``) writes median and worst absolute errors of each. Example:
 
     python scripts/bench_latency_model_vit.py --model deit_small --configs 30 --out bench_deit_small.json
+    python scripts/bench_latency_model_vit.py --model vit_small_patch14_dinov2 --img-size 224 --configs 30 \
+        --out bench_dinov2_small.json     # any ViT the family supports (DINOv2: patch 14, 257 tokens)
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     profile_s = time.perf_counter() - t0
     tables = vit_tables(space, lut)
     lin = linear_tables(space, tables)
-    print(f"{args.model} img {args.img_size}: profiled {lut['provenance']['measurements']} configurations in "
+    print(f"{args.model} img {args.img_size}: profiled {lut['provenance']['configurations']} configurations in "
           f"{profile_s:.1f} s", flush=True)
 
     rng = random.Random(args.seed)
@@ -107,10 +109,10 @@ def main(argv=None) -> int:
               flush=True)
     del configs
 
-    summary = {"model": canonical_name(args.model), "img_size": args.img_size, "device": lut["provenance"]["device"],
+    summary = {"model": canonical_name(args.model), "img_size": args.img_size, "device": args.device,
                "threads": 1, "configs": args.configs, "remove_prob": args.remove_prob, "grid": grid,
                "rounds": args.rounds, "samples": per_round * args.rounds,
-               "profile_seconds": round(profile_s, 1), "measurements": lut["provenance"]["measurements"]}
+               "profile_seconds": round(profile_s, 1), "measurements": lut["provenance"]["configurations"]}
     summary["dense_predicted_ms"] = dense_multi
     summary["dense_measured_ms_median"] = statistics.median(r["dense_measured_ms"] for r in rows)
     summary["dense_measured_ms_range"] = [min(r["dense_measured_ms"] for r in rows), max(r["dense_measured_ms"] for r in rows)]

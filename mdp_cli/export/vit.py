@@ -1,6 +1,8 @@
-"""Surgery: a timm ``VisionTransformer`` (DeiT, distilled DeiT, ViT) + (choice, kept, importance) -> the
-``PrunedViT`` of ``mdp_cli.modules.vit`` and its ``mdp.arch`` spec (``family: "vit"``; the spec format is
-documented there)."""
+"""Surgery: a timm ``VisionTransformer`` (DeiT, DeiT-III, ViT, DINOv2, ... as ``space.vit.vit_facts``
+accepts) + (choice, kept, importance) -> the ``PrunedViT`` of ``mdp_cli.modules.vit`` and its ``mdp.arch``
+spec (``family: "vit"``; the spec format is documented there). Every tensor that carries the embedding
+(tokens, position embedding, every LayerNorm, layer-scale gains, projections, classifier) is sliced by the
+same kept channels. A ``dynamic_img_size`` model is exported at the size it was created at."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from torch import nn
 
 from mdp_cli.errors import MdpError
 from mdp_cli.modules.vit import build_vit
-from mdp_cli.space.vit import vit_facts
+from mdp_cli.space.vit import BRANCH_LAYOUT, HEAD_LAYOUT, STEM_LAYOUT, nondefault, vit_facts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -63,11 +65,23 @@ def export_vit(
     # embedding channels: magnitude fallback = L2 norm of the patch-embedding filters
     e_idx = _top(scores.get("embed"), int(choice.get("embed", E)), sd["patch_embed.proj.weight"].flatten(1).norm(dim=1).double())
     new: dict[str, torch.Tensor] = {}
-    prefix = [sd["cls_token"]] + ([sd["dist_token"]] if f["distilled"] else [])
+
+    def copy_ln(src: str, dst: str) -> None:
+        new[dst + ".weight"], new[dst + ".bias"] = sd[src + ".weight"][e_idx], sd[src + ".bias"][e_idx]
+
     new["stem.proj.weight"] = sd["patch_embed.proj.weight"][e_idx]
-    new["stem.proj.bias"] = sd["patch_embed.proj.bias"][e_idx]
-    new["stem.prefix"] = torch.cat(prefix, dim=1)[..., e_idx]
-    new["stem.pos_embed"] = sd["pos_embed"][..., e_idx]
+    if f["patch_bias"]:
+        new["stem.proj.bias"] = sd["patch_embed.proj.bias"][e_idx]
+    if f["patch_norm_eps"] is not None:
+        copy_ln("patch_embed.norm", "stem.norm")
+    # timm's prefix order: class token, then registers (or the distillation token)
+    prefix = [sd[k] for k in ("cls_token", "reg_token", "dist_token") if k in sd]
+    if prefix:
+        new["stem.prefix"] = torch.cat(prefix, dim=1)[..., e_idx]
+    if f["pos_embed"]:
+        new["stem.pos_embed"] = sd["pos_embed"][..., e_idx]
+    if f["norm_pre_eps"] is not None:
+        copy_ln("norm_pre", "stem.norm_pre")
     blocks_arch = []
     for i in range(f["depth"]):
         p, spec, layer = f"blocks.{i}.", {}, 0
@@ -85,15 +99,17 @@ def export_vit(
                 return t[h_idx][:, cols][:, :, e_idx].reshape(-1, len(e_idx))
 
             q = f"blocks.{i}.{layer}."
-            new[q + "norm.weight"] = sd[p + "norm1.weight"][e_idx]
-            new[q + "norm.bias"] = sd[p + "norm1.bias"][e_idx]
+            copy_ln(p + "norm1", q + "norm")
             new[q + "attn.qkv.weight"] = torch.cat([cut(wq, q_idx), cut(wk, q_idx), cut(wv, v_idx)])
             if b is not None:
                 bq, bk, bv = (t.reshape(H, D) for t in b.chunk(3))
                 new[q + "attn.qkv.bias"] = torch.cat([bq[h_idx][:, q_idx].flatten(), bk[h_idx][:, q_idx].flatten(),
                                                       bv[h_idx][:, v_idx].flatten()])
             new[q + "attn.proj.weight"] = pw[e_idx][:, h_idx][:, :, v_idx].reshape(len(e_idx), -1)
-            new[q + "attn.proj.bias"] = sd[p + "attn.proj.bias"][e_idx]
+            if f["proj_bias"]:
+                new[q + "attn.proj.bias"] = sd[p + "attn.proj.bias"][e_idx]
+            if f["layer_scale"]:
+                new[q + "gamma"] = sd[p + "ls1.gamma"][e_idx]
             spec["attn"] = {"heads": len(h_idx), "qk_dim": len(q_idx), "v_dim": len(v_idx), "scale": f["scale"]}
             layer += 1
         else:
@@ -103,23 +119,28 @@ def export_vit(
             m_idx = _top(scores.get(p + "mlp.hidden"), int(choice.get(p + "mlp.hidden", M)),
                          (w1.norm(dim=1) * w2.norm(dim=0)).double())
             q = f"blocks.{i}.{layer}."
-            new[q + "norm.weight"] = sd[p + "norm2.weight"][e_idx]
-            new[q + "norm.bias"] = sd[p + "norm2.bias"][e_idx]
+            copy_ln(p + "norm2", q + "norm")
             new[q + "mlp.fc1.weight"] = w1[m_idx][:, e_idx]
-            new[q + "mlp.fc1.bias"] = sd[p + "mlp.fc1.bias"][m_idx]
             new[q + "mlp.fc2.weight"] = w2[e_idx][:, m_idx]
-            new[q + "mlp.fc2.bias"] = sd[p + "mlp.fc2.bias"][e_idx]
+            if f["proj_bias"]:
+                new[q + "mlp.fc1.bias"] = sd[p + "mlp.fc1.bias"][m_idx]
+                new[q + "mlp.fc2.bias"] = sd[p + "mlp.fc2.bias"][e_idx]
+            if f["layer_scale"]:
+                new[q + "gamma"] = sd[p + "ls2.gamma"][e_idx]
             spec["mlp"] = {"hidden": len(m_idx)}
         else:
             spec["mlp"] = None
         blocks_arch.append(spec)
-    new["head.norm.weight"] = sd["norm.weight"][e_idx]
-    new["head.norm.bias"] = sd["norm.bias"][e_idx]
-    new["head.head.weight"] = sd["head.weight"][:, e_idx]
-    new["head.head.bias"] = sd["head.bias"]
-    if f["distilled"]:
-        new["head.head_dist.weight"] = sd["head_dist.weight"][:, e_idx]
-        new["head.head_dist.bias"] = sd["head_dist.bias"]
+    if f["final_norm"]:
+        copy_ln("norm", "head.norm")
+    if f["fc_norm"]:
+        copy_ln("fc_norm", "head.fc_norm")
+    if f["num_classes"]:
+        new["head.head.weight"] = sd["head.weight"][:, e_idx]
+        new["head.head.bias"] = sd["head.bias"]
+        if f["distilled"]:
+            new["head.head_dist.weight"] = sd["head_dist.weight"][:, e_idx]
+            new["head.head_dist.bias"] = sd["head_dist.bias"]
     arch = {
         "family": "vit",
         "embed_dim": len(e_idx),
@@ -131,7 +152,13 @@ def export_vit(
         "eps": f["eps"],
         "qkv_bias": f["qkv_bias"],
         "blocks": blocks_arch,
+        # the layout beyond DeiT's (absent keys load as DeiT's)
+        **({"prefix_tokens": f["prefix_tokens"]} if f["prefix_tokens"] != (2 if f["distilled"] else 1) else {}),
+        **nondefault(f, {**STEM_LAYOUT, **HEAD_LAYOUT, **BRANCH_LAYOUT}),
     }
+    if f["dynamic_img_size"]:  # said in the spec: the source took any size, the export takes this one
+        arch["note"] = (f"the source model had dynamic_img_size; this export takes {f['img_size'][0]}x{f['img_size'][1]} "
+                        "inputs only (position embedding fixed at that grid)")
     pruned = build_vit(arch)
     pruned.load_state_dict({k: v.clone().contiguous() for k, v in new.items()}, strict=True)
     pruned.eval()
@@ -145,7 +172,8 @@ def export_vit_onnx(model: nn.Module, path: str, arch: Mapping[str, Any], batch:
     from mdp_cli.artifacts import atomic_path
 
     x = torch.randn(batch, int(arch["in_chans"]), *arch["img_size"])
+    out = "logits" if arch["num_classes"] else "features"  # a headless backbone returns features
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=False, input_names=["images"], output_names=["logits"],
-                          opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(model.eval(), (x,), str(tmp), dynamo=False, input_names=["images"], output_names=[out],
+                          opset_version=opset, dynamic_axes={"images": {0: "batch"}, out: {0: "batch"}})

@@ -24,7 +24,7 @@ from mdp_cli.families.base import Discovered, Family
 __all__ = ["Discovered", "Family", "all_families", "family_for_model", "family_of", "get_family", "register_family",
            "unregister_family"]
 
-BUILTIN = ("mdp_cli.families.vit", "mdp_cli.families.cnn")
+BUILTIN = ("mdp_cli.families.vit", "mdp_cli.families.swin", "mdp_cli.families.cnn")
 _REGISTRY: dict[str, Family] = {}
 _loaded = False
 F = TypeVar("F", bound=type)

@@ -37,6 +37,7 @@ class CnnFamily(Family):
     default_resolution = 64
     from mdp_cli.latency.profile import GRID_TIMING as timing  # noqa: E402  (a class attribute)
     priority = 90  # the catch-all: asked after every family with a narrower rule
+    score_methods = frozenset((o, c) for o in ("labels", "pseudo_labels", "features") for c in ("taylor", "fisher"))
 
     def recognises(self, model: str) -> bool:
         return True
@@ -75,11 +76,16 @@ class CnnFamily(Family):
                              importance_file=str(importance_path) if importance_path else None)
 
     def score(self, cfg, discovered: Discovered, batches: Iterable, device: str) -> dict[str, Any]:
+        from mdp_cli.importance.objectives import make_loss
         from mdp_cli.importance.taylor import bn_taylor_scores, importance_record
 
-        node_scores, count = bn_taylor_scores(discovered.model, discovered.details, batches, device=device)
+        s = cfg["score"]
+        objective, criterion = s.get("objective", "labels"), s.get("criterion", "taylor")
+        node_scores, count = bn_taylor_scores(discovered.model, discovered.details, batches, device=device,
+                                              loss_fn=make_loss(objective, int(s.get("seed", 0))), criterion=criterion)
         return {"dims": importance_record(discovered.details, node_scores), "batches": count,
-                "method": "taylor_bn", "space": dict(cfg["space"])}
+                "method": "taylor_bn" if criterion == "taylor" else "fisher_bn", "objective": objective,
+                "criterion": criterion, "space": dict(cfg["space"])}
 
     def export(self, discovered: Discovered, choice, kept, importance):
         from mdp_cli.export.cnn_prune import prune_cnn

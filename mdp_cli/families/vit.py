@@ -1,9 +1,11 @@
-"""The ViT family: timm ``VisionTransformer`` models (DeiT, distilled DeiT, ViT) in all of the paper's dims.
+"""The ViT family: timm ``VisionTransformer`` models (DeiT, distilled DeiT, DeiT-III, ViT, DINOv2 with or
+without registers, CLIP-style pre-norm, global-pool and headless variants) in all of the paper's dims.
 
 Space: embedding (shared by every block), per block heads, q/k width, v width, MLP hidden; attention and MLP
 branches removable (``space/vit.py``). Latency: qk(E,H,Q) + vproj(E,H,V) + sdpa(H,Q,V) + mlp(E,M) + stem + head,
 measured on a sub-grid and interpolated (``latency/vit_plan.py``, ``latency/vit_tables.py``). Importance:
-first-order Taylor per unit (``importance/vit.py``). Export: ``export/vit.py`` into ``modules/vit.py``.
+Taylor or Fisher per unit, on labels, pseudo-labels or features
+(``importance/vit.py``, ``importance/objectives.py``). Export: ``export/vit.py`` into ``modules/vit.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,39 @@ def parse_mapping(text: Any, what: str, allowed: tuple[str, ...]) -> dict[str, i
     return out
 
 
+def native_size(name: str) -> int | str:
+    """The input size timm's default config gives a model (e.g. 224)."""
+    try:
+        import timm
+
+        return int(timm.models.get_pretrained_cfg(name).input_size[-1])
+    except Exception:  # no config known: say so rather than guess
+        return "(unknown)"
+
+
+def load_vit_weights(model, path) -> None:
+    """Load a local checkpoint through timm's ViT checkpoint filter: it resamples the position embedding to
+    the model's grid (weights trained at 518 px load into a model created at 224 px), resizes the patch
+    kernel, and converts the original DINOv2 / CLIP key layouts. The weights must then fit exactly."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from mdp_cli.models import read_state_dict
+
+    state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except Exception as exc:  # a shape timm cannot resample: keep the message on one line
+        raise MdpError(f"{path}: cannot adapt these weights to the model ({exc})".replace("\n", " ")) from None
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise MdpError(f"{path}: weights do not fit the model ({first}); check --model and --num-classes") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise MdpError(f"{path}: weights do not fit the model (missing {result.missing_keys[:3]}..., "
+                       f"unexpected {result.unexpected_keys[:3]}...); check --model and --num-classes")
+
+
 @dataclasses.dataclass
 class VitSpaceSection:
     steps: Optional[Any] = setting(None, doc="units per option step, e.g. embed=16,heads=1,qk=8,v=8,mlp=64")
@@ -57,12 +92,13 @@ class VitSpaceSection:
 class VitFamily(Family):
     name = "vit"
     title = "ViT"
-    summary = "timm VisionTransformer (DeiT, ViT): embedding, heads, q/k, v, MLP, attention/MLP branches"
+    summary = "timm VisionTransformer (DeiT, DeiT-III, ViT, DINOv2): embedding, heads, q/k, v, MLP, attention/MLP branches"
     space_section = VitSpaceSection
     default_model = "deit_tiny"
     default_resolution = None  # the model's own img_size
     from mdp_cli.latency.vit_plan import VIT_TIMING as timing  # noqa: E402  (a class attribute)
     priority = 10
+    score_methods = frozenset((o, c) for o in ("labels", "pseudo_labels", "features") for c in ("taylor", "fisher"))
 
     def recognises(self, model: str) -> bool:
         from mdp_cli.models import canonical_name
@@ -92,11 +128,30 @@ class VitFamily(Family):
         return {GRID_ALIASES.get(k, k): v for k, v in parsed.items()}
 
     def _model(self, cfg: Mapping[str, Any]):
-        from mdp_cli.models import create_model
+        """The dense timm model at the configured resolution (``img_size``; a ``dynamic_img_size`` model is
+        created, and exported, at that fixed size) with ``--pretrained`` weights, whose position embedding
+        (and patch kernel) timm resamples when they were trained at another size."""
+        from mdp_cli.models import canonical_name, create_model
 
+        name = canonical_name(str(cfg["model"]))
         overrides = {k: v for k, v in (("img_size", cfg.get("resolution")), ("num_classes", cfg.get("num_classes")))
                      if v is not None}
-        return create_model(cfg["model"], pretrained=cfg.get("pretrained"), **overrides)
+        try:
+            model = create_model(name, **overrides)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            raise MdpError(f"{name} has a fixed input size {native_size(name)} (timm cannot create it at "
+                           f"--resolution {cfg['resolution']}); use --resolution {native_size(name)} or omit it") from None
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        res = cfg.get("resolution")
+        if res is not None and patch and any(int(res) % int(p) for p in patch):
+            lo = max(int(res) // int(patch[0]), 1) * int(patch[0])
+            raise MdpError(f"--resolution {res} is not a multiple of {name}'s patch size {int(patch[0])} "
+                           f"(use {lo} or {lo + int(patch[0])})")
+        if cfg.get("pretrained"):
+            load_vit_weights(model, cfg["pretrained"])
+        return model.eval()
 
     def discover(self, cfg: Mapping[str, Any]) -> Discovered:
         from mdp_cli.models import canonical_name
@@ -126,17 +181,19 @@ class VitFamily(Family):
                            device=lut.device, stat=lut.stat)
 
     def score(self, cfg, discovered: Discovered, batches: Iterable, device: str) -> dict[str, Any]:
-        from torch import nn
-
+        from mdp_cli.importance.objectives import make_loss
         from mdp_cli.importance.vit import vit_importance
+        from mdp_cli.space.vit import vit_facts
 
-        def loss(out, labels):  # labels of a data set with more classes than the model are folded onto it
-            return nn.functional.cross_entropy(out, labels % out.shape[1])
-
-        record = vit_importance(discovered.model, batches, discovered.space, loss_fn=loss, device=device)
+        s = cfg["score"]
+        objective, criterion = s.get("objective", "labels"), s.get("criterion", "taylor")
+        loss = make_loss(objective, int(s.get("seed", 0)), has_classifier=vit_facts(discovered.model)["num_classes"] > 0)
+        record = vit_importance(discovered.model, batches, discovered.space, loss_fn=loss, device=device,
+                                criterion=criterion)
         prov = record["provenance"]
         return {"dims": record["dims"], "batches": prov.get("batches"), "images": prov.get("images"),
-                "method": prov.get("method", "taylor_first_order"), "steps": cfg["space"].get("steps")}
+                "method": prov.get("method", "taylor_first_order"), "objective": objective, "criterion": criterion,
+                "steps": cfg["space"].get("steps")}
 
     def export(self, discovered: Discovered, choice, kept, importance):
         from mdp_cli.export.vit import export_vit

@@ -36,19 +36,22 @@ VERSION = 1
 
 
 def bn_taylor_scores(model: nn.Module, analysis: CnnAnalysis, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     device: str = "cpu") -> tuple[dict[str, np.ndarray], int]:
-    """Per-node scores: BN nodes (and producer convs/linears as a fallback), summed over batches."""
+                     device: str = "cpu", loss_fn=None, criterion: str = "taylor") -> tuple[dict[str, np.ndarray], int]:
+    """Per-node scores: BN nodes (and producer convs/linears as a fallback), summed over batches.
+    ``loss_fn(outputs, labels)``: default cross-entropy to the labels (``importance/objectives.py`` has the
+    label-free ones); ``criterion``: ``taylor`` |group term| or ``fisher`` (group term)² per batch."""
     model = model.to(device).eval()  # eval: running statistics are used and left untouched
     modules = dict(model.named_modules())
     bn_nodes = analysis.norm_nodes()
     weight_nodes = [n for n in analysis.graph.nodes if n.op in ("conv", "linear") and n.module]
     acc: dict[str, torch.Tensor] = {}
     count = 0
-    loss_fn = nn.CrossEntropyLoss()
+    reduce = torch.square if criterion == "fisher" else torch.abs
     for images, labels in batches:
         model.zero_grad(set_to_none=True)
         out = model(images.to(device))
-        loss = loss_fn(out, labels.to(device) % out.shape[1])
+        labels = labels.to(device)
+        loss = loss_fn(out, labels) if loss_fn else nn.functional.cross_entropy(out, labels % out.shape[1])
         loss.backward()
         for n in bn_nodes:
             bn = modules[n.module]
@@ -57,13 +60,13 @@ def bn_taylor_scores(model: nn.Module, analysis: CnnAnalysis, batches: Iterable[
             s = bn.weight * bn.weight.grad
             if getattr(bn, "bias", None) is not None and bn.bias.grad is not None:
                 s = s + bn.bias * bn.bias.grad
-            s = s.abs().detach().cpu().double()
+            s = reduce(s).detach().cpu().double()
             acc[n.name] = acc.get(n.name, 0) + s
         for n in weight_nodes:
             w = modules[n.module].weight
             if w.grad is None:
                 continue
-            s = (w * w.grad).detach().cpu().double().flatten(1).sum(1).abs()
+            s = reduce((w * w.grad).detach().cpu().double().flatten(1).sum(1))
             acc["w:" + n.name] = acc.get("w:" + n.name, 0) + s
         count += 1
     if count == 0:

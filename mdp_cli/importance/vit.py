@@ -1,16 +1,18 @@
-"""Taylor importance for the dims of a ViT space (first order, |Σ w·∂L/∂w| per unit and layer).
+"""Importance for the dims of a ViT space: first-order Taylor |Σ w·∂L/∂w| per unit and layer, or the
+Fisher criterion (Σ w·∂L/∂w)² (``criterion="fisher"``).
 
 For each batch, every parameter's ``w * grad`` is summed over the weights of a unit *within one layer*,
-the absolute value taken, and the result summed over layers and batches:
+the absolute value (Taylor) or the square (Fisher) taken, and the result summed over layers and batches:
 
 - head h of block i: the q, k, v rows of the head in ``qkv`` (and biases) and its columns in ``proj``;
 - q/k column j: the q and k rows at column j of every head, per head, summed over the block's heads
   (the same columns are kept in every head, so heads stay uniform);
 - v column j: the v rows at column j of every head and the matching ``proj`` columns, summed over heads;
 - MLP neuron: its ``fc1`` row and bias and its ``fc2`` column;
-- embedding channel c: every layer that reads or writes the residual stream — patch embedding, class /
-  distillation token, position embedding, every LayerNorm, ``qkv`` and ``fc1`` input columns, ``proj``
-  and ``fc2`` output rows, the final norm, the head(s).
+- embedding channel c: every layer that reads or writes the residual stream — patch embedding (and its
+  norm), class / register / distillation tokens, position embedding, every LayerNorm (``norm_pre``,
+  ``fc_norm`` included), ``qkv`` and ``fc1`` input columns, ``proj`` and ``fc2`` output rows, the
+  layer-scale gains, the head(s) if any.
 
 The embedding importance is also kept split by block (``gated``): the share from the layers of
 ``blocks.i.attn`` / ``blocks.i.mlp`` vanishes when that branch is removed; ``base`` is the rest (stem,
@@ -50,8 +52,14 @@ def cumulative(scores: np.ndarray, options: Iterable[int], order: np.ndarray | N
 
 
 class _Accumulator:
-    def __init__(self, f: Mapping[str, Any]):
-        self.f = f
+    """Per-unit sums of the group terms Σ w·∂L/∂w over batches; ``criterion`` says how one batch's group
+    term counts: ``taylor`` |Σ w·g| (first order), ``fisher`` (Σ w·g)² (the squared-gradient, i.e.
+    empirical-Fisher approximation of the Hessian diagonal of the loss change, NViT's criterion)."""
+
+    def __init__(self, f: Mapping[str, Any], criterion: str = "taylor"):
+        if criterion not in CRITERIA:
+            raise MdpError(f"unknown importance criterion {criterion!r} (known: {', '.join(CRITERIA)})")
+        self.f, self.reduce = f, CRITERIA[criterion]
         E, H, D, M, L = f["embed_dim"], f["heads"], f["head_dim"], f["mlp_hidden"], f["depth"]
         self.embed = {"fixed": torch.zeros(E, dtype=torch.float64)}
         for i in range(L):
@@ -64,43 +72,57 @@ class _Accumulator:
 
     @torch.no_grad()
     def add(self, model: nn.Module) -> None:
-        f = self.f
+        f, r = self.f, self.reduce
         E, H, D = f["embed_dim"], f["heads"], f["head_dim"]
 
-        def wg(p: torch.Tensor) -> torch.Tensor:
-            if p.grad is None:
-                return torch.zeros_like(p, dtype=torch.float64)
-            return (p.detach() * p.grad).double()
+        def wg(p: torch.Tensor | None, shape: tuple[int, ...] = ()) -> torch.Tensor:
+            """w·∂L/∂w (zeros for an absent parameter or one without a gradient)."""
+            if p is None or p.grad is None:
+                return torch.zeros(shape if p is None else p.shape, dtype=torch.float64)
+            return (p.detach() * p.grad).double().cpu()
+
+        def ln(norm: nn.Module) -> torch.Tensor:  # a LayerNorm's per-channel term (Identity: none)
+            return wg(getattr(norm, "weight", None), (E,)) + wg(getattr(norm, "bias", None), (E,))
+
+        def tokens(p: torch.Tensor | None) -> torch.Tensor:  # per channel, summed over the tokens
+            return torch.zeros(E, dtype=torch.float64) if p is None else wg(p).reshape(-1, E).sum(0)
 
         fixed = self.embed["fixed"]
-        pe = model.patch_embed.proj
-        fixed += wg(pe.weight).flatten(1).sum(1).abs() + wg(pe.bias).abs()
-        fixed += wg(model.cls_token).reshape(-1, E).sum(0).abs()
-        if f["distilled"]:
-            fixed += wg(model.dist_token).reshape(-1, E).sum(0).abs()
-        fixed += wg(model.pos_embed).reshape(-1, E).sum(0).abs()
-        fixed += (wg(model.norm.weight) + wg(model.norm.bias)).abs()
-        fixed += wg(model.head.weight).sum(0).abs()
-        if f["distilled"]:
-            fixed += wg(model.head_dist.weight).sum(0).abs()
+        pe = model.patch_embed
+        fixed += r(wg(pe.proj.weight).flatten(1).sum(1)) + r(wg(pe.proj.bias, (E,)))
+        fixed += r(ln(pe.norm))
+        for name in ("cls_token", "reg_token", "dist_token", "pos_embed"):
+            fixed += r(tokens(getattr(model, name, None)))
+        fixed += r(ln(model.norm_pre)) + r(ln(model.norm)) + r(ln(model.fc_norm))
+        if f["num_classes"]:
+            fixed += r(wg(model.head.weight).sum(0))
+            if f["distilled"]:
+                fixed += r(wg(model.head_dist.weight).sum(0))
         for i, blk in enumerate(model.blocks):
             a, m = self.embed[f"blocks.{i}.attn"], self.embed[f"blocks.{i}.mlp"]
             qkv_w = wg(blk.attn.qkv.weight)  # (3·H·D, E)
-            qkv_b = wg(blk.attn.qkv.bias) if blk.attn.qkv.bias is not None else torch.zeros(3 * H * D, dtype=torch.float64)
+            qkv_b = wg(blk.attn.qkv.bias, (3 * H * D,))
             proj_w = wg(blk.attn.proj.weight)  # (E, H·D)
-            a += (wg(blk.norm1.weight) + wg(blk.norm1.bias)).abs()
-            a += qkv_w.sum(0).abs() + (proj_w.sum(1) + wg(blk.attn.proj.bias)).abs()
-            m += (wg(blk.norm2.weight) + wg(blk.norm2.bias)).abs()
-            m += wg(blk.mlp.fc1.weight).sum(0).abs()
-            m += (wg(blk.mlp.fc2.weight).sum(1) + wg(blk.mlp.fc2.bias)).abs()
+            a += r(ln(blk.norm1))
+            a += r(qkv_w.sum(0)) + r(proj_w.sum(1) + wg(blk.attn.proj.bias, (E,)))
+            a += r(wg(getattr(blk.ls1, "gamma", None), (E,)))
+            fc1_w, fc2_w = wg(blk.mlp.fc1.weight), wg(blk.mlp.fc2.weight)
+            m += r(ln(blk.norm2))
+            m += r(fc1_w.sum(0))
+            m += r(fc2_w.sum(1) + wg(blk.mlp.fc2.bias, (E,)))
+            m += r(wg(getattr(blk.ls2, "gamma", None), (E,)))
 
             per_unit = qkv_w.sum(1) + qkv_b  # (3·H·D,)
             q, k, v = (t.reshape(H, D) for t in per_unit.chunk(3))
             proj_hd = proj_w.sum(0).reshape(H, D)
-            self.heads[i] += (q.sum(1) + k.sum(1) + v.sum(1) + proj_hd.sum(1)).abs()
-            self.qk[i] += (q + k).abs().sum(0)
-            self.v[i] += (v + proj_hd).abs().sum(0)
-            self.mlp[i] += (wg(blk.mlp.fc1.weight).sum(1) + wg(blk.mlp.fc1.bias) + wg(blk.mlp.fc2.weight).sum(0)).abs()
+            self.heads[i] += r(q.sum(1) + k.sum(1) + v.sum(1) + proj_hd.sum(1))
+            self.qk[i] += r(q + k).sum(0)
+            self.v[i] += r(v + proj_hd).sum(0)
+            self.mlp[i] += r(fc1_w.sum(1) + wg(blk.mlp.fc1.bias, (fc1_w.shape[0],)) + fc2_w.sum(0))
+
+
+CRITERIA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"taylor": torch.abs, "fisher": torch.square}
+METHODS = {"taylor": "taylor_first_order", "fisher": "fisher_squared_grad"}
 
 
 def vit_importance(
@@ -111,14 +133,18 @@ def vit_importance(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
+    criterion: str = "taylor",
+    **provenance_fields: Any,
 ) -> dict[str, Any]:
-    """Taylor importance of every dim of ``space`` over batches ``(images, labels)`` of ``data_loader``."""
+    """Importance of every dim of ``space`` over batches ``(images, labels)`` of ``data_loader``:
+    ``loss_fn(outputs, labels)`` (default cross-entropy; see ``importance/objectives.py`` for label-free
+    losses), ``criterion`` ``taylor`` or ``fisher`` (see ``_Accumulator``)."""
     f = vit_facts(model)
     loss_fn = loss_fn or nn.functional.cross_entropy
     model = model.to(device)
     was_training = model.training
     model.eval()  # no dropout / drop-path: the scores describe the deployed function
-    acc = _Accumulator(f)
+    acc = _Accumulator(f, criterion)
     batches = images_seen = 0
     try:
         for batch in data_loader:
@@ -142,7 +168,8 @@ def vit_importance(
         model.train(was_training)
     if batches == 0:
         raise MdpError("the data loader gave no batches; importance needs at least one")
-    return importance_dict(space, acc, batches=batches, images=images_seen)
+    return importance_dict(space, acc, method=METHODS[criterion], batches=batches, images=images_seen,
+                           **provenance_fields)
 
 
 def importance_dict(space: PruningSpace, acc: _Accumulator, **prov: Any) -> dict[str, Any]:
@@ -163,4 +190,4 @@ def importance_dict(space: PruningSpace, acc: _Accumulator, **prov: Any) -> dict
         dims[dim.name] = {"scores": scores.tolist(), "step": dim.step, "options": list(dim.options), "align": 1,
                           "order": order.tolist(), "cumulative": cum, "base": cum, "block": dim.block, "gated": {}}
     return {"schema": SCHEMA, "version": VERSION, "model": space.model_name,
-            "provenance": provenance(model=space.model_name, method="taylor_first_order", **prov), "dims": dims}
+            "provenance": provenance(model=space.model_name, **{"method": "taylor_first_order", **prov}), "dims": dims}

@@ -1,8 +1,11 @@
 """Latency op builders for vision transformers: the exact modules the exported model runs.
 
 Every builder returns a module of ``mdp_cli.modules.vit`` (same LayerNorm, fused uneven qkv linear,
-``F.scaled_dot_product_attention`` kernel, residual add) and an input of the model's token count, batch
-and dtype, so what is timed is what the pruned model executes.
+``F.scaled_dot_product_attention`` kernel, layer scale, residual add; the stem and head in the model's
+layout: prefix/register tokens, position embedding, norms, pooling, classifier or none) and an input of
+the model's token count (patches + class/register/distillation tokens), batch and dtype, so what is
+timed is what the pruned model executes. The layout comes from the term's context, so it is part of the
+LUT signature.
 
 The attention branch cannot be timed as two separate halves without changing the kernel (SDPA fuses
 QKᵀ, softmax and attn·V). So ``vit_qk(E, H, Q)`` times the whole branch with the value width held at a
@@ -19,12 +22,18 @@ from typing import Any
 
 import torch
 
-from mdp_cli.modules.vit import AttentionBranch, MlpBranch, PatchStem, TokenHead, attention_kernel
+from mdp_cli.modules.vit import (AttentionBranch, MlpBranch, PatchStem, TokenHead, attention_kernel, head_kwargs,
+                                 stem_kwargs)
 from mdp_cli.latency.ops import register_op
 
 
 def _dtype(context: dict[str, Any]) -> torch.dtype:
     return getattr(torch, context.get("dtype", "float32"))
+
+
+def _branch_layout(context: dict[str, Any]) -> dict[str, bool]:
+    """Layer scale (DINOv2, DeiT-III) and projection biases: in the context only when not DeiT's."""
+    return {"layer_scale": bool(context.get("layer_scale", False)), "proj_bias": bool(context.get("proj_bias", True))}
 
 
 def _tokens(context, sizes, batch):
@@ -33,7 +42,8 @@ def _tokens(context, sizes, batch):
 
 def _attn(context: dict[str, Any], e: int, h: int, q: int, v: int, batch: int):
     d = int(context.get("full_head_dim", 64))
-    module = AttentionBranch(e, h, q, v, d ** -0.5, float(context.get("eps", 1e-6)), bool(context.get("qkv_bias", True)))
+    module = AttentionBranch(e, h, q, v, d ** -0.5, float(context.get("eps", 1e-6)), bool(context.get("qkv_bias", True)),
+                             **_branch_layout(context))
     return module.to(_dtype(context)).eval(), _tokens(context, {"embed": e}, batch)
 
 
@@ -75,14 +85,17 @@ def vit_sdpa(context: dict[str, Any], sizes: dict[str, int], batch: int):
 
 @register_op("vit_mlp")
 def vit_mlp(context: dict[str, Any], sizes: dict[str, int], batch: int):
-    module = MlpBranch(sizes["embed"], sizes["hidden"], float(context.get("eps", 1e-6)))
+    layout = _branch_layout(context)
+    module = MlpBranch(sizes["embed"], sizes["hidden"], float(context.get("eps", 1e-6)), layout["layer_scale"],
+                       layout["proj_bias"])
     return module.to(_dtype(context)).eval(), _tokens(context, sizes, batch)
 
 
 @register_op("vit_stem")
 def vit_stem(context: dict[str, Any], sizes: dict[str, int], batch: int):
     img, patch = tuple(context["img_size"]), tuple(context["patch_size"])
-    module = PatchStem(sizes["embed"], img, patch, int(context["in_chans"]), int(context["prefix_tokens"]))
+    module = PatchStem(sizes["embed"], img, patch, int(context["in_chans"]), int(context["prefix_tokens"]),
+                       **stem_kwargs(context))
     x = torch.randn(batch, int(context["in_chans"]), *img, dtype=_dtype(context))
     return module.to(_dtype(context)).eval(), x
 
@@ -90,5 +103,5 @@ def vit_stem(context: dict[str, Any], sizes: dict[str, int], batch: int):
 @register_op("vit_head")
 def vit_head(context: dict[str, Any], sizes: dict[str, int], batch: int):
     module = TokenHead(sizes["embed"], int(context["num_classes"]), bool(context["distilled"]),
-                       float(context.get("eps", 1e-6)))
+                       float(context.get("eps", 1e-6)), **head_kwargs(context))
     return module.to(_dtype(context)).eval(), _tokens(context, sizes, batch)

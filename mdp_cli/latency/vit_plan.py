@@ -83,6 +83,7 @@ def profile_vit(space: PruningSpace, device: str = "cpu", grid: Mapping[str, int
                 progress: bool = False) -> dict[str, Any]:
     """Measure ``space``'s rows into a throw-away LUT and return them as ``{"rows": [...]}`` for
     ``vit_tables`` (for scripts and tests; the pipeline profiles into the shared LUT instead)."""
+    import mdp_cli.latency.vit_ops  # noqa: F401  (registers the ops; the family module does it for the pipeline)
     from mdp_cli.latency.engine import profile_into_lut
     from mdp_cli.latency.lut import Lut
     from mdp_cli.latency.timing import canonical_dtype, check_device, device_name

@@ -11,7 +11,7 @@ ArchBuilder = Callable[[dict[str, Any]], nn.Module]
 ARCH_BUILDERS: dict[str, ArchBuilder] = {}
 
 # Modules whose import registers the built-in builders (imported lazily: loading needs no setup).
-BUILTIN_MODULES = ("mdp_cli.modules.cnn", "mdp_cli.modules.vit")
+BUILTIN_MODULES = ("mdp_cli.modules.cnn", "mdp_cli.modules.vit", "mdp_cli.modules.swin")
 
 
 def register_arch(name: str) -> Callable[[ArchBuilder], ArchBuilder]:
