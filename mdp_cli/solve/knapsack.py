@@ -108,18 +108,26 @@ def _greedy_value(items, capacity: float) -> float:
 
 
 def solve_mckp(groups: list[KnapsackGroup], capacity: float, lower_bound: float = -np.inf,
-               max_states: int = 5_000_000):
+               max_states: int = 5_000_000, slack: float = 0.0, accept=None):
     """Maximise total importance with one item per group (or removal where allowed), latency <= capacity.
 
     Returns (value, picks) with picks[g] the chosen item index of group g or None for removal; or None if
-    no selection fits, or none reaches ``lower_bound`` (a value already achieved elsewhere)."""
+    no selection fits, or none reaches ``lower_bound`` (a value already achieved elsewhere).
+
+    Latencies are summed group by group, so with ``slack=0`` "fits" means that sum is at most
+    ``capacity``. A caller whose own latency sums in another order passes ``slack`` (a little more than
+    the rounding error of either sum) and ``accept(picks) -> bool``, its exact test: selections within
+    ``capacity - slack`` are taken as they are, those in the band up to ``capacity + slack`` only if
+    ``accept`` says so."""
     items = [_with_removal(g) for g in groups]
     if any(lat.size == 0 for lat, _, _ in items):
         return None
     suffix = [_SuffixBound(items[k:]) for k in range(len(items) + 1)]
     tolerance = 1e-9 * max(1.0, abs(lower_bound) if np.isfinite(lower_bound) else 1.0)
+    limit = capacity + slack
 
-    lower_bound = max(lower_bound, _greedy_value(items, capacity) - tolerance)
+    # The greedy selection is a safe lower bound only where it fits without the slack.
+    lower_bound = max(lower_bound, _greedy_value(items, capacity - slack) - tolerance)
     latency_states = np.zeros(1)
     value_states = np.zeros(1)
     parents: list[tuple[np.ndarray, np.ndarray]] = []
@@ -128,8 +136,8 @@ def solve_mckp(groups: list[KnapsackGroup], capacity: float, lower_bound: float 
         total_val = (value_states[:, None] + imp[None, :]).ravel()
         parent = np.repeat(np.arange(latency_states.size), lat.size)
         item = np.tile(np.arange(lat.size), latency_states.size)
-        keep = total_lat <= capacity + 1e-12
-        optimistic = total_val + suffix[k + 1](capacity - total_lat)
+        keep = total_lat <= limit
+        optimistic = total_val + suffix[k + 1](limit - total_lat)
         keep &= optimistic >= lower_bound - tolerance
         total_lat, total_val, parent, item = total_lat[keep], total_val[keep], parent[keep], item[keep]
         if total_lat.size == 0:
@@ -144,15 +152,22 @@ def solve_mckp(groups: list[KnapsackGroup], capacity: float, lower_bound: float 
             raise MemoryError(f"knapsack state space exceeded {max_states} states")
         latency_states, value_states = total_lat, total_val
         parents.append((parent, item))
-    best = int(np.argmax(value_states))
-    value = float(value_states[best])
-    if value < lower_bound - tolerance:
-        return None
-    picks: list = [None] * len(items)
-    state = best
-    for k in range(len(items) - 1, -1, -1):
-        parent, item = parents[k]
-        original = items[k][2][item[state]]
-        picks[k] = None if original < 0 else int(original)
-        state = parent[state]
-    return value, picks
+
+    def picks_of(state: int) -> list:
+        picks: list = [None] * len(items)
+        for k in range(len(items) - 1, -1, -1):
+            parent, item = parents[k]
+            original = items[k][2][item[state]]
+            picks[k] = None if original < 0 else int(original)
+            state = parent[state]
+        return picks
+
+    # Final states form a Pareto front (latency and value both ascending): try the best first.
+    for state in np.argsort(-value_states, kind="stable").tolist():
+        value = float(value_states[state])
+        if value < lower_bound - tolerance:
+            return None
+        if latency_states[state] <= capacity - slack or (
+                latency_states[state] <= capacity if accept is None else accept(picks_of(state))):
+            return value, picks_of(state)
+    return None
