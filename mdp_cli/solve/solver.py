@@ -296,7 +296,7 @@ def _run_highs(model, time_limit, rel_gap, threads, verbose,
     options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0, **(extra_options or {})}
     started = time.perf_counter()
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet, _interruptible(solver) as interrupted:
+    with quiet, _interruptible(solver) as interrupted, _quiet_unhandled_status():
         result = solver.solve(model, tee=verbose, time_limit=time_limit, threads=threads, load_solutions=False,
                               raise_exception_on_nonoptimal_result=False, solver_options=options)
     if interrupted:
@@ -316,7 +316,11 @@ def _interruptible(solver):
         yield interrupted
         return
 
-    def on_sigint(_signum, _frame):
+    def on_sigint(_signum, frame):
+        if not _inside_highs_callback(frame):
+            raise KeyboardInterrupt  # in Python code (building or loading the model): stop right here
+        # Inside HiGHS (Python runs only in its callbacks, where an exception would be swallowed): ask it
+        # to stop at the next callback and raise once it has returned.
         interrupted.append(True)
         highs = getattr(solver, "_solver_model", None)
         if highs is not None and hasattr(highs, "cancelSolve"):
@@ -327,6 +331,29 @@ def _interruptible(solver):
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _quiet_unhandled_status():
+    """Pyomo warns of HiGHS's 'interrupted' status, which it does not know; we handle it ourselves."""
+    import logging
+
+    logger = logging.getLogger("pyomo.contrib.solver.solvers.highs")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _inside_highs_callback(frame) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in ("__internal_callback", "fire") and code.co_filename.replace("\\", "/").endswith("highspy/highs.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _relative_gap(incumbent: float | None, bound: float | None) -> float | None:
