@@ -58,6 +58,11 @@ class HubStructure:
     groups: list[_Group]
     base_latency: np.ndarray  # per hub assignment: constant + hub-only terms
     base_importance: np.ndarray
+    # Reused across hub assignments and budgets: knapsack groups (with their hulls) per (block, interface
+    # value), and the Lagrangian per-block maxima at the coarse multipliers.
+    knapsack_groups: dict = dataclasses.field(default_factory=dict)
+    coarse_multipliers: np.ndarray | None = None
+    coarse_tables: list | None = None
 
 
 def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) -> HubStructure | None:
@@ -87,11 +92,11 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
         if math.prod(len(problem.dim(d).options) for d in dims_used) > MAX_ENUMERATED_CELLS:
             return None
         configs = enumerate_block(block.name, interface, private, terms, entries, problem)
-        fronts: dict[int, list] = defaultdict(list)
-        for row, value in enumerate(configs.interface_index):
-            fronts[int(value)].append(row)
-        groups.append(_Group(block.name, block.name in removable, configs,
-                             {k: np.asarray(v) for k, v in fronts.items()}))
+        # Rows come grouped by interface value (enumerate_block): split them at each change.
+        index = configs.interface_index
+        starts = np.flatnonzero(np.concatenate([[True], index[1:] != index[:-1]])) if index.size else np.zeros(0, int)
+        fronts = dict(zip(index[starts].tolist(), np.split(np.arange(index.size), starts[1:])))
+        groups.append(_Group(block.name, block.name in removable, configs, fronts))
 
     base_latency = np.full(hub_shape, latency_problem.constant_latency)
     base_importance = np.zeros(hub_shape)
@@ -135,6 +140,19 @@ def _items(group: _Group, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return rows, group.configs.latency[rows], group.configs.importance[rows]
 
 
+def _knapsack_groups(structure: HubStructure, hub_index: tuple[int, ...]) -> list[tuple[np.ndarray, KnapsackGroup]]:
+    """Each block's config rows and knapsack group at this hub assignment (cached per interface value)."""
+    out = []
+    for g, group in enumerate(structure.groups):
+        value = _interface_value(group, structure.hub, hub_index)
+        key = (g, value)
+        if key not in structure.knapsack_groups:
+            rows, latency, importance = _items(group, value)
+            structure.knapsack_groups[key] = (rows, KnapsackGroup(latency, importance, group.removable))
+        out.append(structure.knapsack_groups[key])
+    return out
+
+
 @dataclasses.dataclass
 class DecomposedResult:
     choice: dict[str, int]
@@ -168,33 +186,64 @@ def lagrangian_bounds(structure: HubStructure, budget: float) -> np.ndarray:
     base_imp + lam * (budget - base_lat) + sum_g max(0 if removable, max_c imp_c - lam * lat_c)
     bounds it from above (weak duality), and its least value over lam is the knapsack's LP bound.
     A coarse grid of multipliers over the items' importance/latency ratios finds where the best
-    assignments' minima lie; a fine grid there makes their bounds nearly the LP bounds."""
-    ratios = np.concatenate([g.configs.importance / np.maximum(g.configs.latency, 1e-12) for g in structure.groups]
-                            or [np.zeros(1)])
-    coarse = np.unique(np.concatenate([[0.0], np.quantile(ratios, np.linspace(0, 1, _LAGRANGE_MULTIPLIERS))]))
-    best = np.full(structure.base_latency.shape, np.inf)
-    argmin = np.zeros(structure.base_latency.shape, int)
-    for i, lam in enumerate(coarse):
-        value = _lagrangian(structure, budget, lam)
-        better = value < best
-        best[better], argmin[better] = value[better], i
+    assignments' minima lie; a fine grid there makes their bounds nearly the LP bounds.
+
+    The per-block maxima do not depend on the budget, so the coarse grid's are computed once per
+    structure and reused at every budget (``mdp pareto``)."""
+    if structure.coarse_multipliers is None:
+        ratios = np.concatenate([g.configs.importance / np.maximum(g.configs.latency, 1e-12)
+                                 for g in structure.groups] or [np.zeros(1)])
+        coarse = np.unique(np.concatenate([[0.0], np.quantile(ratios, np.linspace(0, 1, _LAGRANGE_MULTIPLIERS))]))
+        structure.coarse_multipliers = coarse
+        structure.coarse_tables = _group_terms(structure, coarse)
+    coarse = structure.coarse_multipliers
+    best, argmin = _lagrangian(structure, budget, coarse, structure.coarse_tables)
     # Refine around the multipliers that bound the most promising assignments.
-    top = np.argsort(-best)[: max(1, min(best.size, 256))]
-    fine = [np.linspace(coarse[max(i - 1, 0)], coarse[min(i + 1, coarse.size - 1)], _LAGRANGE_MULTIPLIERS)
-            for i in np.unique(argmin[top])]
-    for lam in np.unique(np.concatenate(fine)):
-        best = np.minimum(best, _lagrangian(structure, budget, lam))
-    return best
+    top = np.argpartition(-best, min(best.size, 256) - 1)[:256]
+    fine = np.unique(np.concatenate([
+        np.linspace(coarse[max(i - 1, 0)], coarse[min(i + 1, coarse.size - 1)], _LAGRANGE_MULTIPLIERS // 3)
+        for i in np.unique(argmin[top])]))
+    return np.minimum(best, _lagrangian(structure, budget, fine, _group_terms(structure, fine))[0])
 
 
-def _lagrangian(structure: HubStructure, budget: float, lam: float) -> np.ndarray:
-    total = structure.base_importance + lam * (budget - structure.base_latency)
-    total = total.reshape(structure.hub_shape) if structure.hub_shape else total
+def _group_terms(structure: HubStructure, multipliers: np.ndarray) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Per interface (tuple of hub dims): sum over its blocks of max(0 if removable, max_c imp_c - lam * lat_c),
+    as an array (multiplier, *interface shape). Blocks that share an interface are summed first, so the
+    hub-sized arrays are touched once per interface rather than once per block."""
+    by_interface: dict[tuple[str, ...], np.ndarray] = {}
+    n = multipliers.size
     for group in structure.groups:
-        table = _per_interface_value(group, 0.0 if group.removable else -np.inf,
-                                     group.configs.importance - lam * group.configs.latency, np.maximum)
-        total = total + broadcast(table, group.configs.interface, structure.hub)
-    return np.broadcast_to(total, structure.hub_shape or (1,)).ravel()
+        configs = group.configs
+        cells = max(1, math.prod(configs.interface_shape))
+        table = np.full((n, cells), 0.0 if group.removable else -np.inf)
+        if configs.latency.size:
+            index = configs.interface_index  # rows come grouped by interface value (enumerate_block)
+            starts = np.flatnonzero(np.concatenate([[True], index[1:] != index[:-1]]))
+            per_value = np.maximum.reduceat(configs.importance[None, :] - multipliers[:, None] * configs.latency[None, :],
+                                            starts, axis=1)
+            columns = index[starts]
+            table[:, columns] = np.maximum(table[:, columns], per_value)
+        table = table.reshape((n,) + tuple(configs.interface_shape))
+        key = configs.interface
+        by_interface[key] = by_interface[key] + table if key in by_interface else table
+    return list(by_interface.items())
+
+
+def _lagrangian(structure: HubStructure, budget: float, multipliers: np.ndarray, tables) -> tuple[np.ndarray, np.ndarray]:
+    """The least Lagrangian bound of every hub assignment over ``multipliers``, and which one gave it."""
+    shape = structure.hub_shape
+    best = np.full(structure.base_latency.size, np.inf)
+    argmin = np.zeros(best.size, int)
+    for i, lam in enumerate(multipliers.tolist()):
+        total = structure.base_importance + lam * (budget - structure.base_latency)
+        total = total.reshape(shape) if shape else total
+        for interface, table in tables:
+            total = total + broadcast(table[i], interface, structure.hub)
+        total = np.broadcast_to(total, shape or (1,)).ravel()
+        better = total < best
+        best = np.where(better, total, best)
+        argmin[better] = i
+    return best, argmin
 
 
 def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, time_limit: float | None,
@@ -224,9 +273,7 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
         residual = limit - structure.base_latency[h]
         if residual < 0:
             return -math.inf
-        hub_index = assignment(h)
-        groups = [KnapsackGroup(*_items(group, _interface_value(group, structure.hub, hub_index))[1:], group.removable)
-                  for group in structure.groups]
+        groups = [g for _, g in _knapsack_groups(structure, assignment(h))]
         return float(structure.base_importance[h]) + lp_bound(groups, residual)
 
     def fits(h: int, picks) -> bool:
@@ -244,20 +291,31 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
     best_value, best = -math.inf, None
     if incumbent is not None:
         best_value, best = incumbent.value, (incumbent.hub, list(incumbent.picks))
-    heap = [(-b, h) for h, b in enumerate(bounds.tolist()) if b > best_value]
-    heapq.heapify(heap)
+    # Visit assignments from the best bound down: the initial bounds in sorted order, merged with a heap
+    # of the exact bounds that replace them when they come up.
+    order = np.argsort(-bounds, kind="stable")
+    sorted_bounds = bounds[order].tolist()
+    order = order.tolist()
+    position = 0
+    heap: list[tuple[float, int]] = []
     solved = tightened = 0
     knapsack_s = 0.0
     status = "optimal"
     open_bound = -math.inf
-    while heap:
-        negative, h = heap[0]
-        if -negative <= best_value + 1e-12 * max(1.0, abs(best_value)):
+    while True:
+        from_heap = bool(heap) and (position >= count or -heap[0][0] >= sorted_bounds[position])
+        if not from_heap and position >= count:
+            break
+        top, h = (-heap[0][0], heap[0][1]) if from_heap else (sorted_bounds[position], order[position])
+        if top <= best_value + 1e-12 * max(1.0, abs(best_value)) or top == -math.inf:
             break
         if time_limit is not None and time.perf_counter() - started > time_limit:
-            status, open_bound = "time_limit", -negative
+            status, open_bound = "time_limit", top
             break
-        heapq.heappop(heap)
+        if from_heap:
+            heapq.heappop(heap)
+        else:
+            position += 1
         if not is_exact[h]:
             is_exact[h] = True
             tightened += 1
@@ -304,10 +362,7 @@ def _configuration(structure: HubStructure, problem: Problem, hub_index, picks) 
 def _solve_knapsack_dp(structure, h, hub_index, budget, slack, best_value, fits):
     """Exact knapsack of one hub assignment by Pareto-state DP; None unless it reaches ``best_value``.
     ``fits(rows)`` is the exact latency test for selections within ``slack`` of the budget."""
-    groups = []
-    for group in structure.groups:
-        rows, latency, importance = _items(group, _interface_value(group, structure.hub, hub_index))
-        groups.append((rows, KnapsackGroup(latency, importance, group.removable)))
+    groups = _knapsack_groups(structure, hub_index)
 
     def rows_of(picks):
         return [None if p is None else int(rows[p]) for (rows, _), p in zip(groups, picks)]

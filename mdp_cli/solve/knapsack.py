@@ -17,28 +17,47 @@ import dataclasses
 import numpy as np
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class KnapsackGroup:
     latency: np.ndarray  # the group's items (a Pareto front: latency ascending, importance ascending)
     importance: np.ndarray
     removable: bool  # removal (zero latency, zero importance) allowed
+    # Items with removal and the upper concave hull, computed once: the hub search meets the same group
+    # (one block at one interface value) in many hub assignments and at every budget.
+    _items: tuple | None = dataclasses.field(default=None, repr=False)
+    _hull: tuple | None = dataclasses.field(default=None, repr=False)
 
+    def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Items as arrays plus their original index (-1 = removal)."""
+        if self._items is None:
+            index = np.arange(self.latency.size)
+            if self.removable:
+                self._items = (np.concatenate([[0.0], self.latency]), np.concatenate([[0.0], self.importance]),
+                               np.concatenate([[-1], index]))
+            else:
+                self._items = (np.asarray(self.latency, float), np.asarray(self.importance, float), index)
+        return self._items
 
-def _with_removal(group: KnapsackGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Items as arrays plus their original index (-1 = removal)."""
-    index = np.arange(group.latency.size)
-    if group.removable:
-        return (np.concatenate([[0.0], group.latency]), np.concatenate([[0.0], group.importance]),
-                np.concatenate([[-1], index]))
-    return group.latency.astype(float), group.importance.astype(float), index
+    def hull(self) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
+        """(least latency, most importance at it, slopes, latency steps, importance steps) of the upper
+        concave hull from the cheapest item; empty group: least latency inf."""
+        if self._hull is None:
+            latency, importance, _ = self.items()
+            if latency.size == 0:
+                self._hull = (np.inf, -np.inf, np.zeros(0), np.zeros(0), np.zeros(0))
+            else:
+                least, best = _cheapest(latency, importance)
+                segments = np.asarray(_hull_segments(latency, importance), dtype=float).reshape(-1, 3)
+                self._hull = (least, best, segments[:, 0], segments[:, 1], segments[:, 2])
+        return self._hull
 
 
 def _hull_segments(latency: np.ndarray, importance: np.ndarray) -> list[tuple[float, float, float]]:
     """Segments of the upper concave hull of a front (from its cheapest item): (slope, d_lat, d_imp)."""
     order = np.lexsort((-importance, latency))
-    latency, importance = latency[order], importance[order]
+    latency, importance = latency[order].tolist(), importance[order].tolist()
     hull = [0]
-    for i in range(1, latency.size):
+    for i in range(1, len(latency)):
         if importance[i] <= importance[hull[-1]]:
             continue
         while len(hull) >= 2:
@@ -62,15 +81,16 @@ def _cheapest(latency: np.ndarray, importance: np.ndarray) -> tuple[float, float
 
 
 class _SuffixBound:
-    """LP bound of groups k.. as a concave piecewise-linear function of the budget left for them."""
+    """LP bound of some groups as a concave piecewise-linear function of the budget left for them."""
 
-    def __init__(self, items):
-        cheapest = [_cheapest(lat, imp) for lat, imp, _ in items]
-        self.minimum = sum(c[0] for c in cheapest)
-        self.base = sum(c[1] for c in cheapest)
-        segments = sorted((s for lat, imp, _ in items for s in _hull_segments(lat, imp)), key=lambda s: -s[0])
-        self.x = np.concatenate([[0.0], np.cumsum([s[1] for s in segments])])
-        self.y = np.concatenate([[0.0], np.cumsum([s[2] for s in segments])])
+    def __init__(self, groups: list[KnapsackGroup]):
+        hulls = [g.hull() for g in groups]
+        self.minimum = sum(h[0] for h in hulls)
+        self.base = sum(h[1] for h in hulls)
+        slopes = np.concatenate([h[2] for h in hulls] or [np.zeros(0)])
+        order = np.argsort(-slopes, kind="stable")
+        self.x = np.concatenate([[0.0], np.cumsum(np.concatenate([h[3] for h in hulls] or [np.zeros(0)])[order])])
+        self.y = np.concatenate([[0.0], np.cumsum(np.concatenate([h[4] for h in hulls] or [np.zeros(0)])[order])])
 
     def __call__(self, budget_left: np.ndarray) -> np.ndarray:
         slack = budget_left - self.minimum
@@ -80,21 +100,20 @@ class _SuffixBound:
 
 def lp_bound(groups: list[KnapsackGroup], capacity: float) -> float:
     """The knapsack's LP relaxation value (the classic greedy over each group's upper concave hull)."""
-    items = [_with_removal(g) for g in groups]
-    if any(lat.size == 0 for lat, _, _ in items):
+    if any(g.items()[0].size == 0 for g in groups):
         return -np.inf
-    return float(_SuffixBound(items)(np.asarray(capacity)))
+    return float(_SuffixBound(groups)(np.asarray(capacity)))
 
 
-def _greedy_value(items, capacity: float) -> float:
+def _greedy_value(groups: list[KnapsackGroup], capacity: float) -> float:
     """Value of the LP solution's integral part: hull segments bought whole in slope order while they fit
     (a group's later segments are skipped once one of its segments is). A feasible selection's value."""
-    cheapest = [_cheapest(lat, imp) for lat, imp, _ in items]
-    spend = sum(c[0] for c in cheapest)
+    hulls = [g.hull() for g in groups]
+    spend = sum(h[0] for h in hulls)
     if spend > capacity:
         return -np.inf
-    value = sum(c[1] for c in cheapest)
-    segments = [(slope, d_lat, d_imp, g) for g, (lat, imp, _) in enumerate(items) for slope, d_lat, d_imp in _hull_segments(lat, imp)]
+    value = sum(h[1] for h in hulls)
+    segments = [(slope, d_lat, d_imp, g) for g, h in enumerate(hulls) for slope, d_lat, d_imp in zip(*h[2:])]
     blocked = set()
     for _slope, d_lat, d_imp, g in sorted(segments, key=lambda s: -s[0]):
         if g in blocked:
@@ -119,15 +138,15 @@ def solve_mckp(groups: list[KnapsackGroup], capacity: float, lower_bound: float 
     the rounding error of either sum) and ``accept(picks) -> bool``, its exact test: selections within
     ``capacity - slack`` are taken as they are, those in the band up to ``capacity + slack`` only if
     ``accept`` says so."""
-    items = [_with_removal(g) for g in groups]
+    items = [g.items() for g in groups]
     if any(lat.size == 0 for lat, _, _ in items):
         return None
-    suffix = [_SuffixBound(items[k:]) for k in range(len(items) + 1)]
+    suffix = [_SuffixBound(groups[k:]) for k in range(len(items) + 1)]
     tolerance = 1e-9 * max(1.0, abs(lower_bound) if np.isfinite(lower_bound) else 1.0)
     limit = capacity + slack
 
     # The greedy selection is a safe lower bound only where it fits without the slack.
-    lower_bound = max(lower_bound, _greedy_value(items, capacity - slack) - tolerance)
+    lower_bound = max(lower_bound, _greedy_value(groups, capacity - slack) - tolerance)
     latency_states = np.zeros(1)
     value_states = np.zeros(1)
     parents: list[tuple[np.ndarray, np.ndarray]] = []

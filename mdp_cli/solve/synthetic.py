@@ -181,10 +181,80 @@ def vit_problem(
                         generator="synthetic.vit_problem", seed=seed)
 
 
+# MobileNetV2: (expansion t, output channels c, repeats n, stride s) per stage.
+MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1))
+
+
+def mobilenet_problem(
+    stages=MOBILENET_V2_STAGES,
+    stem: int = 32,
+    last: int = 1280,
+    paper_granularity: bool = True,
+    step: int = 8,
+    resolution: int = 224,
+    batch: int = 256,
+    seed: int = 0,
+    name: str = "mobilenet_v2",
+) -> Problem:
+    """An inverted-residual chain (MobileNetV2 by default): each stage's output channels are one dim,
+    coupled by the residual adds of its blocks and read by the first block of the next stage, so the
+    stage dims form a chain; each block's expanded width is a private dim (expand 1x1, depthwise 3x3,
+    project 1x1); blocks with a residual are removable, the first block of a stage (which changes the
+    width or the resolution) is not. ``paper_granularity``: chunks of size/16 (at least 8 channels)."""
+    rng = np.random.default_rng(seed)
+
+    def make_dim(dim_name: str, size: int) -> Dim:
+        chunk = max(8, size // 16) if paper_granularity else step
+        return Dim(dim_name, _options(size, chunk), chunk)
+
+    def opts(dim: Dim) -> np.ndarray:
+        return np.array(dim.options, float)
+
+    stem_dim = Dim("stem", (stem,), stem)
+    dims, blocks = [stem_dim], []
+    terms = [Term("stem", (), np.asarray(conv_ms(3, stem, 3, resolution // 2, batch)), None)]
+    importance = [ImportanceEntry("stem", np.zeros(1), None)]
+    previous, hw = stem_dim, resolution // 2
+    for s, (t, c, n, stride) in enumerate(stages):
+        stage = make_dim(f"stage{s + 1}", c)
+        dims.append(stage)
+        importance.append(ImportanceEntry(stage.name, _cumulative_importance(rng, c, stage.options, 2.0), None))
+        for j in range(n):
+            block = f"{stage.name}.{j}"
+            source = previous if j == 0 else stage
+            in_hw, out_hw = hw, hw // stride if j == 0 else hw
+            gate = None if j == 0 else block
+            if j > 0:
+                blocks.append(Block(block, removable=True))
+            if t == 1:  # no expansion: the depthwise conv runs on the input width
+                terms += [Term(f"{block}.dw", (source.name,), _noisy(rng, conv_ms(opts(source), opts(source), 3, out_hw, batch, True)), gate),
+                          Term(f"{block}.project", (source.name, stage.name),
+                               _noisy(rng, conv_ms(opts(source)[:, None], opts(stage)[None, :], 1, out_hw, batch)), gate)]
+                continue
+            hidden = make_dim(f"{block}.expand", source.size * t)
+            dims.append(hidden)
+            importance.append(ImportanceEntry(hidden.name, _cumulative_importance(rng, hidden.size, hidden.options), gate))
+            h = opts(hidden)
+            terms += [
+                Term(f"{block}.expand", (source.name, hidden.name), _noisy(rng, conv_ms(opts(source)[:, None], h[None, :], 1, in_hw, batch)), gate),
+                Term(f"{block}.dw", (hidden.name,), _noisy(rng, conv_ms(h, h, 3, out_hw, batch, True)), gate),
+                Term(f"{block}.project", (hidden.name, stage.name), _noisy(rng, conv_ms(h[:, None], opts(stage)[None, :], 1, out_hw, batch)), gate),
+            ]
+        previous, hw = stage, hw // stride
+    head = make_dim("head", last)
+    dims.append(head)
+    importance.append(ImportanceEntry("head", _cumulative_importance(rng, last, head.options, 2.0), None))
+    terms += [Term("head.conv", (previous.name, head.name), _noisy(rng, conv_ms(opts(previous)[:, None], opts(head)[None, :], 1, hw, batch)), None),
+              Term("fc", (head.name,), 2 * batch * opts(head) * 1000 / _PEAK_FLOPS * 1e3 + _KERNEL_MS, None)]
+    return make_problem(dims, importance, terms, blocks, constant_latency=0.05, name=name,
+                        generator="synthetic.mobilenet_problem", seed=seed)
+
+
 def example_problem() -> Problem:
     """The bundled example: a small two-stage bottleneck ResNet at paper granularity."""
     return resnet_problem(depths=(2, 2), mids=(64, 128), expansion=4, step=32, resolution=128, batch=64,
                           seed=7, name="example_resnet_2stage")
 
 
-__all__ = ["conv_ms", "example_problem", "resnet_problem", "vit_problem"]
+__all__ = ["conv_ms", "example_problem", "mobilenet_problem", "resnet_problem", "vit_problem"]
