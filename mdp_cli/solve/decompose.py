@@ -35,6 +35,7 @@ MAX_HUB_ASSIGNMENTS = 2_000_000
 # every exact bound up front was 94-99 % of the solve time on ResNet-101-sized problems).
 EXACT_BOUNDS_UP_TO = 16
 _LAGRANGE_MULTIPLIERS = 48
+_KEPT_VALUES = 4_000_000  # multipliers x assignments held at once (32 MB)
 # Relative to the budget: far above the rounding error of summing a few thousand latencies in any order
 # (~1e-13), far below any latency difference a measurement can resolve. Candidates in the band are
 # checked with the exact (correctly rounded) latency.
@@ -63,6 +64,7 @@ class HubStructure:
     knapsack_groups: dict = dataclasses.field(default_factory=dict)
     coarse_multipliers: np.ndarray | None = None
     coarse_tables: list | None = None
+    coarse_values: np.ndarray | None = None  # (multiplier, assignment): the budget-free Lagrangian
 
 
 def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) -> HubStructure | None:
@@ -184,26 +186,64 @@ class Incumbent:
 def lagrangian_bounds(structure: HubStructure, budget: float) -> np.ndarray:
     """Upper bound on every hub assignment's knapsack at once. For any multiplier lam >= 0,
     base_imp + lam * (budget - base_lat) + sum_g max(0 if removable, max_c imp_c - lam * lat_c)
-    bounds it from above (weak duality), and its least value over lam is the knapsack's LP bound.
-    A coarse grid of multipliers over the items' importance/latency ratios finds where the best
-    assignments' minima lie; a fine grid there makes their bounds nearly the LP bounds.
+    bounds it from above (weak duality), and its least value over lam is the knapsack's LP bound,
+    reached at the slope of some block's front. So the multipliers are quantiles of the fronts' slopes
+    (d importance / d latency between neighbouring configurations, and importance / latency from
+    removal): the bounds come out close to the LP bounds, and the few assignments that reach the top of
+    the search get their exact LP bound then.
 
-    The per-block maxima do not depend on the budget, so the coarse grid's are computed once per
-    structure and reused at every budget (``mdp pareto``)."""
+    Only ``lam * budget`` depends on the budget: the budget-free values are computed once per structure
+    (when small enough to keep) and each further budget costs one pass over them (``mdp pareto``)."""
     if structure.coarse_multipliers is None:
-        ratios = np.concatenate([g.configs.importance / np.maximum(g.configs.latency, 1e-12)
-                                 for g in structure.groups] or [np.zeros(1)])
-        coarse = np.unique(np.concatenate([[0.0], np.quantile(ratios, np.linspace(0, 1, _LAGRANGE_MULTIPLIERS))]))
-        structure.coarse_multipliers = coarse
-        structure.coarse_tables = _group_terms(structure, coarse)
-    coarse = structure.coarse_multipliers
-    best, argmin = _lagrangian(structure, budget, coarse, structure.coarse_tables)
-    # Refine around the multipliers that bound the most promising assignments.
-    top = np.argpartition(-best, min(best.size, 256) - 1)[:256]
-    fine = np.unique(np.concatenate([
-        np.linspace(coarse[max(i - 1, 0)], coarse[min(i + 1, coarse.size - 1)], _LAGRANGE_MULTIPLIERS // 3)
-        for i in np.unique(argmin[top])]))
-    return np.minimum(best, _lagrangian(structure, budget, fine, _group_terms(structure, fine))[0])
+        multipliers = np.unique(np.concatenate([[0.0], np.quantile(_front_slopes(structure),
+                                                                   np.linspace(0, 1, _LAGRANGE_MULTIPLIERS))]))
+        structure.coarse_multipliers = multipliers
+        structure.coarse_tables = _group_terms(structure, multipliers)
+        if multipliers.size * structure.base_latency.size <= _KEPT_VALUES:
+            structure.coarse_values = _lagrangian_values(structure, multipliers, structure.coarse_tables, 0,
+                                                         multipliers.size)
+    multipliers = structure.coarse_multipliers
+    if structure.coarse_values is not None:
+        return _least(structure.coarse_values + multipliers[:, None] * budget)[0]
+    return _least_over(structure, budget, multipliers, structure.coarse_tables)[0]
+
+
+def _front_slopes(structure: HubStructure) -> np.ndarray:
+    slopes = [np.zeros(1)]
+    for group in structure.groups:
+        configs = group.configs  # per interface value, latency ascending (enumerate_block)
+        same = configs.interface_index[1:] == configs.interface_index[:-1]
+        d_lat, d_imp = np.diff(configs.latency), np.diff(configs.importance)
+        step = same & (d_lat > 0)
+        slopes += [d_imp[step] / d_lat[step], configs.importance / np.maximum(configs.latency, 1e-12)]
+    return np.concatenate(slopes)
+
+
+def _least(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise least value and the row attaining it (row by row: argmin down a C-ordered axis is slow)."""
+    best = values[0].copy()
+    argmin = np.zeros(values.shape[1], int)
+    for i in range(1, values.shape[0]):
+        better = values[i] < best
+        best = np.where(better, values[i], best)
+        argmin[better] = i
+    return best, argmin
+
+
+def _least_over(structure: HubStructure, budget: float, multipliers: np.ndarray, tables) -> tuple[np.ndarray, np.ndarray]:
+    """The least Lagrangian bound of every hub assignment over ``multipliers``, in slices that bound the
+    memory used, and the multiplier index that gives it."""
+    count = structure.base_latency.size
+    step = max(1, _KEPT_VALUES // (4 * max(1, count)))
+    best = np.full(count, np.inf)
+    argmin = np.zeros(count, int)
+    for start in range(0, multipliers.size, step):
+        stop = min(start + step, multipliers.size)
+        value, which = _least(_lagrangian_values(structure, multipliers, tables, start, stop)
+                              + multipliers[start:stop, None] * budget)
+        better = value < best
+        best[better], argmin[better] = value[better], which[better] + start
+    return best, argmin
 
 
 def _group_terms(structure: HubStructure, multipliers: np.ndarray) -> list[tuple[tuple[str, ...], np.ndarray]]:
@@ -229,21 +269,16 @@ def _group_terms(structure: HubStructure, multipliers: np.ndarray) -> list[tuple
     return list(by_interface.items())
 
 
-def _lagrangian(structure: HubStructure, budget: float, multipliers: np.ndarray, tables) -> tuple[np.ndarray, np.ndarray]:
-    """The least Lagrangian bound of every hub assignment over ``multipliers``, and which one gave it."""
-    shape = structure.hub_shape
-    best = np.full(structure.base_latency.size, np.inf)
-    argmin = np.zeros(best.size, int)
-    for i, lam in enumerate(multipliers.tolist()):
-        total = structure.base_importance + lam * (budget - structure.base_latency)
-        total = total.reshape(shape) if shape else total
-        for interface, table in tables:
-            total = total + broadcast(table[i], interface, structure.hub)
-        total = np.broadcast_to(total, shape or (1,)).ravel()
-        better = total < best
-        best = np.where(better, total, best)
-        argmin[better] = i
-    return best, argmin
+def _lagrangian_values(structure: HubStructure, multipliers: np.ndarray, tables, start: int, stop: int) -> np.ndarray:
+    """Budget-free part of the Lagrangian, base_imp - lam * base_lat + sum_g max(...), for multipliers
+    start:stop (rows) and every hub assignment (columns). Interfaces list hub dims in hub order, so a
+    table reaches the hub's shape by inserting unit axes."""
+    hub, shape = structure.hub, structure.hub_shape
+    lam = multipliers[start:stop, None]
+    total = (structure.base_importance[None, :] - lam * structure.base_latency[None, :]).reshape((stop - start,) + shape)
+    for interface, table in tables:
+        total += table[start:stop].reshape((stop - start,) + tuple(n if d in interface else 1 for d, n in zip(hub, shape)))
+    return total.reshape(stop - start, -1)
 
 
 def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, time_limit: float | None,
