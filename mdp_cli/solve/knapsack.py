@@ -83,19 +83,39 @@ def _cheapest(latency: np.ndarray, importance: np.ndarray) -> tuple[float, float
 class _SuffixBound:
     """LP bound of some groups as a concave piecewise-linear function of the budget left for them."""
 
-    def __init__(self, groups: list[KnapsackGroup]):
+    def __init__(self, groups: list[KnapsackGroup] | None = None, minimum=0.0, base=0.0, x=None, y=None):
+        if groups is not None:
+            hulls = [g.hull() for g in groups]
+            minimum, base = sum(h[0] for h in hulls), sum(h[1] for h in hulls)
+            slopes = np.concatenate([h[2] for h in hulls] or [np.zeros(0)])
+            order = np.argsort(-slopes, kind="stable")
+            x = np.concatenate([[0.0], np.cumsum(np.concatenate([h[3] for h in hulls] or [np.zeros(0)])[order])])
+            y = np.concatenate([[0.0], np.cumsum(np.concatenate([h[4] for h in hulls] or [np.zeros(0)])[order])])
+        self.minimum, self.base, self.x, self.y = minimum, base, x, y
+
+    @staticmethod
+    def suffixes(groups: list[KnapsackGroup]) -> list["_SuffixBound"]:
+        """The bounds of groups[k:] for every k (and the empty suffix), from one sort of all segments:
+        suffix k keeps the segments of groups k and later (the others add zero-length steps)."""
         hulls = [g.hull() for g in groups]
-        self.minimum = sum(h[0] for h in hulls)
-        self.base = sum(h[1] for h in hulls)
-        slopes = np.concatenate([h[2] for h in hulls] or [np.zeros(0)])
-        order = np.argsort(-slopes, kind="stable")
-        self.x = np.concatenate([[0.0], np.cumsum(np.concatenate([h[3] for h in hulls] or [np.zeros(0)])[order])])
-        self.y = np.concatenate([[0.0], np.cumsum(np.concatenate([h[4] for h in hulls] or [np.zeros(0)])[order])])
+        owner = np.concatenate([np.full(h[2].size, k) for k, h in enumerate(hulls)] or [np.zeros(0, int)])
+        order = np.argsort(-np.concatenate([h[2] for h in hulls] or [np.zeros(0)]), kind="stable")
+        owner = owner[order]
+        d_lat = np.concatenate([h[3] for h in hulls] or [np.zeros(0)])[order]
+        d_imp = np.concatenate([h[4] for h in hulls] or [np.zeros(0)])[order]
+        mask = owner[None, :] >= np.arange(len(groups) + 1)[:, None]
+        zero = np.zeros((len(groups) + 1, 1))
+        xs = np.concatenate([zero, np.cumsum(d_lat * mask, axis=1)], axis=1)
+        ys = np.concatenate([zero, np.cumsum(d_imp * mask, axis=1)], axis=1)
+        minima = np.concatenate([np.cumsum([h[0] for h in hulls][::-1])[::-1], [0.0]])
+        bases = np.concatenate([np.cumsum([h[1] for h in hulls][::-1])[::-1], [0.0]])
+        return [_SuffixBound(None, float(minima[k]), float(bases[k]), xs[k], ys[k]) for k in range(len(groups) + 1)]
 
     def __call__(self, budget_left: np.ndarray) -> np.ndarray:
         slack = budget_left - self.minimum
         value = self.base + np.interp(slack, self.x, self.y)
-        return np.where(slack >= -1e-12, value, -np.inf)
+        # Lenient by rounding error (relative): an upper bound may be loose, never too tight.
+        return np.where(slack >= -1e-11 * np.maximum(1.0, np.abs(budget_left) + self.minimum), value, -np.inf)
 
 
 def lp_bound(groups: list[KnapsackGroup], capacity: float) -> float:
@@ -141,7 +161,7 @@ def solve_mckp(groups: list[KnapsackGroup], capacity: float, lower_bound: float 
     items = [g.items() for g in groups]
     if any(lat.size == 0 for lat, _, _ in items):
         return None
-    suffix = [_SuffixBound(groups[k:]) for k in range(len(items) + 1)]
+    suffix = _SuffixBound.suffixes(groups)
     tolerance = 1e-9 * max(1.0, abs(lower_bound) if np.isfinite(lower_bound) else 1.0)
     limit = capacity + slack
 
