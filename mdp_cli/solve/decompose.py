@@ -77,15 +77,24 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
     for entry in problem.importance:
         if np.ptp(entry.values) > 0 or entry.block is not None:
             users[entry.dim].add(entry.block)
-    hub = tuple(d.name for d in problem.dims if d.name in users and (len(users[d.name]) > 1 or None in users[d.name]))
+    # A dim that only ungated terms use (the widths inside a fixed, unremovable part: a MobileNet block
+    # that changes the resolution, the head) is private to that part, not a hub dim: ungated terms that
+    # share such dims form one fixed pseudo-block, whose other dims are its interface.
+    fixed_only = {d for d, who in users.items() if who == {None}}
+    parts = _fixed_parts(latency_problem, fixed_only)
+    hub = tuple(d.name for d in problem.dims if d.name in users and d.name not in fixed_only
+                and (len(users[d.name]) > 1 or None in users[d.name]))
     hub_shape = tuple(len(problem.dim(d).options) for d in hub)
     if math.prod(hub_shape) > MAX_HUB_ASSIGNMENTS:
         return None
 
+    in_parts = {id(t) for terms, _ in parts for t in terms}
+    units = [(block.name, [t for t in latency_problem.terms if t.block == block.name],
+              [e for e in problem.importance if e.block == block.name]) for block in problem.blocks]
+    units += [(f"<fixed {min(dims)}>", terms, [e for e in problem.importance if e.block is None and e.dim in dims])
+              for terms, dims in parts]
     groups: list[_Group] = []
-    for block in problem.blocks:
-        terms = [t for t in latency_problem.terms if t.block == block.name]
-        entries = [e for e in problem.importance if e.block == block.name]
+    for name, terms, entries in units:
         if not terms and not entries:
             continue
         dims_used = {d for t in terms for d in t.dims} | {e.dim for e in entries}
@@ -93,24 +102,50 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
         private = tuple(sorted(dims_used - set(interface)))
         if math.prod(len(problem.dim(d).options) for d in dims_used) > MAX_ENUMERATED_CELLS:
             return None
-        configs = enumerate_block(block.name, interface, private, terms, entries, problem)
+        configs = enumerate_block(name, interface, private, terms, entries, problem)
         # Rows come grouped by interface value (enumerate_block): split them at each change.
         index = configs.interface_index
         starts = np.flatnonzero(np.concatenate([[True], index[1:] != index[:-1]])) if index.size else np.zeros(0, int)
         fronts = dict(zip(index[starts].tolist(), np.split(np.arange(index.size), starts[1:])))
-        groups.append(_Group(block.name, block.name in removable, configs, fronts))
+        groups.append(_Group(name, name in removable, configs, fronts))
 
     base_latency = np.full(hub_shape, latency_problem.constant_latency)
     base_importance = np.zeros(hub_shape)
     for term in latency_problem.terms:
-        if term.block is None:
+        if term.block is None and id(term) not in in_parts:
             base_latency = base_latency + broadcast(term.table, term.dims, hub)
     for entry in problem.importance:
-        if entry.block is None:  # ungated importance of a dim nothing else uses is constant: take it whole
+        if entry.block is None and entry.dim not in fixed_only:
+            # ungated importance of a dim nothing else uses is constant: take it whole
             base_importance = base_importance + (
                 broadcast(entry.values, (entry.dim,), hub) if entry.dim in hub else entry.values[-1])
     return HubStructure(hub, hub_shape, groups, np.broadcast_to(base_latency, hub_shape).ravel(),
                         np.broadcast_to(base_importance, hub_shape).ravel())
+
+
+def _fixed_parts(latency_problem: Problem, fixed_only: set[str]) -> list[tuple[list, set[str]]]:
+    """Ungated terms grouped by the fixed-only dims they share (connected components): (terms, dims)."""
+    parent = {d: d for d in fixed_only}
+
+    def root(d: str) -> str:
+        while parent[d] != d:
+            parent[d] = parent[parent[d]]
+            d = parent[d]
+        return d
+
+    touching = [t for t in latency_problem.terms if t.block is None and fixed_only & set(t.dims)]
+    for term in touching:
+        own = [d for d in term.dims if d in fixed_only]
+        for d in own[1:]:
+            parent[root(d)] = root(own[0])
+    parts: dict[str, tuple[list, set[str]]] = {}
+    for term in touching:
+        key = root(next(d for d in term.dims if d in fixed_only))
+        parts.setdefault(key, ([], set()))[0].append(term)
+    for d in fixed_only:
+        if root(d) in parts:
+            parts[root(d)][1].add(d)
+    return list(parts.values())
 
 
 def minimum_latency(structure: HubStructure) -> float:
