@@ -169,3 +169,16 @@ def test_whole_table_given_as_a_string_is_rejected(tmp_path, problem_dict):
     term = next(t for t in problem_dict["terms"] if not t["dims"])
     term["table"] = str(term["table"])
     assert "not a number" in _error(tmp_path, problem_dict)
+
+
+def test_hand_written_problem_in_the_docs_loads_and_solves(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "schemas.md").read_text()
+    example = text.split("### Writing a problem by hand")[1].split("```json")[1].split("```")[0]
+    path = _write(tmp_path, json.loads(example))
+    problem = load_problem(path)
+    assert problem.units == "us" and problem.dense_latency == 120 + 300 + 1150
+    solution = solve_problem(problem, "900us")
+    assert solution.choice == {"stem": 32, "conv": 16} and solution.predicted_latency == 830
+    assert solve_problem(problem, "1.21ms").choice["conv"] == 32  # 120 + 300 + 790 us, exactly on the budget
