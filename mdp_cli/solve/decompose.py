@@ -251,7 +251,9 @@ def _front_slopes(structure: HubStructure) -> np.ndarray:
         d_lat, d_imp = np.diff(configs.latency), np.diff(configs.importance)
         step = same & (d_lat > 0)
         slopes += [d_imp[step] / d_lat[step], configs.importance / np.maximum(configs.latency, 1e-12)]
-    return np.concatenate(slopes)
+    slopes = np.concatenate(slopes)
+    # Quantiles of an evenly strided sample are as good for placing 48 multipliers, and cheaper.
+    return slopes[:: max(1, slopes.size // 200_000)]
 
 
 def _least(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
