@@ -66,6 +66,13 @@ class Term:
     dims: tuple[str, ...]
     table: np.ndarray
     block: str | None = None
+    # Optional per-option counts over the same dims, for constraints beside latency: "params" (weights
+    # kept) and "flops" (per image). Absent in older problems; a missing count is zero for this term.
+    resources: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+# Counts a term may carry beside its latency table (each the table's shape, non-negative).
+RESOURCES = ("params", "flops")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +121,15 @@ class Problem:
         return math.fsum(float(entry.values[choice[entry.dim]]) for entry in self.importance
                          if entry.block is None or kept.get(entry.block, True))
 
+    def resource(self, name: str, choice: Mapping[str, int], kept: Mapping[str, bool] | None = None) -> float:
+        """Total ``name`` count ("params", "flops") of a configuration; terms without it count zero."""
+        kept = kept or {}
+        return math.fsum(float(term.resources[name][tuple(choice[d] for d in term.dims)]) for term in self.terms
+                         if name in term.resources and (term.block is None or kept.get(term.block, True)))
+
+    def has_resource(self, name: str) -> bool:
+        return any(name in term.resources for term in self.terms)
+
     @property
     def dense_latency(self) -> float:
         return self.latency(self.dense_choice())
@@ -160,7 +176,8 @@ def _problem_body(problem: Problem) -> dict[str, Any]:
         "dims": dims,
         "blocks": [{"name": b.name, "removable": b.removable} for b in problem.blocks],
         "terms": [
-            {"name": t.name, "dims": list(t.dims), "block": t.block, "table": t.table.tolist()}
+            {"name": t.name, "dims": list(t.dims), "block": t.block, "table": t.table.tolist(),
+             **{k: np.asarray(v).tolist() for k, v in sorted(t.resources.items())}}
             for t in problem.terms
         ],
     }
@@ -343,7 +360,15 @@ def _read_terms(raw: Any, dims_by_name, fail, check_block) -> list[Term]:
         if (table < 0).any():
             raise fail(f"{field}.table", f"holds a negative latency ({table.min():g})")
         block = check_block(f"{field}.block", item.get("block"))
-        terms.append(Term(name, tuple(dims), table, block))
+        resources = {}
+        for key in RESOURCES:
+            if item.get(key) is None:
+                continue
+            counts = _latency_table(item[key], expected, f"{field}.{key}", fail)
+            if counts.shape != expected or not np.isfinite(counts).all() or (counts < 0).any():
+                raise fail(f"{field}.{key}", f"must be finite non-negative counts with the table's shape {list(expected)}")
+            resources[key] = counts
+        terms.append(Term(name, tuple(dims), table, block, resources))
     return terms
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from mdp_cli.artifacts import library_versions
 from mdp_cli.errors import InfeasibleBudgetError, MdpError
 from mdp_cli.solve.budget import parse_budget
+from mdp_cli.solve.constraints import Constraints
 from mdp_cli.solve.decompose import BUDGET_SLACK, Incumbent, analyse, solve_decomposed
 from mdp_cli.solve.decompose import minimum_latency as decomposed_minimum_latency
 from mdp_cli.solve.linear import linearize
@@ -58,8 +59,15 @@ def solve_problem(
     verbose: bool = False,
     formulation: str = "auto",
     knapsack: str = "dp",
+    max_params: float | str | None = None,
+    max_flops: float | str | None = None,
+    min_keep: float | None = None,
+    multiple: int | None = None,
 ) -> Solution:
-    """Maximise kept importance subject to predicted latency <= budget.
+    """Maximise kept importance subject to predicted latency <= budget (and, optionally, total params and
+    FLOPs caps, every dim at least ``min_keep`` of its size, every width a multiple of ``multiple``; these
+    are solved exactly in the Pyomo model by HiGHS, after checking whether the latency-only optimum already
+    meets them).
 
     ``budget`` is a fraction of the dense latency (0.5), a percentage ("50%") or an absolute latency
     ("3.5ms"). Returns the proven optimum (gap 0) unless ``time_limit`` stops the search first, in
@@ -68,7 +76,8 @@ def solve_problem(
     """
     solver = PreparedSolver(problem, latency_model=latency_model, blocks=blocks, time_limit=time_limit,
                             rel_gap=rel_gap, threads=threads, verbose=verbose, formulation=formulation,
-                            knapsack=knapsack)
+                            knapsack=knapsack, constraints=Constraints.from_options(max_params, max_flops,
+                                                                                    min_keep, multiple))
     return solver.solve(parse_budget(budget, problem.dense_latency, problem.units))
 
 
@@ -79,7 +88,8 @@ def solve_budgets(problem: Problem, budgets: Sequence[str | float], **options: A
     most hub assignments unsolved). Returns, in the order given, a Solution or the error of that budget
     (InfeasibleBudgetError for an unreachable one). ``options`` are those of solve_problem."""
     values = [parse_budget(b, problem.dense_latency, problem.units) for b in budgets]
-    solver = PreparedSolver(problem, **options)
+    limits = {k: options.pop(k) for k in ("max_params", "max_flops", "min_keep", "multiple") if k in options}
+    solver = PreparedSolver(problem, constraints=Constraints.from_options(**limits), **options)
     results: list[Solution | MdpError | None] = [None] * len(values)
     incumbent = None
     for i in sorted(range(len(values)), key=lambda i: values[i]):
@@ -97,12 +107,22 @@ class PreparedSolver:
 
     def __init__(self, problem: Problem, *, latency_model: str = "multidim", blocks: bool = True,
                  time_limit: float | None = None, rel_gap: float = 0.0, threads: int | None = None,
-                 verbose: bool = False, formulation: str = "auto", knapsack: str = "dp"):
+                 verbose: bool = False, formulation: str = "auto", knapsack: str = "dp",
+                 constraints: Constraints | None = None):
         for value, allowed, what in ((knapsack, KNAPSACK_ENGINES, "knapsack engine"),
                                      (formulation, FORMULATIONS, "formulation"),
                                      (latency_model, LATENCY_MODELS, "latency model")):
             if value not in allowed:
                 raise MdpError(f"{what} {value!r}: choose one of {', '.join(allowed)}")
+        self.constraints = constraints or Constraints()
+        if self.constraints.active:
+            if latency_model != "multidim":
+                raise MdpError("constraints beside the budget need --latency-model multidim")
+            if formulation not in ("auto", "monolithic"):
+                raise MdpError(f"--formulation {formulation}: constraints beside the budget are solved by the "
+                               f"monolithic MILP; use --formulation auto or monolithic")
+            self.constraints.check_problem(problem)
+        self._latency_only: PreparedSolver | None = None
         self.problem = problem
         self.latency_model, self.blocks, self.formulation, self.knapsack = latency_model, blocks, formulation, knapsack
         self.time_limit, self.rel_gap, self.threads, self.verbose = time_limit, rel_gap, threads, verbose
@@ -118,16 +138,33 @@ class PreparedSolver:
     def solve(self, budget_value: float, incumbent: Incumbent | None = None) -> Solution:
         """The optimum within ``budget_value`` (in the problem's units). ``incumbent``: a configuration of
         an earlier solve of this object known to fit this budget (the optimum of a smaller budget)."""
-        problem = self.problem
-        if budget_value >= problem.dense_latency:
+        problem, constraints = self.problem, self.constraints
+        if budget_value >= problem.dense_latency and (
+                not constraints.active or constraints.satisfied(problem, problem.dense_choice(), {})):
             # Importance never decreases with size, so the dense model is optimal once it fits.
             return self._finish(budget_value, problem.dense_choice(), {}, "nothing_to_prune", None, {})
+        if constraints.active:
+            # Constraints only remove configurations: a latency-only optimum that meets them is the optimum.
+            if self._latency_only is None:
+                self._latency_only = PreparedSolver(problem, blocks=self.blocks, time_limit=self.time_limit,
+                                                    rel_gap=self.rel_gap, threads=self.threads, verbose=self.verbose,
+                                                    knapsack=self.knapsack)
+            unconstrained = self._latency_only.solve(budget_value, incumbent)
+            self.last_incumbent = None
+            if unconstrained.status == "optimal" and constraints.satisfied(problem, unconstrained.option_index,
+                                                                           unconstrained.kept):
+                unconstrained.solver["constraints"] = {"met_by": "the latency-only optimum",
+                                                       **dataclasses.asdict(constraints)}
+                return unconstrained
+            incumbent = None
         build_s = 0.0
         if self._search is None:
             started = time.perf_counter()
             self._build()
             build_s = self.build_s = time.perf_counter() - started
         outcome = _search_within_budget(self._search, self.latency_problem, budget_value, incumbent)
+        if constraints.active:
+            self.info["constraints"] = {"met_by": "the monolithic MILP", **dataclasses.asdict(constraints)}
         self.last_incumbent = outcome.incumbent
         return self._finish(budget_value, outcome.choice, outcome.kept, outcome.status, outcome.bound,
                             {"build_s": build_s, "solve_s": outcome.solve_s})
@@ -169,7 +206,8 @@ class PreparedSolver:
     def _build(self) -> None:
         problem, latency_problem, info = self.problem, self.latency_problem, self.info
         formulation = self.formulation
-        structure = analyse(problem, latency_problem, self.blocks) if formulation in ("auto", "hub") else None
+        structure = (analyse(problem, latency_problem, self.blocks)
+                     if formulation in ("auto", "hub") and not self.constraints.active else None)
         if structure is None and formulation == "hub":
             raise MdpError("--formulation hub: the shared dims of this problem have too many joint options to "
                            "branch on; use --formulation auto")
@@ -211,26 +249,50 @@ class PreparedSolver:
         from mdp_cli.solve.formulation import build_formulation
         from mdp_cli.solve.greedy import greedy_solution
 
-        problem, latency_problem, info = self.problem, self.latency_problem, self.info
+        problem, latency_problem, info, constraints = self.problem, self.latency_problem, self.info, self.constraints
         info.update(formulation="monolithic", engine="highs via pyomo")
+        caps = constraints.caps()
         form = build_formulation(problem, latency_problem, blocks_enabled=self.blocks,
-                                 enumerate_blocks=self.formulation == "blocks")
+                                 enumerate_blocks=self.formulation == "blocks", resources=tuple(caps),
+                                 allowed=constraints.allowed(problem) if constraints.active else None)
         model = form.model
         model.budget = pyo.Param(mutable=True, initialize=problem.dense_latency)
         model.latency_budget = pyo.Constraint(expr=form.latency_expression() <= model.budget)
+        model.cap = pyo.Param(list(caps), mutable=True, initialize=caps)
+        model.caps = pyo.Constraint(list(caps), rule=lambda m, name: form.resource_expression(name) <= m.cap[name])
         model.objective = pyo.Objective(expr=form.importance_expression(), sense=pyo.maximize)
         info["model_size"] = form.stats
         self._smallest = lambda: minimum_latency(problem, latency_problem, self.blocks, threads=self.threads)
 
         def search(target: float, incumbent: Incumbent | None, budget_value: float) -> _Outcome:
             model.budget.set_value(target)
+            for attempt in range(6):  # HiGHS accepts rows within its tolerance: keep the caps exact
+                outcome = solve_once(budget_value)
+                over = {name: problem.resource(name, outcome.choice, outcome.kept) - cap for name, cap in caps.items()}
+                if all(v <= 0 for v in over.values()):
+                    break
+                for name, excess in over.items():
+                    if excess > 0:
+                        model.cap[name].set_value(pyo.value(model.cap[name]) - (excess + 1e-9 * caps[name]) * 2 ** attempt)
+            else:
+                raise MdpError("could not meet the caps within solver tolerances")
+            for name, cap in caps.items():
+                model.cap[name].set_value(cap)
+            return outcome
+
+        def solve_once(budget_value: float) -> _Outcome:
             result, solve_s = _run_highs(model, self.time_limit, self.rel_gap, self.threads, self.verbose)
             condition = result.termination_condition
             if condition in (TerminationCondition.provenInfeasible, TerminationCondition.infeasibleOrUnbounded):
+                if constraints.active:
+                    raise InfeasibleBudgetError(
+                        f"no configuration meets the budget {budget_value:.4g} {problem.units} together with "
+                        f"{constraints.describe()}; raise the budget or relax a constraint")
                 self._raise_infeasible(budget_value)
             if result.incumbent_objective is None:
                 # Stopped before HiGHS found a configuration: the greedy one, with HiGHS's bound.
-                fallback = greedy_solution(problem, budget_value, latency_problem, self.blocks)
+                fallback = None if constraints.active else greedy_solution(problem, budget_value, latency_problem,
+                                                                             self.blocks)
                 if fallback is None:
                     raise MdpError(f"HiGHS stopped ({condition.name}) before finding any configuration within the "
                                    f"budget; raise --time-limit")
