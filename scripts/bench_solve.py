@@ -9,6 +9,8 @@ Problems (synthetic tables with the exact structure of each network, see mdp_cli
                      chunks, attention and MLP branches removable, E shared by all blocks
 - resnet50-fine8:    ResNet-50 at 8-channel steps (up to 256 options per dim)
 - deit_base-fine:    DeiT-Base at embed=8, qk=v=4, mlp=32
+- resnet50-paper-counts, deit_base-counts: the same with params/FLOPs counts, for ``--max-params F``
+  (a fraction of the dense model's parameters), ``--min-keep``, ``--multiple`` (the Pyomo model + HiGHS)
 
 Columns: ``build_s`` (hub structure or Pyomo model) and ``search_s`` inside one process; ``process_s`` and
 ``process_cpu_s``: a whole ``python -m mdp_cli solve PROBLEM --budget B`` (start-up, reading the problem,
@@ -18,6 +20,7 @@ Run it on a quiet machine with one thread (``OMP_NUM_THREADS=1``): timings under
     python scripts/bench_solve.py                                  # paper-granularity problems
     python scripts/bench_solve.py --problems resnet50-fine8 deit_base-fine --budgets 0.5
     python scripts/bench_solve.py --problems deit_base --budgets 0.5 --formulation monolithic --no-process
+    python scripts/bench_solve.py --problems resnet50-paper-counts --max-params 0.4 --min-keep 0.25 --multiple 8
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ PROBLEMS = {
     "deit_base": lambda seed: vit_problem(seed=seed),
     "resnet50-fine8": lambda seed: resnet_problem(step=8, seed=seed),
     "deit_base-fine": lambda seed: vit_problem(embed_step=8, qk_step=4, v_step=4, mlp_step=32, seed=seed),
+    # with params/FLOPs counts, for --max-params / --min-keep / --multiple
+    "resnet50-paper-counts": lambda seed: resnet_problem(paper_granularity=True, seed=seed, counts=True),
+    "deit_base-counts": lambda seed: vit_problem(seed=seed, counts=True),
 }
 DEFAULT_PROBLEMS = ["resnet50-paper", "resnet101-paper", "mobilenetv2-paper", "deit_base"]
 
@@ -73,6 +79,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--time-limit", type=float, default=300.0)
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process (CLI) timings")
+    parser.add_argument("--max-params", type=float, help="cap params at this fraction of the dense model's "
+                        "(problems with counts only)")
+    parser.add_argument("--min-keep", type=float, help="keep at least this fraction of every dim")
+    parser.add_argument("--multiple", type=int, help="widths multiples of this")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args()
 
@@ -93,9 +103,13 @@ def main() -> None:
                 path = Path(scratch) / f"{name}-{seed}.json"
                 if not args.no_process:
                     problem.save(path)
+                limits = {"min_keep": args.min_keep, "multiple": args.multiple}
+                if args.max_params is not None:
+                    limits["max_params"] = args.max_params * problem.resource("params", problem.dense_choice())
+                flags = [f"--{k.replace('_', '-')}={v!r}" for k, v in limits.items() if v is not None]
                 for budget in args.budgets:
                     solution = solve_problem(problem, budget, time_limit=args.time_limit,
-                                             formulation=args.formulation, knapsack=args.knapsack)
+                                             formulation=args.formulation, knapsack=args.knapsack, **limits)
                     size = solution.solver.get("model_size", {})
                     row = {
                         "problem": name, "seed": seed, "budget": budget,
@@ -111,7 +125,7 @@ def main() -> None:
                         wall, cpu, result = _child_run(
                             [sys.executable, "-m", "mdp_cli", "solve", str(path), "--budget", str(budget),
                              "--formulation", args.formulation, "--knapsack", args.knapsack,
-                             "--time-limit", str(args.time_limit)])
+                             "--time-limit", str(args.time_limit), *flags])
                         if result.returncode != 0:
                             raise SystemExit(f"mdp solve failed on {name}: {result.stderr.strip()}")
                         row.update(process_s=round(wall, 3), process_cpu_s=round(cpu, 3))
