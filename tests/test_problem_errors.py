@@ -97,9 +97,26 @@ def test_budget_below_smallest_reachable_latency_names_it():
 
 def test_budget_at_or_above_dense_means_nothing_to_prune():
     problem = example_problem()
-    solution = solve_problem(problem, 1.2)
-    assert solution.status == "nothing_to_prune"
-    assert solution.choice == {d.name: d.size for d in problem.dims} and all(solution.kept.values())
+    for budget in (1.0, "120%", f"{problem.dense_latency * 2}ms"):
+        solution = solve_problem(problem, budget)
+        assert solution.status == "nothing_to_prune"
+        assert solution.choice == {d.name: d.size for d in problem.dims} and all(solution.kept.values())
+
+
+@pytest.mark.parametrize("text", ["12", "50", 1.2, "1e1"])
+def test_bare_number_above_one_is_an_error_suggesting_units(text):
+    """A bare 12 or 50 is almost surely 12 ms or 50 %, not twelve times the dense latency."""
+    with pytest.raises(MdpError) as info:
+        solve_problem(example_problem(), text)
+    message = str(info.value)
+    assert "\n" not in message and "ms" in message and "%" in message
+
+
+def test_bare_number_above_one_on_the_cli_writes_nothing(tmp_path):
+    output = tmp_path / "solution.json"
+    result = _mdp("solve", "--example", "--budget", "12", "-o", str(output))
+    assert result.returncode == 2 and "12ms" in result.stderr and "12%" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not output.exists()
 
 
 @pytest.mark.parametrize("text", ["abc", "-0.5", "3.5 parsecs", "0"])
@@ -136,3 +153,32 @@ def test_cli_bad_problem_file_is_one_line_and_writes_nothing(tmp_path):
     result = _mdp("solve", str(bad), "-o", str(tmp_path / "out.json"))
     assert result.returncode == 2 and f"{bad}: dims: must be a non-empty list" in result.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["1.5", True, [1, 2], {"ms": 1}])
+def test_latency_that_is_not_a_number_is_rejected(tmp_path, problem_dict, bad):
+    """A string latency used to be read as the number it spells (numpy converts "1.5" silently)."""
+    term = next(t for t in problem_dict["terms"] if len(t["dims"]) == 2)
+    term["table"][0][0] = bad
+    message = _error(tmp_path, problem_dict)
+    assert f"({term['name']}).table" in message
+    assert "not a number" in message or "nested list of numbers" in message
+
+
+def test_whole_table_given_as_a_string_is_rejected(tmp_path, problem_dict):
+    term = next(t for t in problem_dict["terms"] if not t["dims"])
+    term["table"] = str(term["table"])
+    assert "not a number" in _error(tmp_path, problem_dict)
+
+
+def test_hand_written_problem_in_the_docs_loads_and_solves(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "schemas.md").read_text()
+    example = text.split("### Writing a problem by hand")[1].split("```json")[1].split("```")[0]
+    path = _write(tmp_path, json.loads(example))
+    problem = load_problem(path)
+    assert problem.units == "us" and problem.dense_latency == 120 + 300 + 1150
+    solution = solve_problem(problem, "900us")
+    assert solution.choice == {"stem": 32, "conv": 16} and solution.predicted_latency == 830
+    assert solve_problem(problem, "1.21ms").choice["conv"] == 32  # 120 + 300 + 790 us, exactly on the budget

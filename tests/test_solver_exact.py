@@ -153,3 +153,29 @@ def test_hub_and_monolithic_agree_on_a_resnet_shaped_problem(budget):
     monolithic = solve_problem(problem, budget, formulation="monolithic")
     assert hub.status == monolithic.status == "optimal"
     assert hub.objective == pytest.approx(monolithic.objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_chain_with_fixed_blocks_decomposes_and_matches_brute_force(seed):
+    """An inverted-residual chain: the first block of each stage and the head are fixed (ungated), so
+    their private widths join fixed pseudo-blocks rather than the hub; hub and monolithic agree with
+    enumeration."""
+    import math
+
+    from mdp_cli.solve.decompose import analyse
+    from mdp_cli.solve.synthetic import mobilenet_problem
+
+    problem = mobilenet_problem(stages=((1, 8, 1, 1), (2, 16, 2, 2), (2, 16, 1, 1)), stem=8, last=16,
+                                paper_granularity=False, step=8, resolution=32, batch=8, seed=seed)
+    assert math.prod(len(d.options) for d in problem.dims) * 2 ** len(problem.blocks) < 50_000
+    structure = analyse(problem, problem, True)
+    assert structure is not None and any(g.name.startswith("<fixed") for g in structure.groups)
+    assert "head" not in structure.hub
+    lowest = minimum_latency(problem)
+    for fraction in (0.1, 0.4, 0.8):
+        budget = lowest + fraction * (problem.dense_latency - lowest)
+        reference_value, _, _ = brute_force(problem, budget)
+        for formulation in ("hub", "monolithic"):
+            solution = solve_problem(problem, f"{budget!r}ms", formulation=formulation)
+            assert solution.objective == pytest.approx(reference_value, rel=1e-9)
+            assert solution.predicted_latency <= solution.budget

@@ -38,8 +38,12 @@ def example_problem_path() -> Path:
 @click.option("--threads", type=int, help="HiGHS threads.")
 @click.option("--verbose", "-v", is_flag=True, help="Show the HiGHS log.")
 @click.option("--show-dims", is_flag=True, help="List every dim's chosen size, not only the pruned ones.")
+@click.option("--max-params", help="Also cap the kept parameters (10M, 2.5e6); needs 'params' counts in the problem.")
+@click.option("--max-flops", help="Also cap the FLOPs (4G); needs 'flops' counts in the problem.")
+@click.option("--min-keep", type=float, help="Keep at least this fraction of every dim (0.25).")
+@click.option("--multiple", type=int, help="Every width a multiple of this (8); full sizes always allowed.")
 def solve_command(problem, example, budget, output, latency_model, no_blocks, time_limit, rel_gap, formulation,
-                  knapsack, threads, verbose, show_dims):
+                  knapsack, threads, verbose, show_dims, max_params, max_flops, min_keep, multiple):
     """Choose every dim's size and every block's fate to keep the most importance within the budget.
 
     PROBLEM is a problem JSON, a run directory (its problem.json is rebuilt if out of date) or a YAML
@@ -49,7 +53,8 @@ def solve_command(problem, example, budget, output, latency_model, no_blocks, ti
     try:
         solution = solve_problem(loaded, budget, latency_model=latency_model, blocks=not no_blocks,
                                  time_limit=time_limit, rel_gap=rel_gap, threads=threads, verbose=verbose,
-                                 formulation=formulation, knapsack=knapsack)
+                                 formulation=formulation, knapsack=knapsack, max_params=max_params,
+                                 max_flops=max_flops, min_keep=min_keep, multiple=multiple)
     except MdpError as exc:  # name the problem file in solver errors too
         raise type(exc)(f"{path}: {exc}") from None
     click.echo(f"problem     {path} ({loaded.name}, {len(loaded.dims)} dims, {len(loaded.terms)} latency terms, "

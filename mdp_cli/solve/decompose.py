@@ -24,8 +24,6 @@ import time
 from collections import defaultdict
 
 import numpy as np
-import pyomo.environ as pyo
-from pyomo.core.expr.numeric_expr import LinearExpression
 
 from mdp_cli.solve.configurations import MAX_ENUMERATED_CELLS, BlockConfigs, broadcast, enumerate_block
 from mdp_cli.solve.knapsack import KnapsackGroup, lp_bound, solve_mckp
@@ -33,9 +31,15 @@ from mdp_cli.solve.problem import Problem
 
 MAX_HUB_ASSIGNMENTS = 2_000_000
 # Hubs up to this many assignments get the exact LP bound of each up front; larger ones get vectorised
-# Lagrangian bounds first and the exact LP bound only when an assignment comes up for solving.
-EXACT_BOUNDS_UP_TO = 4096
+# Lagrangian bounds first and the exact LP bound only when an assignment comes up for solving (computing
+# every exact bound up front was 94-99 % of the solve time on ResNet-101-sized problems).
+EXACT_BOUNDS_UP_TO = 16
 _LAGRANGE_MULTIPLIERS = 48
+_KEPT_VALUES = 4_000_000  # multipliers x assignments held at once (32 MB)
+# Relative to the budget: far above the rounding error of summing a few thousand latencies in any order
+# (~1e-13), far below any latency difference a measurement can resolve. Candidates in the band are
+# checked with the exact (correctly rounded) latency.
+BUDGET_SLACK = 1e-9
 
 
 @dataclasses.dataclass
@@ -55,6 +59,12 @@ class HubStructure:
     groups: list[_Group]
     base_latency: np.ndarray  # per hub assignment: constant + hub-only terms
     base_importance: np.ndarray
+    # Reused across hub assignments and budgets: knapsack groups (with their hulls) per (block, interface
+    # value), and the Lagrangian per-block maxima at the coarse multipliers.
+    knapsack_groups: dict = dataclasses.field(default_factory=dict)
+    coarse_multipliers: np.ndarray | None = None
+    coarse_tables: list | None = None
+    coarse_values: np.ndarray | None = None  # (multiplier, assignment): the budget-free Lagrangian
 
 
 def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) -> HubStructure | None:
@@ -67,15 +77,24 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
     for entry in problem.importance:
         if np.ptp(entry.values) > 0 or entry.block is not None:
             users[entry.dim].add(entry.block)
-    hub = tuple(d.name for d in problem.dims if d.name in users and (len(users[d.name]) > 1 or None in users[d.name]))
+    # A dim that only ungated terms use (the widths inside a fixed, unremovable part: a MobileNet block
+    # that changes the resolution, the head) is private to that part, not a hub dim: ungated terms that
+    # share such dims form one fixed pseudo-block, whose other dims are its interface.
+    fixed_only = {d for d, who in users.items() if who == {None}}
+    parts = _fixed_parts(latency_problem, fixed_only)
+    hub = tuple(d.name for d in problem.dims if d.name in users and d.name not in fixed_only
+                and (len(users[d.name]) > 1 or None in users[d.name]))
     hub_shape = tuple(len(problem.dim(d).options) for d in hub)
     if math.prod(hub_shape) > MAX_HUB_ASSIGNMENTS:
         return None
 
+    in_parts = {id(t) for terms, _ in parts for t in terms}
+    units = [(block.name, [t for t in latency_problem.terms if t.block == block.name],
+              [e for e in problem.importance if e.block == block.name]) for block in problem.blocks]
+    units += [(f"<fixed {min(dims)}>", terms, [e for e in problem.importance if e.block is None and e.dim in dims])
+              for terms, dims in parts]
     groups: list[_Group] = []
-    for block in problem.blocks:
-        terms = [t for t in latency_problem.terms if t.block == block.name]
-        entries = [e for e in problem.importance if e.block == block.name]
+    for name, terms, entries in units:
         if not terms and not entries:
             continue
         dims_used = {d for t in terms for d in t.dims} | {e.dim for e in entries}
@@ -83,24 +102,50 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
         private = tuple(sorted(dims_used - set(interface)))
         if math.prod(len(problem.dim(d).options) for d in dims_used) > MAX_ENUMERATED_CELLS:
             return None
-        configs = enumerate_block(block.name, interface, private, terms, entries, problem)
-        fronts: dict[int, list] = defaultdict(list)
-        for row, value in enumerate(configs.interface_index):
-            fronts[int(value)].append(row)
-        groups.append(_Group(block.name, block.name in removable, configs,
-                             {k: np.asarray(v) for k, v in fronts.items()}))
+        configs = enumerate_block(name, interface, private, terms, entries, problem)
+        # Rows come grouped by interface value (enumerate_block): split them at each change.
+        index = configs.interface_index
+        starts = np.flatnonzero(np.concatenate([[True], index[1:] != index[:-1]])) if index.size else np.zeros(0, int)
+        fronts = dict(zip(index[starts].tolist(), np.split(np.arange(index.size), starts[1:])))
+        groups.append(_Group(name, name in removable, configs, fronts))
 
     base_latency = np.full(hub_shape, latency_problem.constant_latency)
     base_importance = np.zeros(hub_shape)
     for term in latency_problem.terms:
-        if term.block is None:
+        if term.block is None and id(term) not in in_parts:
             base_latency = base_latency + broadcast(term.table, term.dims, hub)
     for entry in problem.importance:
-        if entry.block is None:  # ungated importance of a dim nothing else uses is constant: take it whole
+        if entry.block is None and entry.dim not in fixed_only:
+            # ungated importance of a dim nothing else uses is constant: take it whole
             base_importance = base_importance + (
                 broadcast(entry.values, (entry.dim,), hub) if entry.dim in hub else entry.values[-1])
     return HubStructure(hub, hub_shape, groups, np.broadcast_to(base_latency, hub_shape).ravel(),
                         np.broadcast_to(base_importance, hub_shape).ravel())
+
+
+def _fixed_parts(latency_problem: Problem, fixed_only: set[str]) -> list[tuple[list, set[str]]]:
+    """Ungated terms grouped by the fixed-only dims they share (connected components): (terms, dims)."""
+    parent = {d: d for d in fixed_only}
+
+    def root(d: str) -> str:
+        while parent[d] != d:
+            parent[d] = parent[parent[d]]
+            d = parent[d]
+        return d
+
+    touching = [t for t in latency_problem.terms if t.block is None and fixed_only & set(t.dims)]
+    for term in touching:
+        own = [d for d in term.dims if d in fixed_only]
+        for d in own[1:]:
+            parent[root(d)] = root(own[0])
+    parts: dict[str, tuple[list, set[str]]] = {}
+    for term in touching:
+        key = root(next(d for d in term.dims if d in fixed_only))
+        parts.setdefault(key, ([], set()))[0].append(term)
+    for d in fixed_only:
+        if root(d) in parts:
+            parts[root(d)][1].add(d)
+    return list(parts.values())
 
 
 def minimum_latency(structure: HubStructure) -> float:
@@ -132,6 +177,19 @@ def _items(group: _Group, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return rows, group.configs.latency[rows], group.configs.importance[rows]
 
 
+def _knapsack_groups(structure: HubStructure, hub_index: tuple[int, ...]) -> list[tuple[np.ndarray, KnapsackGroup]]:
+    """Each block's config rows and knapsack group at this hub assignment (cached per interface value)."""
+    out = []
+    for g, group in enumerate(structure.groups):
+        value = _interface_value(group, structure.hub, hub_index)
+        key = (g, value)
+        if key not in structure.knapsack_groups:
+            rows, latency, importance = _items(group, value)
+            structure.knapsack_groups[key] = (rows, KnapsackGroup(latency, importance, group.removable))
+        out.append(structure.knapsack_groups[key])
+    return out
+
+
 @dataclasses.dataclass
 class DecomposedResult:
     choice: dict[str, int]
@@ -143,6 +201,7 @@ class DecomposedResult:
     pruned: int  # assignments dismissed by their bound
     timings: dict[str, float]
     status: str  # optimal | time_limit | infeasible
+    incumbent: Incumbent | None = None  # the answer in the search's own terms (to warm-start another budget)
 
     @property
     def best(self) -> float | None:
@@ -150,82 +209,185 @@ class DecomposedResult:
         return None if self.objective == -math.inf else self.objective
 
 
+@dataclasses.dataclass(frozen=True)
+class Incumbent:
+    """A configuration known to fit: its value, hub assignment (flat index) and per-group row (None: removed)."""
+
+    value: float
+    hub: int
+    picks: tuple
+
+
 def lagrangian_bounds(structure: HubStructure, budget: float) -> np.ndarray:
     """Upper bound on every hub assignment's knapsack at once. For any multiplier lam >= 0,
     base_imp + lam * (budget - base_lat) + sum_g max(0 if removable, max_c imp_c - lam * lat_c)
-    bounds it from above (weak duality), and its least value over lam is the knapsack's LP bound.
-    A coarse grid of multipliers over the items' importance/latency ratios finds where the best
-    assignments' minima lie; a fine grid there makes their bounds nearly the LP bounds."""
-    ratios = np.concatenate([g.configs.importance / np.maximum(g.configs.latency, 1e-12) for g in structure.groups]
-                            or [np.zeros(1)])
-    coarse = np.unique(np.concatenate([[0.0], np.quantile(ratios, np.linspace(0, 1, _LAGRANGE_MULTIPLIERS))]))
-    best = np.full(structure.base_latency.shape, np.inf)
-    argmin = np.zeros(structure.base_latency.shape, int)
-    for i, lam in enumerate(coarse):
-        value = _lagrangian(structure, budget, lam)
-        better = value < best
-        best[better], argmin[better] = value[better], i
-    # Refine around the multipliers that bound the most promising assignments.
-    top = np.argsort(-best)[: max(1, min(best.size, 256))]
-    fine = [np.linspace(coarse[max(i - 1, 0)], coarse[min(i + 1, coarse.size - 1)], _LAGRANGE_MULTIPLIERS)
-            for i in np.unique(argmin[top])]
-    for lam in np.unique(np.concatenate(fine)):
-        best = np.minimum(best, _lagrangian(structure, budget, lam))
-    return best
+    bounds it from above (weak duality), and its least value over lam is the knapsack's LP bound,
+    reached at the slope of some block's front. So the multipliers are quantiles of the fronts' slopes
+    (d importance / d latency between neighbouring configurations, and importance / latency from
+    removal): the bounds come out close to the LP bounds, and the few assignments that reach the top of
+    the search get their exact LP bound then.
+
+    Only ``lam * budget`` depends on the budget: the budget-free values are computed once per structure
+    (when small enough to keep) and each further budget costs one pass over them (``mdp pareto``)."""
+    if structure.coarse_multipliers is None:
+        multipliers = np.unique(np.concatenate([[0.0], np.quantile(_front_slopes(structure),
+                                                                   np.linspace(0, 1, _LAGRANGE_MULTIPLIERS))]))
+        structure.coarse_multipliers = multipliers
+        structure.coarse_tables = _group_terms(structure, multipliers)
+        if multipliers.size * structure.base_latency.size <= _KEPT_VALUES:
+            structure.coarse_values = _lagrangian_values(structure, multipliers, structure.coarse_tables, 0,
+                                                         multipliers.size)
+    multipliers = structure.coarse_multipliers
+    if structure.coarse_values is not None:
+        return _least(structure.coarse_values + multipliers[:, None] * budget)[0]
+    return _least_over(structure, budget, multipliers, structure.coarse_tables)[0]
 
 
-def _lagrangian(structure: HubStructure, budget: float, lam: float) -> np.ndarray:
-    total = structure.base_importance + lam * (budget - structure.base_latency)
-    total = total.reshape(structure.hub_shape) if structure.hub_shape else total
+def _front_slopes(structure: HubStructure) -> np.ndarray:
+    slopes = [np.zeros(1)]
     for group in structure.groups:
-        table = _per_interface_value(group, 0.0 if group.removable else -np.inf,
-                                     group.configs.importance - lam * group.configs.latency, np.maximum)
-        total = total + broadcast(table, group.configs.interface, structure.hub)
-    return np.broadcast_to(total, structure.hub_shape or (1,)).ravel()
+        configs = group.configs  # per interface value, latency ascending (enumerate_block)
+        same = configs.interface_index[1:] == configs.interface_index[:-1]
+        d_lat, d_imp = np.diff(configs.latency), np.diff(configs.importance)
+        step = same & (d_lat > 0)
+        slopes += [d_imp[step] / d_lat[step], configs.importance / np.maximum(configs.latency, 1e-12)]
+    slopes = np.concatenate(slopes)
+    # Quantiles of an evenly strided sample are as good for placing 48 multipliers, and cheaper.
+    return slopes[:: max(1, slopes.size // 200_000)]
+
+
+def _least(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise least value and the row attaining it (row by row: argmin down a C-ordered axis is slow)."""
+    best = values[0].copy()
+    argmin = np.zeros(values.shape[1], int)
+    for i in range(1, values.shape[0]):
+        better = values[i] < best
+        best = np.where(better, values[i], best)
+        argmin[better] = i
+    return best, argmin
+
+
+def _least_over(structure: HubStructure, budget: float, multipliers: np.ndarray, tables) -> tuple[np.ndarray, np.ndarray]:
+    """The least Lagrangian bound of every hub assignment over ``multipliers``, in slices that bound the
+    memory used, and the multiplier index that gives it."""
+    count = structure.base_latency.size
+    step = max(1, _KEPT_VALUES // (4 * max(1, count)))
+    best = np.full(count, np.inf)
+    argmin = np.zeros(count, int)
+    for start in range(0, multipliers.size, step):
+        stop = min(start + step, multipliers.size)
+        value, which = _least(_lagrangian_values(structure, multipliers, tables, start, stop)
+                              + multipliers[start:stop, None] * budget)
+        better = value < best
+        best[better], argmin[better] = value[better], which[better] + start
+    return best, argmin
+
+
+def _group_terms(structure: HubStructure, multipliers: np.ndarray) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Per interface (tuple of hub dims): sum over its blocks of max(0 if removable, max_c imp_c - lam * lat_c),
+    as an array (multiplier, *interface shape). Blocks that share an interface are summed first, so the
+    hub-sized arrays are touched once per interface rather than once per block."""
+    by_interface: dict[tuple[str, ...], np.ndarray] = {}
+    n = multipliers.size
+    for group in structure.groups:
+        configs = group.configs
+        cells = max(1, math.prod(configs.interface_shape))
+        table = np.full((n, cells), 0.0 if group.removable else -np.inf)
+        if configs.latency.size:
+            index = configs.interface_index  # rows come grouped by interface value (enumerate_block)
+            starts = np.flatnonzero(np.concatenate([[True], index[1:] != index[:-1]]))
+            per_value = np.maximum.reduceat(configs.importance[None, :] - multipliers[:, None] * configs.latency[None, :],
+                                            starts, axis=1)
+            columns = index[starts]
+            table[:, columns] = np.maximum(table[:, columns], per_value)
+        table = table.reshape((n,) + tuple(configs.interface_shape))
+        key = configs.interface
+        by_interface[key] = by_interface[key] + table if key in by_interface else table
+    return list(by_interface.items())
+
+
+def _lagrangian_values(structure: HubStructure, multipliers: np.ndarray, tables, start: int, stop: int) -> np.ndarray:
+    """Budget-free part of the Lagrangian, base_imp - lam * base_lat + sum_g max(...), for multipliers
+    start:stop (rows) and every hub assignment (columns). Interfaces list hub dims in hub order, so a
+    table reaches the hub's shape by inserting unit axes."""
+    hub, shape = structure.hub, structure.hub_shape
+    lam = multipliers[start:stop, None]
+    total = (structure.base_importance[None, :] - lam * structure.base_latency[None, :]).reshape((stop - start,) + shape)
+    for interface, table in tables:
+        total += table[start:stop].reshape((stop - start,) + tuple(n if d in interface else 1 for d, n in zip(hub, shape)))
+    return total.reshape(stop - start, -1)
 
 
 def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, time_limit: float | None,
-                     threads: int | None, verbose: bool, run_highs, knapsack: str = "dp") -> DecomposedResult:
-    """Best-first search over hub assignments; see the module docstring."""
+                     threads: int | None, verbose: bool, run_highs, knapsack: str = "dp",
+                     latency_problem: Problem | None = None, incumbent: Incumbent | None = None) -> DecomposedResult:
+    """Best-first search over hub assignments; see the module docstring.
+
+    Bounds are lazy: every assignment first gets a vectorised Lagrangian bound (all at once, cheap), and
+    its exact LP bound only when it reaches the top of the queue; most assignments are dismissed by the
+    cheap bound alone. ``incumbent`` (a configuration known to fit this budget, e.g. the optimum at a
+    smaller budget) starts the search with its value, so assignments that cannot beat it are never solved.
+
+    Latencies are checked exactly: the search admits sums up to ``budget + slack`` (slack: far above the
+    rounding error of any order of summation, far below any real latency difference) and a configuration
+    in that band is kept only if ``latency_problem.latency`` (a correctly rounded sum) is within the budget."""
     started = time.perf_counter()
+    latency_problem = latency_problem or problem
     shape = structure.hub_shape
     count = int(math.prod(shape))
+    slack = BUDGET_SLACK * abs(budget)
+    limit = budget + slack
 
     def assignment(h: int) -> tuple[int, ...]:
         return tuple(int(i) for i in np.unravel_index(h, shape)) if shape else ()
 
     def exact_bound(h: int) -> float:
-        residual = budget - structure.base_latency[h]
-        if residual < -1e-12:
+        residual = limit - structure.base_latency[h]
+        if residual < 0:
             return -math.inf
-        hub_index = assignment(h)
-        groups = [KnapsackGroup(*_items(group, _interface_value(group, structure.hub, hub_index))[1:], group.removable)
-                  for group in structure.groups]
+        groups = [g for _, g in _knapsack_groups(structure, assignment(h))]
         return float(structure.base_importance[h]) + lp_bound(groups, residual)
+
+    def fits(h: int, picks) -> bool:
+        choice, kept = _configuration(structure, problem, assignment(h), picks)
+        return latency_problem.latency(choice, kept) <= budget
 
     if count <= EXACT_BOUNDS_UP_TO:
         bounds = np.array([exact_bound(h) for h in range(count)])
         is_exact = np.ones(count, bool)
     else:
-        bounds = lagrangian_bounds(structure, budget)
+        bounds = lagrangian_bounds(structure, limit)
         is_exact = np.zeros(count, bool)
     bound_s = time.perf_counter() - started
 
-    heap = [(-b, h) for h, b in enumerate(bounds.tolist()) if b > -math.inf]
-    heapq.heapify(heap)
     best_value, best = -math.inf, None
+    if incumbent is not None:
+        best_value, best = incumbent.value, (incumbent.hub, list(incumbent.picks))
+    # Visit assignments from the best bound down: the initial bounds in sorted order, merged with a heap
+    # of the exact bounds that replace them when they come up.
+    order = np.argsort(-bounds, kind="stable")
+    sorted_bounds = bounds[order].tolist()
+    order = order.tolist()
+    position = 0
+    heap: list[tuple[float, int]] = []
     solved = tightened = 0
     knapsack_s = 0.0
     status = "optimal"
     open_bound = -math.inf
-    while heap:
-        negative, h = heap[0]
-        if -negative <= best_value + 1e-12 * max(1.0, abs(best_value)):
+    while True:
+        from_heap = bool(heap) and (position >= count or -heap[0][0] >= sorted_bounds[position])
+        if not from_heap and position >= count:
+            break
+        top, h = (-heap[0][0], heap[0][1]) if from_heap else (sorted_bounds[position], order[position])
+        if top <= best_value + 1e-12 * max(1.0, abs(best_value)) or top == -math.inf:
             break
         if time_limit is not None and time.perf_counter() - started > time_limit:
-            status, open_bound = "time_limit", -negative
+            status, open_bound = "time_limit", top
             break
-        heapq.heappop(heap)
+        if from_heap:
+            heapq.heappop(heap)
+        else:
+            position += 1
         if not is_exact[h]:
             is_exact[h] = True
             tightened += 1
@@ -236,18 +398,27 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
         remaining = None if time_limit is None else max(1.0, time_limit - (time.perf_counter() - started))
         t0 = time.perf_counter()
         if knapsack == "dp":
-            outcome = _solve_knapsack_dp(structure, h, assignment(h), budget, best_value)
+            outcome = _solve_knapsack_dp(structure, h, assignment(h), budget, slack, best_value,
+                                         lambda picks, h=h: fits(h, picks))
         else:
-            outcome = _solve_knapsack(structure, h, assignment(h), budget, remaining, threads, verbose, run_highs)
+            outcome = _solve_knapsack(structure, h, assignment(h), limit, remaining, threads, verbose, run_highs)
         knapsack_s += time.perf_counter() - t0
         solved += 1
         if outcome is not None and outcome[0] > best_value:
-            best_value, best = outcome[0], (assignment(h), outcome[1])
+            best_value, best = outcome[0], (h, outcome[1])
     timings = {"bound_s": bound_s, "knapsack_s": knapsack_s}
     if best is None:
         return DecomposedResult({}, {}, -math.inf, -math.inf, solved, count, count - solved, timings,
                                 "infeasible" if status == "optimal" else status)
-    hub_index, picks = best
+    h, picks = best
+    choice, kept = _configuration(structure, problem, assignment(h), picks)
+    timings["bounds_tightened"] = tightened
+    return DecomposedResult(choice, kept, best_value, max(best_value, open_bound), solved, count, count - solved,
+                            timings, status, Incumbent(best_value, h, tuple(picks)))
+
+
+def _configuration(structure: HubStructure, problem: Problem, hub_index, picks) -> tuple[dict, dict]:
+    """Option index per dim and kept flag per block of a hub assignment plus one row (or None) per group."""
     choice = {d.name: d.full_index for d in problem.dims}
     for d, k in zip(structure.hub, hub_index):
         choice[d] = int(k)
@@ -257,27 +428,31 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
         if row is not None:
             for d, k in zip(group.configs.private, group.configs.private_index[row]):
                 choice[d] = int(k)
-    timings["bounds_tightened"] = tightened
-    return DecomposedResult(choice, kept, best_value, max(best_value, open_bound), solved, count, count - solved,
-                            timings, status)
+    return choice, kept
 
 
-def _solve_knapsack_dp(structure, h, hub_index, budget, best_value):
-    """Exact knapsack of one hub assignment by Pareto-state DP; None unless it reaches ``best_value``."""
-    groups = []
-    for group in structure.groups:
-        rows, latency, importance = _items(group, _interface_value(group, structure.hub, hub_index))
-        groups.append((rows, KnapsackGroup(latency, importance, group.removable)))
+def _solve_knapsack_dp(structure, h, hub_index, budget, slack, best_value, fits):
+    """Exact knapsack of one hub assignment by Pareto-state DP; None unless it reaches ``best_value``.
+    ``fits(rows)`` is the exact latency test for selections within ``slack`` of the budget."""
+    groups = _knapsack_groups(structure, hub_index)
+
+    def rows_of(picks):
+        return [None if p is None else int(rows[p]) for (rows, _), p in zip(groups, picks)]
+
     base = float(structure.base_importance[h])
-    result = solve_mckp([g for _, g in groups], budget - structure.base_latency[h], best_value - base)
+    result = solve_mckp([g for _, g in groups], budget - structure.base_latency[h], best_value - base,
+                        slack=slack, accept=lambda picks: fits(rows_of(picks)))
     if result is None:
         return None
     value, picks = result
-    return base + value, [None if p is None else int(rows[p]) for (rows, _), p in zip(groups, picks)]
+    return base + value, rows_of(picks)
 
 
-def _solve_knapsack(structure, h, hub_index, budget, time_limit, threads, verbose, run_highs):
+def _solve_knapsack(structure, h, hub_index, limit, time_limit, threads, verbose, run_highs):
     """Exact MCKP for one hub assignment: one item (or removal) per block within the residual budget."""
+    import pyomo.environ as pyo
+    from pyomo.core.expr.numeric_expr import LinearExpression
+
     model = pyo.ConcreteModel()
     model.pick = pyo.VarList(domain=pyo.Binary)
     model.rows = pyo.ConstraintList()
@@ -294,7 +469,7 @@ def _solve_knapsack(structure, h, hub_index, budget, time_limit, threads, verbos
         imp_coefs += importance.tolist()
         variables += picks
         owners += [(g, int(r)) for r in rows]
-    residual = budget - structure.base_latency[h]
+    residual = limit - structure.base_latency[h]
     model.budget = pyo.Constraint(expr=LinearExpression(constant=0.0, linear_coefs=lat_coefs, linear_vars=variables) <= residual)
     model.objective = pyo.Objective(expr=LinearExpression(constant=float(structure.base_importance[h]),
                                                           linear_coefs=imp_coefs, linear_vars=variables),

@@ -41,25 +41,33 @@ class _MergedTerm:
     table: np.ndarray
     gate: str | None
     names: list[str]
+    resources: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # merged like ``table``
 
 
-def merge_terms(problem: Problem, gates_enabled: bool) -> tuple[list[_MergedTerm], float]:
+def merge_terms(problem: Problem, gates_enabled: bool, resources: tuple[str, ...] = (),
+                constants: dict[str, float] | None = None) -> tuple[list[_MergedTerm], float]:
     """Group terms by gate; fold every multi-dim term into a term of the same gate over a superset of its
-    dims (fewer joint variables, tighter relaxation). Returns the merged terms and the ungated constant."""
+    dims (fewer joint variables, tighter relaxation). Returns the merged terms and the ungated constant.
+    ``resources`` (e.g. "params") are merged alongside the latency tables; their ungated constants are
+    added to ``constants``."""
     removable = {b.name for b in problem.blocks if b.removable} if gates_enabled else set()
     constant = problem.constant_latency
+    constants = {} if constants is None else constants
     by_gate: dict[str | None, list[Term]] = defaultdict(list)
     for term in problem.terms:
         gate = term.block if term.block in removable else None
         dims = tuple(d for d in term.dims if len(problem.dim(d).options) > 1)
-        table = term.table
-        if len(dims) < len(term.dims):  # single-option dims carry no choice: drop their axes
-            index = tuple(slice(None) if d in dims else 0 for d in term.dims)
-            table = table[index]
+        index = tuple(slice(None) if d in dims else 0 for d in term.dims)
+        # single-option dims carry no choice: drop their axes
+        table = term.table[index]
+        counts = {k: np.asarray(term.resources[k], dtype=float)[index] if k in term.resources
+                  else np.zeros(np.shape(table)) for k in resources}
         if not dims and gate is None:
             constant += float(table)
+            for k, v in counts.items():
+                constants[k] = constants.get(k, 0.0) + float(v)
             continue
-        by_gate[gate].append(Term(term.name, dims, np.asarray(table, dtype=float), gate))
+        by_gate[gate].append(Term(term.name, dims, np.asarray(table, dtype=float), gate, counts))
 
     merged: list[_MergedTerm] = []
     for gate, terms in by_gate.items():
@@ -75,9 +83,12 @@ def merge_terms(problem: Problem, gates_enabled: bool) -> tuple[list[_MergedTerm
                         host = h
                         break
             if host is None:
-                hosts.append(_MergedTerm(term.dims, term.table.copy(), gate, [term.name]))
+                hosts.append(_MergedTerm(term.dims, term.table.copy(), gate, [term.name],
+                                         {k: v.copy() for k, v in term.resources.items()}))
             else:
                 host.table = host.table + broadcast(term.table, term.dims, host.dims)
+                for k, v in term.resources.items():
+                    host.resources[k] = host.resources[k] + broadcast(v, term.dims, host.dims)
                 host.names.append(term.name)
         merged.extend(hosts)
     return merged, constant
@@ -111,6 +122,12 @@ class Formulation:
     importance_vars: list
     stats: dict[str, int]
     full_index: dict[str, int]
+    resource_coefs: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # aligned with latency_vars
+    resource_constants: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def resource_expression(self, name: str):
+        return LinearExpression(constant=self.resource_constants.get(name, 0.0),
+                                linear_coefs=self.resource_coefs[name], linear_vars=self.latency_vars)
 
     def latency_expression(self):
         return LinearExpression(constant=self.latency_constant, linear_coefs=self.latency_coefs,
@@ -136,12 +153,19 @@ def build_formulation(
     latency_problem: Problem | None = None,
     blocks_enabled: bool = True,
     enumerate_blocks: bool = False,
+    resources: tuple[str, ...] = (),
+    allowed: dict[str, set[int]] | None = None,
 ) -> Formulation:
     """Build the exact MILP. ``latency_problem`` (same dims/blocks) supplies the latency terms when they
     differ from the ones that define the problem (the linear-latency ablation); it defaults to ``problem``.
-    ``enumerate_blocks=False`` models every block with joint (hull) variables only."""
+    ``enumerate_blocks=False`` models every block with joint (hull) variables only. ``resources``: counts
+    carried by the terms ("params", "flops") whose linear expressions are built beside the latency's, for
+    constraints; ``allowed``: per dim, the option indices it may take (others are fixed to zero)."""
     latency_problem = latency_problem or problem
-    merged, latency_constant = merge_terms(latency_problem, blocks_enabled)
+    resource_constants: dict[str, float] = {}
+    merged, latency_constant = merge_terms(latency_problem, blocks_enabled, resources, resource_constants)
+    if resources and enumerate_blocks:
+        raise ValueError("resource constraints are built on the joint (hull) formulation only")
     removable = [b.name for b in problem.blocks if b.removable] if blocks_enabled else []
     entries = [(e, e.block if e.block in removable else None) for e in problem.importance]
 
@@ -173,6 +197,10 @@ def build_formulation(
     x = {d.name: [model.x[i] for i in range(offsets[j], offsets[j + 1])] for j, d in enumerate(free_dims)}
     for dim in free_dims:
         rows.equal([1.0] * len(dim.options), x[dim.name], 1.0)
+        if allowed is not None and dim.name in allowed:
+            for k, var in enumerate(x[dim.name]):
+                if k not in allowed[dim.name]:
+                    var.fix(0)
         if not gates_of_dim.get(dim.name):  # nothing depends on it: keep it whole, not arbitrary
             for k, var in enumerate(x[dim.name]):
                 var.fix(1 if k == dim.full_index else 0)
@@ -196,6 +224,7 @@ def build_formulation(
 
     latency_coefs: list[float] = []
     latency_vars: list = []
+    resource_coefs: dict[str, list[float]] = {k: [] for k in resources}
     importance_coefs: list[float] = []
     importance_vars: list = []
     pair_marginals: dict = {}
@@ -225,13 +254,19 @@ def build_formulation(
         if not term.dims:  # gated constant
             latency_coefs.append(float(term.table))
             latency_vars.append(kappa[term.gate])
+            for k in resources:
+                resource_coefs[k].append(float(term.resources[k]))
         elif len(term.dims) == 1:
             latency_coefs.extend(float(c) for c in term.table)
             latency_vars.extend(marginal(term.gate, term.dims[0]))
+            for k in resources:
+                resource_coefs[k].extend(float(c) for c in term.resources[k])
         else:
             cells, variables = joint(term.gate, term.dims)
             latency_coefs.extend(float(term.table[c]) for c in cells)
             latency_vars.extend(variables)
+            for k in resources:
+                resource_coefs[k].extend(float(term.resources[k][c]) for c in cells)
 
     for entry, gate in entries:
         if gate in enumerated:
@@ -268,7 +303,8 @@ def build_formulation(
         "merged_terms": len(merged),
     }
     return Formulation(model, x, kappa, list(enumerated.values()), latency_coefs, latency_vars, latency_constant,
-                       importance_coefs, importance_vars, stats, {d.name: d.full_index for d in problem.dims})
+                       importance_coefs, importance_vars, stats, {d.name: d.full_index for d in problem.dims},
+                       resource_coefs, resource_constants)
 
 
 def _link_pair(rows: _Rows, registry, gate, dims, cells, variables, a: int, b: int) -> None:

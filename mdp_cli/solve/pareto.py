@@ -10,7 +10,7 @@ import pandas as pd
 from mdp_cli.artifacts import atomic_path
 from mdp_cli.errors import InfeasibleBudgetError
 from mdp_cli.solve.problem import Problem
-from mdp_cli.solve.solver import solve_problem
+from mdp_cli.solve.solver import solve_budgets
 
 VARIANTS = {
     "mdp": {"latency_model": "multidim", "blocks": True},
@@ -24,13 +24,14 @@ def pareto_front(problem: Problem, budgets: list[float], variants: list[str] = (
     """One row per (variant, budget fraction): importance kept, the true (table) latency, status.
 
     A variant whose solution exceeds the budget under the true tables (the linear model can) is marked
-    ``over_budget``; an unreachable budget gives a row with status ``infeasible``."""
+    ``over_budget``; an unreachable budget gives a row with status ``infeasible``. The model is built once
+    per variant and each budget's search starts from the optimum of the budget below it (solve_budgets)."""
     rows = []
     for variant in variants:
-        for fraction in budgets:
-            try:
-                solution = solve_problem(problem, fraction, time_limit=time_limit, **VARIANTS[variant])
-            except InfeasibleBudgetError:
+        # One prepared model per variant; budgets solved from the smallest up, each warm-started.
+        solutions = solve_budgets(problem, list(budgets), time_limit=time_limit, **VARIANTS[variant])
+        for fraction, solution in zip(budgets, solutions):
+            if isinstance(solution, InfeasibleBudgetError):
                 rows.append({"variant": variant, "budget": fraction, "status": "infeasible"})
                 continue
             rows.append({

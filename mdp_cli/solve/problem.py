@@ -66,6 +66,13 @@ class Term:
     dims: tuple[str, ...]
     table: np.ndarray
     block: str | None = None
+    # Optional per-option counts over the same dims, for constraints beside latency: "params" (weights
+    # kept) and "flops" (per image). Absent in older problems; a missing count is zero for this term.
+    resources: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+# Counts a term may carry beside its latency table (each the table's shape, non-negative).
+RESOURCES = ("params", "flops")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,22 +109,26 @@ class Problem:
     def latency(self, choice: Mapping[str, int], kept: Mapping[str, bool] | None = None) -> float:
         """Predicted latency of a configuration (option index per dim, kept flag per block)."""
         kept = kept or {}
-        total = self.constant_latency
-        for term in self.terms:
-            if term.block is not None and not kept.get(term.block, True):
-                continue
-            total += float(term.table[tuple(choice[d] for d in term.dims)])
-        return total
+        # fsum: the correctly rounded sum, whatever the order, so "within the budget" is a property of the
+        # configuration and not of the order in which a solver happened to add its terms.
+        return math.fsum([self.constant_latency] + [
+            float(term.table[tuple(choice[d] for d in term.dims)]) for term in self.terms
+            if term.block is None or kept.get(term.block, True)])
 
     def objective(self, choice: Mapping[str, int], kept: Mapping[str, bool] | None = None) -> float:
         """Total importance kept by a configuration."""
         kept = kept or {}
-        total = 0.0
-        for entry in self.importance:
-            if entry.block is not None and not kept.get(entry.block, True):
-                continue
-            total += float(entry.values[choice[entry.dim]])
-        return total
+        return math.fsum(float(entry.values[choice[entry.dim]]) for entry in self.importance
+                         if entry.block is None or kept.get(entry.block, True))
+
+    def resource(self, name: str, choice: Mapping[str, int], kept: Mapping[str, bool] | None = None) -> float:
+        """Total ``name`` count ("params", "flops") of a configuration; terms without it count zero."""
+        kept = kept or {}
+        return math.fsum(float(term.resources[name][tuple(choice[d] for d in term.dims)]) for term in self.terms
+                         if name in term.resources and (term.block is None or kept.get(term.block, True)))
+
+    def has_resource(self, name: str) -> bool:
+        return any(name in term.resources for term in self.terms)
 
     @property
     def dense_latency(self) -> float:
@@ -165,7 +176,8 @@ def _problem_body(problem: Problem) -> dict[str, Any]:
         "dims": dims,
         "blocks": [{"name": b.name, "removable": b.removable} for b in problem.blocks],
         "terms": [
-            {"name": t.name, "dims": list(t.dims), "block": t.block, "table": t.table.tolist()}
+            {"name": t.name, "dims": list(t.dims), "block": t.block, "table": t.table.tolist(),
+             **{k: np.asarray(v).tolist() for k, v in sorted(t.resources.items())}}
             for t in problem.terms
         ],
     }
@@ -337,10 +349,7 @@ def _read_terms(raw: Any, dims_by_name, fail, check_block) -> list[Term]:
             if d not in dims_by_name:
                 raise fail(f"{field}.dims", f"names dim {d!r}, which is not in 'dims'")
         expected = tuple(len(dims_by_name[d].options) for d in dims)
-        try:
-            table = np.asarray(item.get("table"), dtype=float)
-        except (TypeError, ValueError):
-            raise fail(f"{field}.table", f"must be a nested list of numbers with shape {list(expected)}") from None
+        table = _latency_table(item.get("table"), expected, f"{field}.table", fail)
         if table.shape != expected:
             raise fail(
                 f"{field}.table",
@@ -351,8 +360,36 @@ def _read_terms(raw: Any, dims_by_name, fail, check_block) -> list[Term]:
         if (table < 0).any():
             raise fail(f"{field}.table", f"holds a negative latency ({table.min():g})")
         block = check_block(f"{field}.block", item.get("block"))
-        terms.append(Term(name, tuple(dims), table, block))
+        resources = {}
+        for key in RESOURCES:
+            if item.get(key) is None:
+                continue
+            counts = _latency_table(item[key], expected, f"{field}.{key}", fail)
+            if counts.shape != expected or not np.isfinite(counts).all() or (counts < 0).any():
+                raise fail(f"{field}.{key}", f"must be finite non-negative counts with the table's shape {list(expected)}")
+            resources[key] = counts
+        terms.append(Term(name, tuple(dims), table, block, resources))
     return terms
+
+
+def _latency_table(raw: Any, shape: tuple[int, ...], field: str, fail) -> np.ndarray:
+    """A nested list of numbers as a float array. Strings and booleans are refused, not converted: numpy
+    would read "1.5" as 1.5 (and True as 1.0), and a hand-edited file would be solved as if it were right.
+    None stays a missing latency (NaN), which the caller reports."""
+    try:
+        leaves = np.asarray(raw, dtype=object)
+    except (TypeError, ValueError):
+        leaves = None
+    flat = [] if leaves is None else leaves.ravel().tolist()
+    kinds = set(map(type, flat))
+    if leaves is None or list in kinds or dict in kinds:  # ragged, or nested deeper than its dims
+        raise fail(field, f"must be a nested list of numbers with shape {list(shape)}")
+    if not kinds <= {int, float, type(None)}:
+        bad = next(v for v in flat if type(v) not in (int, float, type(None)))
+        raise fail(field, f"holds {bad!r}, which is not a number; latencies are numbers in the problem's units")
+    if type(None) in kinds:
+        flat = [math.nan if v is None else v for v in flat]
+    return np.asarray(flat, dtype=float).reshape(leaves.shape)
 
 
 def make_problem(

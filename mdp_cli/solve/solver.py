@@ -7,24 +7,25 @@ import contextlib
 import dataclasses
 import io
 import math
+import signal
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import pyomo.environ as pyo
-from pyomo.contrib.solver.common.results import TerminationCondition
-from pyomo.contrib.solver.solvers.highs import Highs
 
 from mdp_cli.artifacts import library_versions
 from mdp_cli.errors import InfeasibleBudgetError, MdpError
 from mdp_cli.solve.budget import parse_budget
-from mdp_cli.solve.decompose import analyse, solve_decomposed
+from mdp_cli.solve.constraints import Constraints
+from mdp_cli.solve.decompose import BUDGET_SLACK, Incumbent, analyse, solve_decomposed
 from mdp_cli.solve.decompose import minimum_latency as decomposed_minimum_latency
-from mdp_cli.solve.formulation import build_formulation
-from mdp_cli.solve.greedy import greedy_solution
 from mdp_cli.solve.linear import linearize
 from mdp_cli.solve.problem import Problem
 from mdp_cli.solve.solution import Solution
+
+# Pyomo and HiGHS are imported where a model is built: the hub decomposition with the DP knapsack (the
+# default for CNNs and ViTs) needs neither, and importing pyomo.environ costs ~0.6 s of start-up.
 
 LATENCY_MODELS = ("multidim", "linear")
 # auto: hub decomposition where the shared dims allow it, else the monolithic MILP.
@@ -32,10 +33,6 @@ LATENCY_MODELS = ("multidim", "linear")
 FORMULATIONS = ("auto", "hub", "monolithic", "blocks")
 # Per-branch knapsacks of the hub decomposition: Pareto-state DP (exact, fast on near-ties) or HiGHS.
 KNAPSACK_ENGINES = ("dp", "highs")
-# HiGHS accepts a row as satisfied within its feasibility tolerance; when the exactly recomputed latency
-# lands above the budget, the budget is tightened by at least this fraction and the search repeated, so
-# "never over budget" holds exactly.
-_BUDGET_RETRY_SHRINK = 1e-7
 
 
 @dataclasses.dataclass
@@ -47,6 +44,7 @@ class _Outcome:
     status: str
     bound: float | None
     solve_s: float
+    incumbent: Incumbent | None = None
 
 
 def solve_problem(
@@ -61,30 +59,123 @@ def solve_problem(
     verbose: bool = False,
     formulation: str = "auto",
     knapsack: str = "dp",
+    max_params: float | str | None = None,
+    max_flops: float | str | None = None,
+    min_keep: float | None = None,
+    multiple: int | None = None,
 ) -> Solution:
-    """Maximise kept importance subject to predicted latency <= budget.
+    """Maximise kept importance subject to predicted latency <= budget (and, optionally, total params and
+    FLOPs caps, every dim at least ``min_keep`` of its size, every width a multiple of ``multiple``; these
+    are solved exactly in the Pyomo model by HiGHS, after checking whether the latency-only optimum already
+    meets them).
 
     ``budget`` is a fraction of the dense latency (0.5), a percentage ("50%") or an absolute latency
     ("3.5ms"). Returns the proven optimum (gap 0) unless ``time_limit`` stops the search first, in
     which case the best solution found and its gap are returned. Raises InfeasibleBudgetError naming the
     smallest reachable latency when no configuration fits.
     """
-    for value, allowed, what in ((knapsack, KNAPSACK_ENGINES, "knapsack engine"),
-                                 (formulation, FORMULATIONS, "formulation"),
-                                 (latency_model, LATENCY_MODELS, "latency model")):
-        if value not in allowed:
-            raise MdpError(f"{what} {value!r}: choose one of {', '.join(allowed)}")
-    budget_value = parse_budget(budget, problem.dense_latency, problem.units)
-    latency_problem = linearize(problem) if latency_model == "linear" else problem
-    info: dict[str, Any] = {"versions": library_versions(), "time_limit": time_limit, "rel_gap": rel_gap,
-                            "threads": threads}
+    solver = PreparedSolver(problem, latency_model=latency_model, blocks=blocks, time_limit=time_limit,
+                            rel_gap=rel_gap, threads=threads, verbose=verbose, formulation=formulation,
+                            knapsack=knapsack, constraints=Constraints.from_options(max_params, max_flops,
+                                                                                    min_keep, multiple))
+    return solver.solve(parse_budget(budget, problem.dense_latency, problem.units))
 
-    def finish(choice, kept, status, bound, timings) -> Solution:
+
+def solve_budgets(problem: Problem, budgets: Sequence[str | float], **options: Any) -> list[Solution | MdpError]:
+    """Solve one problem at several budgets, reusing work: the model (hub structure and block Pareto
+    fronts, or the Pyomo model) is built once, and budgets are solved from the smallest up, each search
+    starting from the optimum of the budget below it (still feasible, so a lower bound that dismisses
+    most hub assignments unsolved). Returns, in the order given, a Solution or the error of that budget
+    (InfeasibleBudgetError for an unreachable one). ``options`` are those of solve_problem."""
+    values = [parse_budget(b, problem.dense_latency, problem.units) for b in budgets]
+    limits = {k: options.pop(k) for k in ("max_params", "max_flops", "min_keep", "multiple") if k in options}
+    solver = PreparedSolver(problem, constraints=Constraints.from_options(**limits), **options)
+    results: list[Solution | MdpError | None] = [None] * len(values)
+    incumbent = None
+    for i in sorted(range(len(values)), key=lambda i: values[i]):
+        try:
+            results[i] = solver.solve(values[i], incumbent)
+        except InfeasibleBudgetError as exc:
+            results[i] = exc
+            continue
+        incumbent = solver.last_incumbent if results[i].status == "optimal" else incumbent
+    return results  # type: ignore[return-value]
+
+
+class PreparedSolver:
+    """A problem made ready to solve at any budget: options checked, model built on first use."""
+
+    def __init__(self, problem: Problem, *, latency_model: str = "multidim", blocks: bool = True,
+                 time_limit: float | None = None, rel_gap: float = 0.0, threads: int | None = None,
+                 verbose: bool = False, formulation: str = "auto", knapsack: str = "dp",
+                 constraints: Constraints | None = None):
+        for value, allowed, what in ((knapsack, KNAPSACK_ENGINES, "knapsack engine"),
+                                     (formulation, FORMULATIONS, "formulation"),
+                                     (latency_model, LATENCY_MODELS, "latency model")):
+            if value not in allowed:
+                raise MdpError(f"{what} {value!r}: choose one of {', '.join(allowed)}")
+        self.constraints = constraints or Constraints()
+        if self.constraints.active:
+            if latency_model != "multidim":
+                raise MdpError("constraints beside the budget need --latency-model multidim")
+            if formulation not in ("auto", "monolithic"):
+                raise MdpError(f"--formulation {formulation}: constraints beside the budget are solved by the "
+                               f"monolithic MILP; use --formulation auto or monolithic")
+            self.constraints.check_problem(problem)
+        self._latency_only: PreparedSolver | None = None
+        self.problem = problem
+        self.latency_model, self.blocks, self.formulation, self.knapsack = latency_model, blocks, formulation, knapsack
+        self.time_limit, self.rel_gap, self.threads, self.verbose = time_limit, rel_gap, threads, verbose
+        self.latency_problem = linearize(problem) if latency_model == "linear" else problem
+        self.info: dict[str, Any] = {"versions": library_versions(), "time_limit": time_limit, "rel_gap": rel_gap,
+                                     "threads": threads}
+        self._hash: str | None = None  # the problem's content hash, computed once (0.2 s for DeiT-Base)
+        self._search: Callable[[float, Incumbent | None, float], _Outcome] | None = None
+        self._smallest: Callable[[], float] | None = None
+        self.build_s = 0.0
+        self.last_incumbent: Incumbent | None = None
+
+    def solve(self, budget_value: float, incumbent: Incumbent | None = None) -> Solution:
+        """The optimum within ``budget_value`` (in the problem's units). ``incumbent``: a configuration of
+        an earlier solve of this object known to fit this budget (the optimum of a smaller budget)."""
+        problem, constraints = self.problem, self.constraints
+        if budget_value >= problem.dense_latency and (
+                not constraints.active or constraints.satisfied(problem, problem.dense_choice(), {})):
+            # Importance never decreases with size, so the dense model is optimal once it fits.
+            return self._finish(budget_value, problem.dense_choice(), {}, "nothing_to_prune", None, {})
+        if constraints.active:
+            # Constraints only remove configurations: a latency-only optimum that meets them is the optimum.
+            if self._latency_only is None:
+                self._latency_only = PreparedSolver(problem, blocks=self.blocks, time_limit=self.time_limit,
+                                                    rel_gap=self.rel_gap, threads=self.threads, verbose=self.verbose,
+                                                    knapsack=self.knapsack)
+            unconstrained = self._latency_only.solve(budget_value, incumbent)
+            self.last_incumbent = None
+            if unconstrained.status == "optimal" and constraints.satisfied(problem, unconstrained.option_index,
+                                                                           unconstrained.kept):
+                unconstrained.solver["constraints"] = {"met_by": "the latency-only optimum",
+                                                       **dataclasses.asdict(constraints)}
+                return unconstrained
+            incumbent = None
+        build_s = 0.0
+        if self._search is None:
+            started = time.perf_counter()
+            self._build()
+            build_s = self.build_s = time.perf_counter() - started
+        outcome = _search_within_budget(self._search, self.latency_problem, budget_value, incumbent)
+        if constraints.active:
+            self.info["constraints"] = {"met_by": "the monolithic MILP", **dataclasses.asdict(constraints)}
+        self.last_incumbent = outcome.incumbent
+        return self._finish(budget_value, outcome.choice, outcome.kept, outcome.status, outcome.bound,
+                            {"build_s": build_s, "solve_s": outcome.solve_s})
+
+    def _finish(self, budget_value, choice, kept, status, bound, timings) -> Solution:
+        problem, latency_problem = self.problem, self.latency_problem
         value = problem.objective(choice, kept)
         gap = 0.0 if status in ("optimal", "nothing_to_prune") else _relative_gap(value, bound)
         return Solution(
             problem_name=problem.name,
-            problem_hash=problem.content_hash(),
+            problem_hash=self._content_hash(),
             option_index=dict(choice),
             choice={d.name: d.options[choice[d.name]] for d in problem.dims},
             kept={b.name: bool(kept.get(b.name, True)) for b in problem.blocks},
@@ -96,61 +187,112 @@ def solve_problem(
             status=status,
             gap=gap,
             bound=value if status in ("optimal", "nothing_to_prune") else bound,
-            latency_model=latency_model,
-            linear_latency=latency_problem.latency(choice, kept) if latency_model == "linear" else None,
-            blocks_enabled=blocks,
+            latency_model=self.latency_model,
+            linear_latency=latency_problem.latency(choice, kept) if self.latency_model == "linear" else None,
+            blocks_enabled=self.blocks,
             units=problem.units,
             timings=timings,
-            solver=info,
+            solver=dict(self.info),
         )
 
-    if budget_value >= problem.dense_latency:
-        # Importance never decreases with size, so the dense model is optimal once it fits.
-        return finish(problem.dense_choice(), {}, "nothing_to_prune", None, {})
+    def _content_hash(self) -> str:
+        if self._hash is None:
+            self._hash = self.problem.content_hash()
+        return self._hash
 
-    started = time.perf_counter()
-    structure = analyse(problem, latency_problem, blocks) if formulation in ("auto", "hub") else None
-    if structure is None and formulation == "hub":
-        raise MdpError("--formulation hub: the shared dims of this problem have too many joint options to "
-                       "branch on; use --formulation auto")
-    if structure is not None:
+    def _raise_infeasible(self, budget_value: float):
+        _raise_infeasible(self.problem, budget_value, self._smallest(), self.latency_model)
+
+    def _build(self) -> None:
+        problem, latency_problem, info = self.problem, self.latency_problem, self.info
+        formulation = self.formulation
+        structure = (analyse(problem, latency_problem, self.blocks)
+                     if formulation in ("auto", "hub") and not self.constraints.active else None)
+        if structure is None and formulation == "hub":
+            raise MdpError("--formulation hub: the shared dims of this problem have too many joint options to "
+                           "branch on; use --formulation auto")
+        if structure is not None:
+            self._build_hub(structure)
+        else:
+            self._build_monolithic()
+
+    def _build_hub(self, structure) -> None:
+        problem, info, knapsack = self.problem, self.info, self.knapsack
         info.update(formulation="hub", knapsack=knapsack, engine="dp" if knapsack == "dp" else "highs via pyomo",
                     model_size={"hub_dims": list(structure.hub),
                                 "hub_assignments": int(np.prod(structure.hub_shape)),
                                 "blocks": len(structure.groups),
                                 "configurations": int(sum(len(g.configs.latency) for g in structure.groups))})
+        self._smallest = lambda: decomposed_minimum_latency(structure)
 
-        def search(target: float) -> _Outcome:
+        def search(target: float, incumbent: Incumbent | None, budget_value: float) -> _Outcome:
             t0 = time.perf_counter()
-            result = solve_decomposed(structure, problem, target, time_limit, threads, verbose, _run_highs, knapsack)
+            result = solve_decomposed(structure, problem, target, self.time_limit, self.threads, self.verbose,
+                                      _run_highs, knapsack, self.latency_problem, incumbent)
             if result.status == "infeasible":
-                _raise_infeasible(problem, budget_value, decomposed_minimum_latency(structure), latency_model)
+                self._raise_infeasible(budget_value)
             if result.best is None:
                 raise MdpError("the time limit ran out before any configuration within the budget was found; "
                                "raise --time-limit")
             info["decomposition"] = {"knapsacks_solved": result.solved, "bounded_out": result.pruned,
+                                     "warm_start": incumbent is not None,
                                      **{k: round(v, 4) for k, v in result.timings.items()}}
-            return _Outcome(result.choice, result.kept, result.status, result.bound, time.perf_counter() - t0)
-    else:
+            return _Outcome(result.choice, result.kept, result.status, result.bound, time.perf_counter() - t0,
+                            result.incumbent)
+
+        self._search = search
+
+    def _build_monolithic(self) -> None:
+        import pyomo.environ as pyo
+        from pyomo.contrib.solver.common.results import TerminationCondition
+
+        from mdp_cli.solve.formulation import build_formulation
+        from mdp_cli.solve.greedy import greedy_solution
+
+        problem, latency_problem, info, constraints = self.problem, self.latency_problem, self.info, self.constraints
         info.update(formulation="monolithic", engine="highs via pyomo")
-        form = build_formulation(problem, latency_problem, blocks_enabled=blocks,
-                                 enumerate_blocks=formulation == "blocks")
+        caps = constraints.caps()
+        form = build_formulation(problem, latency_problem, blocks_enabled=self.blocks,
+                                 enumerate_blocks=self.formulation == "blocks", resources=tuple(caps),
+                                 allowed=constraints.allowed(problem) if constraints.active else None)
         model = form.model
-        model.budget = pyo.Param(mutable=True, initialize=budget_value)
+        model.budget = pyo.Param(mutable=True, initialize=problem.dense_latency)
         model.latency_budget = pyo.Constraint(expr=form.latency_expression() <= model.budget)
+        model.cap = pyo.Param(list(caps), mutable=True, initialize=caps)
+        model.caps = pyo.Constraint(list(caps), rule=lambda m, name: form.resource_expression(name) <= m.cap[name])
         model.objective = pyo.Objective(expr=form.importance_expression(), sense=pyo.maximize)
         info["model_size"] = form.stats
+        self._smallest = lambda: minimum_latency(problem, latency_problem, self.blocks, threads=self.threads)
 
-        def search(target: float) -> _Outcome:
+        def search(target: float, incumbent: Incumbent | None, budget_value: float) -> _Outcome:
             model.budget.set_value(target)
-            result, solve_s = _run_highs(model, time_limit, rel_gap, threads, verbose)
+            for attempt in range(6):  # HiGHS accepts rows within its tolerance: keep the caps exact
+                outcome = solve_once(budget_value)
+                over = {name: problem.resource(name, outcome.choice, outcome.kept) - cap for name, cap in caps.items()}
+                if all(v <= 0 for v in over.values()):
+                    break
+                for name, excess in over.items():
+                    if excess > 0:
+                        model.cap[name].set_value(pyo.value(model.cap[name]) - (excess + 1e-9 * caps[name]) * 2 ** attempt)
+            else:
+                raise MdpError("could not meet the caps within solver tolerances")
+            for name, cap in caps.items():
+                model.cap[name].set_value(cap)
+            return outcome
+
+        def solve_once(budget_value: float) -> _Outcome:
+            result, solve_s = _run_highs(model, self.time_limit, self.rel_gap, self.threads, self.verbose)
             condition = result.termination_condition
             if condition in (TerminationCondition.provenInfeasible, TerminationCondition.infeasibleOrUnbounded):
-                _raise_infeasible(problem, budget_value,
-                                  minimum_latency(problem, latency_problem, blocks, threads=threads), latency_model)
+                if constraints.active:
+                    raise InfeasibleBudgetError(
+                        f"no configuration meets the budget {budget_value:.4g} {problem.units} together with "
+                        f"{constraints.describe()}; raise the budget or relax a constraint")
+                self._raise_infeasible(budget_value)
             if result.incumbent_objective is None:
                 # Stopped before HiGHS found a configuration: the greedy one, with HiGHS's bound.
-                fallback = greedy_solution(problem, budget_value, latency_problem, blocks)
+                fallback = None if constraints.active else greedy_solution(problem, budget_value, latency_problem,
+                                                                             self.blocks)
                 if fallback is None:
                     raise MdpError(f"HiGHS stopped ({condition.name}) before finding any configuration within the "
                                    f"budget; raise --time-limit")
@@ -162,27 +304,26 @@ def solve_problem(
             if condition != TerminationCondition.convergenceCriteriaSatisfied:
                 status = "time_limit"
             else:
-                status = "optimal" if gap is not None and gap <= max(rel_gap, 1e-9) else "gap_limit"
+                status = "optimal" if gap is not None and gap <= max(self.rel_gap, 1e-9) else "gap_limit"
             return _Outcome(choice, kept, status, result.objective_bound, solve_s)
 
-    build_s = time.perf_counter() - started
-    outcome = _search_within_budget(search, latency_problem, budget_value)
-    return finish(outcome.choice, outcome.kept, outcome.status, outcome.bound,
-                  {"build_s": build_s, "solve_s": outcome.solve_s})
+        self._search = search
 
 
-def _search_within_budget(search: Callable[[float], _Outcome], latency_problem: Problem, budget: float) -> _Outcome:
-    """Run ``search`` and check the answer's latency exactly; on a tolerance-level overshoot tighten the
-    budget a hair and search again."""
+def _search_within_budget(search, latency_problem: Problem, budget: float,
+                          incumbent: Incumbent | None = None) -> _Outcome:
+    """Run ``search`` and check the answer's latency exactly (a correctly rounded sum, <= budget). A solver
+    may accept a row within its tolerance (HiGHS: about 1e-7 absolute); then the budget is tightened by the
+    overshoot and the search repeated, so "never over budget" holds exactly."""
     target, spent = budget, 0.0
-    for _attempt in range(4):
-        outcome = search(target)
+    for attempt in range(6):
+        outcome = search(target, incumbent, budget)
         spent += outcome.solve_s
         latency = latency_problem.latency(outcome.choice, outcome.kept)
-        if latency <= budget * (1 + 1e-9) + 1e-12:
+        if latency <= budget:
             outcome.solve_s = spent
             return outcome
-        target -= max(abs(target) * _BUDGET_RETRY_SHRINK, latency - budget)
+        target = budget - (latency - budget + BUDGET_SLACK * abs(budget)) * 2 ** attempt
     raise MdpError("could not find a configuration within the budget within solver tolerances")
 
 
@@ -193,6 +334,10 @@ def minimum_latency(problem: Problem, latency_problem: Problem | None = None, bl
     structure = analyse(problem, latency_problem, blocks)
     if structure is not None:
         return decomposed_minimum_latency(structure)
+    import pyomo.environ as pyo
+
+    from mdp_cli.solve.formulation import build_formulation
+
     form = build_formulation(problem, latency_problem, blocks_enabled=blocks)
     form.model.objective = pyo.Objective(expr=form.latency_expression(), sense=pyo.minimize)
     result, _ = _run_highs(form.model, None, 0.0, threads, False)
@@ -209,18 +354,74 @@ def _raise_infeasible(problem: Problem, budget_value: float, smallest: float, la
     )
 
 
-def _run_highs(model: pyo.ConcreteModel, time_limit, rel_gap, threads, verbose,
+def _run_highs(model, time_limit, rel_gap, threads, verbose,
                extra_options: dict[str, Any] | None = None) -> tuple[Any, float]:
+    from pyomo.contrib.solver.solvers.highs import Highs
+
     solver = Highs()
     if not solver.available():
         raise MdpError("HiGHS is not available: pip install highspy")
     options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0, **(extra_options or {})}
     started = time.perf_counter()
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
+    with quiet, _interruptible(solver) as interrupted, _quiet_unhandled_status():
         result = solver.solve(model, tee=verbose, time_limit=time_limit, threads=threads, load_solutions=False,
                               raise_exception_on_nonoptimal_result=False, solver_options=options)
+    if interrupted:
+        # HiGHS stops at Ctrl-C and reports a status like a time limit; the user asked to stop, not for
+        # a partial answer, so the interrupt goes on (the CLI exits 130 and writes nothing).
+        raise KeyboardInterrupt
     return result, time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _interruptible(solver):
+    """While HiGHS runs, Ctrl-C asks it to stop (at its next callback) and is recorded; the caller raises
+    KeyboardInterrupt afterwards. Without this, the KeyboardInterrupt raised inside a HiGHS callback is
+    swallowed and the solve ends as if a time limit had been hit."""
+    interrupted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_sigint(_signum, frame):
+        if not _inside_highs_callback(frame):
+            raise KeyboardInterrupt  # in Python code (building or loading the model): stop right here
+        # Inside HiGHS (Python runs only in its callbacks, where an exception would be swallowed): ask it
+        # to stop at the next callback and raise once it has returned.
+        interrupted.append(True)
+        highs = getattr(solver, "_solver_model", None)
+        if highs is not None and hasattr(highs, "cancelSolve"):
+            highs.cancelSolve()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _quiet_unhandled_status():
+    """Pyomo warns of HiGHS's 'interrupted' status, which it does not know; we handle it ourselves."""
+    import logging
+
+    logger = logging.getLogger("pyomo.contrib.solver.solvers.highs")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _inside_highs_callback(frame) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in ("__internal_callback", "fire") and code.co_filename.replace("\\", "/").endswith("highspy/highs.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _relative_gap(incumbent: float | None, bound: float | None) -> float | None:

@@ -43,6 +43,12 @@ def _cumulative_importance(rng: np.random.Generator, size: int, options: tuple[i
     return np.array([cumulative[o - 1] for o in options])
 
 
+def _conv_counts(cin, cout, kernel: int, hw: int, depthwise: bool = False) -> dict[str, np.ndarray]:
+    """Parameters and FLOPs (per image) of a conv for broadcastable channel counts."""
+    params = np.asarray(kernel * kernel * cout * (1 if depthwise else cin), dtype=float)
+    return {"params": params, "flops": 2 * params * hw * hw}
+
+
 def _noisy(rng: np.random.Generator, table: np.ndarray) -> np.ndarray:
     return table * (1 + 0.03 * rng.standard_normal(table.shape))
 
@@ -57,13 +63,18 @@ def resnet_problem(
     batch: int = 256,
     seed: int = 0,
     name: str = "resnet50",
+    counts: bool = False,
 ) -> Problem:
     """A bottleneck ResNet problem (ResNet-50 by default): stage dims coupled by residual adds, each
     bottleneck removable, downsample paths and the stem fixed (the stem keeps its full width).
 
     ``paper_granularity`` uses the official code's coarse chunks (size/16, at least 32 channels:
-    2-16 options per dim); otherwise every dim uses ``step`` channels per chunk."""
+    2-16 options per dim); otherwise every dim uses ``step`` channels per chunk. ``counts``: terms also
+    carry params and FLOPs tables (for constraints beside the budget)."""
     rng = np.random.default_rng(seed)
+
+    def conv(term_name, dims_, table, block_, cin, cout, kernel, hw_):
+        return Term(term_name, dims_, table, block_, _conv_counts(cin, cout, kernel, hw_) if counts else {})
 
     def make_dim(dim_name: str, size: int) -> Dim:
         chunk = max(32, size // 16) if paper_granularity else step
@@ -84,8 +95,9 @@ def resnet_problem(
         importance.append(ImportanceEntry(stage, _cumulative_importance(rng, out, stage_dim.options, scale=2.0), None))
         prev_opts = np.array(next(d for d in dims if d.name == previous).options, dtype=float)
         stage_opts = np.array(stage_dim.options, dtype=float)
-        terms.append(Term(f"{stage}.downsample", (previous, stage),
-                          _noisy(rng, conv_ms(prev_opts[:, None], stage_opts[None, :], 1, out_hw, batch)), None))
+        terms.append(conv(f"{stage}.downsample", (previous, stage),
+                          _noisy(rng, conv_ms(prev_opts[:, None], stage_opts[None, :], 1, out_hw, batch)), None,
+                          prev_opts[:, None], stage_opts[None, :], 1, out_hw))
         for j in range(depth):
             block = f"{stage}.{j}"
             blocks.append(Block(block, removable=True))
@@ -96,15 +108,18 @@ def resnet_problem(
             src = np.array(next(d for d in dims if d.name == source).options, float)
             in_hw = hw if j == 0 else out_hw
             terms += [
-                Term(f"{block}.conv1", (source, d1.name), _noisy(rng, conv_ms(src[:, None], o1[None, :], 1, in_hw, batch)), block),
-                Term(f"{block}.conv2", (d1.name, d2.name), _noisy(rng, conv_ms(o1[:, None], o2[None, :], 3, out_hw, batch)), block),
-                Term(f"{block}.conv3", (d2.name, stage), _noisy(rng, conv_ms(o2[:, None], stage_opts[None, :], 1, out_hw, batch)), block),
+                conv(f"{block}.conv1", (source, d1.name), _noisy(rng, conv_ms(src[:, None], o1[None, :], 1, in_hw, batch)), block,
+                     src[:, None], o1[None, :], 1, in_hw),
+                conv(f"{block}.conv2", (d1.name, d2.name), _noisy(rng, conv_ms(o1[:, None], o2[None, :], 3, out_hw, batch)), block,
+                     o1[:, None], o2[None, :], 3, out_hw),
+                conv(f"{block}.conv3", (d2.name, stage), _noisy(rng, conv_ms(o2[:, None], stage_opts[None, :], 1, out_hw, batch)), block,
+                     o2[:, None], stage_opts[None, :], 1, out_hw),
             ]
             for d in (d1, d2):
                 importance.append(ImportanceEntry(d.name, _cumulative_importance(rng, mid, d.options), block))
         previous, hw = stage, out_hw
     last = np.array(next(d for d in dims if d.name == previous).options, float)
-    terms.append(Term("fc", (previous,), 2 * batch * last * 1000 / _PEAK_FLOPS * 1e3 + _KERNEL_MS, None))
+    terms.append(conv("fc", (previous,), 2 * batch * last * 1000 / _PEAK_FLOPS * 1e3 + _KERNEL_MS, None, last, 1000, 1, 1))
     return make_problem(dims, importance, terms, blocks, constant_latency=0.05, name=name,
                         generator="synthetic.resnet_problem", seed=seed)
 
@@ -123,6 +138,7 @@ def vit_problem(
     mlp_step: int = 64,
     seed: int = 0,
     name: str = "deit_base_patch16_224",
+    counts: bool = False,
 ) -> Problem:
     """A ViT problem (DeiT-Base by default): one global embedding dim E; per block heads H, q/k dim Q,
     v dim V, MLP dim M; attention and MLP branches separately removable. Tables: qk(E,H,Q),
@@ -160,12 +176,17 @@ def vit_problem(
         m_opts = np.array(M.options, float)
         mlp_table = gemm_ms(bt, m_opts[None, :], e[:, None]) * 2 + 4 * bt * m_opts[None, :] / _BANDWIDTH * 1e3
         norm = 8 * bt * e / _BANDWIDTH * 1e3 + _KERNEL_MS
+        def linear_counts(weights):  # a linear layer's weights; FLOPs: 2 per weight per token
+            weights = np.asarray(weights, dtype=float)
+            return {"params": weights, "flops": 2 * weights * tokens} if counts else {}
+
         terms += [
-            Term(f"{attn}.qk", (E.name, H.name, Q.name), _noisy(rng, qk), attn),
-            Term(f"{attn}.vproj", (E.name, H.name, V.name), _noisy(rng, vproj), attn),
+            Term(f"{attn}.qk", (E.name, H.name, Q.name), _noisy(rng, qk), attn, linear_counts(2 * ee * h * q)),
+            Term(f"{attn}.vproj", (E.name, H.name, V.name), _noisy(rng, vproj), attn, linear_counts(2 * ee * h * v)),
             Term(f"{attn}.sdpa", (H.name, Q.name, V.name), _noisy(rng, kernel), attn),
             Term(f"{attn}.norm", (E.name,), norm, attn),
-            Term(f"{mlp_block}.fc", (E.name, M.name), _noisy(rng, mlp_table), mlp_block),
+            Term(f"{mlp_block}.fc", (E.name, M.name), _noisy(rng, mlp_table), mlp_block,
+                 linear_counts(2 * e[:, None] * m_opts[None, :])),
             Term(f"{mlp_block}.norm", (E.name,), norm, mlp_block),
         ]
         importance += [
@@ -181,10 +202,80 @@ def vit_problem(
                         generator="synthetic.vit_problem", seed=seed)
 
 
+# MobileNetV2: (expansion t, output channels c, repeats n, stride s) per stage.
+MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1))
+
+
+def mobilenet_problem(
+    stages=MOBILENET_V2_STAGES,
+    stem: int = 32,
+    last: int = 1280,
+    paper_granularity: bool = True,
+    step: int = 8,
+    resolution: int = 224,
+    batch: int = 256,
+    seed: int = 0,
+    name: str = "mobilenet_v2",
+) -> Problem:
+    """An inverted-residual chain (MobileNetV2 by default): each stage's output channels are one dim,
+    coupled by the residual adds of its blocks and read by the first block of the next stage, so the
+    stage dims form a chain; each block's expanded width is a private dim (expand 1x1, depthwise 3x3,
+    project 1x1); blocks with a residual are removable, the first block of a stage (which changes the
+    width or the resolution) is not. ``paper_granularity``: chunks of size/16 (at least 8 channels)."""
+    rng = np.random.default_rng(seed)
+
+    def make_dim(dim_name: str, size: int) -> Dim:
+        chunk = max(8, size // 16) if paper_granularity else step
+        return Dim(dim_name, _options(size, chunk), chunk)
+
+    def opts(dim: Dim) -> np.ndarray:
+        return np.array(dim.options, float)
+
+    stem_dim = Dim("stem", (stem,), stem)
+    dims, blocks = [stem_dim], []
+    terms = [Term("stem", (), np.asarray(conv_ms(3, stem, 3, resolution // 2, batch)), None)]
+    importance = [ImportanceEntry("stem", np.zeros(1), None)]
+    previous, hw = stem_dim, resolution // 2
+    for s, (t, c, n, stride) in enumerate(stages):
+        stage = make_dim(f"stage{s + 1}", c)
+        dims.append(stage)
+        importance.append(ImportanceEntry(stage.name, _cumulative_importance(rng, c, stage.options, 2.0), None))
+        for j in range(n):
+            block = f"{stage.name}.{j}"
+            source = previous if j == 0 else stage
+            in_hw, out_hw = hw, hw // stride if j == 0 else hw
+            gate = None if j == 0 else block
+            if j > 0:
+                blocks.append(Block(block, removable=True))
+            if t == 1:  # no expansion: the depthwise conv runs on the input width
+                terms += [Term(f"{block}.dw", (source.name,), _noisy(rng, conv_ms(opts(source), opts(source), 3, out_hw, batch, True)), gate),
+                          Term(f"{block}.project", (source.name, stage.name),
+                               _noisy(rng, conv_ms(opts(source)[:, None], opts(stage)[None, :], 1, out_hw, batch)), gate)]
+                continue
+            hidden = make_dim(f"{block}.expand", source.size * t)
+            dims.append(hidden)
+            importance.append(ImportanceEntry(hidden.name, _cumulative_importance(rng, hidden.size, hidden.options), gate))
+            h = opts(hidden)
+            terms += [
+                Term(f"{block}.expand", (source.name, hidden.name), _noisy(rng, conv_ms(opts(source)[:, None], h[None, :], 1, in_hw, batch)), gate),
+                Term(f"{block}.dw", (hidden.name,), _noisy(rng, conv_ms(h, h, 3, out_hw, batch, True)), gate),
+                Term(f"{block}.project", (hidden.name, stage.name), _noisy(rng, conv_ms(h[:, None], opts(stage)[None, :], 1, out_hw, batch)), gate),
+            ]
+        previous, hw = stage, hw // stride
+    head = make_dim("head", last)
+    dims.append(head)
+    importance.append(ImportanceEntry("head", _cumulative_importance(rng, last, head.options, 2.0), None))
+    terms += [Term("head.conv", (previous.name, head.name), _noisy(rng, conv_ms(opts(previous)[:, None], opts(head)[None, :], 1, hw, batch)), None),
+              Term("fc", (head.name,), 2 * batch * opts(head) * 1000 / _PEAK_FLOPS * 1e3 + _KERNEL_MS, None)]
+    return make_problem(dims, importance, terms, blocks, constant_latency=0.05, name=name,
+                        generator="synthetic.mobilenet_problem", seed=seed)
+
+
 def example_problem() -> Problem:
     """The bundled example: a small two-stage bottleneck ResNet at paper granularity."""
     return resnet_problem(depths=(2, 2), mids=(64, 128), expansion=4, step=32, resolution=128, batch=64,
                           seed=7, name="example_resnet_2stage")
 
 
-__all__ = ["conv_ms", "example_problem", "resnet_problem", "vit_problem"]
+__all__ = ["conv_ms", "example_problem", "mobilenet_problem", "resnet_problem", "vit_problem"]

@@ -1,0 +1,117 @@
+"""Constraints beside the budget (params/FLOPs caps, least fraction kept, width multiples): the Pyomo
+model with HiGHS against enumeration, and the latency-only paths (DP and Pyomo) agreeing without them."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from random_problems import random_problem
+from mdp_cli.errors import InfeasibleBudgetError, MdpError
+from mdp_cli.solve import load_problem, minimum_latency, solve_problem
+from mdp_cli.solve.constraints import Constraints
+from mdp_cli.solve.problem import Term, make_problem
+
+
+def _with_counts(seed: int):
+    """A random problem whose terms also carry params and FLOPs tables (non-negative, same shapes)."""
+    problem = random_problem(seed)
+    rng = np.random.default_rng(500 + seed)
+    terms = [Term(t.name, t.dims, t.table, t.block,
+                  {"params": np.round(rng.random(t.table.shape) * 1000), "flops": rng.random(t.table.shape) * 5e6})
+             for t in problem.terms]
+    return make_problem(problem.dims, problem.importance, terms, problem.blocks, problem.constant_latency,
+                        name=problem.name)
+
+
+def _brute(problem, budget, constraints: Constraints):
+    names = [d.name for d in problem.dims]
+    removable = [b.name for b in problem.blocks if b.removable]
+    best = None
+    for indices in itertools.product(*(range(len(d.options)) for d in problem.dims)):
+        choice = dict(zip(names, indices))
+        for flags in itertools.product((True, False), repeat=len(removable)):
+            kept = dict(zip(removable, flags))
+            if problem.latency(choice, kept) > budget or not constraints.satisfied(problem, choice, kept):
+                continue
+            value = problem.objective(choice, kept)
+            best = value if best is None else max(best, value)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_caps_and_option_rules_match_enumeration(seed):
+    problem = _with_counts(seed)
+    rng = np.random.default_rng(seed)
+    lowest = minimum_latency(problem)
+    budget = lowest + rng.uniform(0.3, 1.0) * (problem.dense_latency - lowest)
+    dense_params = problem.resource("params", problem.dense_choice())
+    options = [dict(max_params=0.6 * dense_params), dict(max_flops=0.5 * problem.resource("flops", problem.dense_choice())),
+               dict(min_keep=0.5), dict(multiple=2), dict(max_params=0.8 * dense_params, min_keep=0.4)]
+    for option in options:
+        constraints = Constraints.from_options(**option)
+        reference = _brute(problem, budget, constraints)
+        if reference is None:
+            with pytest.raises(InfeasibleBudgetError):
+                solve_problem(problem, f"{budget!r}ms", **option)
+            continue
+        solution = solve_problem(problem, f"{budget!r}ms", **option)
+        assert solution.status == "optimal"
+        assert solution.objective == pytest.approx(reference, rel=1e-9, abs=1e-12), option
+        assert solution.predicted_latency <= budget
+        assert constraints.satisfied(problem, solution.option_index, solution.kept)
+
+
+def test_latency_only_dp_and_pyomo_agree_and_a_loose_cap_changes_nothing():
+    from mdp_cli.solve.synthetic import resnet_problem
+
+    problem = resnet_problem(depths=(2, 2), mids=(64, 128), step=32, resolution=64, batch=64, seed=3)
+    for budget in (0.45, 0.7):
+        hub = solve_problem(problem, budget, formulation="hub")
+        pyomo = solve_problem(problem, budget, formulation="monolithic")
+        assert hub.objective == pytest.approx(pyomo.objective, rel=1e-9)
+        # A rule the latency-only optimum already meets: answered without building the MILP.
+        loose = solve_problem(problem, budget, min_keep=0.01)
+        assert loose.objective == pytest.approx(hub.objective, rel=1e-12)
+        assert loose.solver["constraints"]["met_by"] == "the latency-only optimum"
+
+
+def test_constraint_errors_are_one_line(tmp_path):
+    from mdp_cli.solve.synthetic import example_problem
+
+    problem = example_problem()
+    for option, text in [(dict(max_params=1e6), "carry no 'params'"), (dict(min_keep=1.5), "min_keep"),
+                         (dict(multiple=0), "multiple"), (dict(max_flops="lots"), "max_flops")]:
+        with pytest.raises(MdpError, match=text) as info:
+            solve_problem(problem, 0.5, **option)
+        assert "\n" not in str(info.value)
+    with pytest.raises(MdpError, match="monolithic"):
+        solve_problem(_with_counts(0), 0.5, formulation="hub", max_params=1)
+
+
+def test_counts_round_trip_through_the_problem_file(tmp_path):
+    problem = _with_counts(1)
+    problem.save(tmp_path / "p.json")
+    loaded = load_problem(tmp_path / "p.json")
+    assert loaded.content_hash() == problem.content_hash()
+    choice = loaded.dense_choice()
+    assert loaded.resource("params", choice) == problem.resource("params", choice) > 0
+    assert Constraints.from_options(max_params="10M").max_params == 1e7
+
+
+def test_cli_flags(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    problem = _with_counts(2)
+    problem.save(tmp_path / "p.json")
+    output = tmp_path / "s.json"
+    cap = 0.7 * problem.resource("params", problem.dense_choice())
+    result = subprocess.run([sys.executable, "-m", "mdp_cli", "solve", str(tmp_path / "p.json"), "--budget", "0.9",
+                             "--max-params", f"{cap!r}", "--min-keep", "0.3", "-o", str(output)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(output.read_text())
+    assert data["solver"]["constraints"]["max_params"] == cap
+    assert problem.resource("params", data["option_index"], data["blocks"]) <= cap
