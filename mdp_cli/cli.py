@@ -70,7 +70,19 @@ def describe_unexpected(exc: BaseException) -> str:
 
 
 class _Group(click.Group):
-    """Turns every error that escapes a command into one line on stderr and an exit code (module doc)."""
+    """Turns every error that escapes a command into one line on stderr and an exit code (module doc), and
+    imports a command's module only when that command is used (``LAZY_COMMANDS``)."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module, attr = LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -112,9 +124,17 @@ def main(debug: bool) -> None:
     """
 
 
-from mdp_cli.commands.stages import COMMANDS as _STAGE_COMMANDS  # noqa: E402
-from mdp_cli.solve.cli import pareto_command, solve_command  # noqa: E402  (registered after the group exists)
-from mdp_cli.train.cli import eval_command, finetune_command  # noqa: E402
-
-for _command in (*_STAGE_COMMANDS, solve_command, pareto_command, finetune_command, eval_command):
-    main.add_command(_command)
+# Commands are imported when invoked (or listed by --help): `mdp solve` never imports torch or the pipeline.
+LAZY_COMMANDS = {
+    "families": "mdp_cli.commands.stages:families_command",
+    "space": "mdp_cli.commands.stages:space_command",
+    "profile": "mdp_cli.commands.stages:profile_command",
+    "score": "mdp_cli.commands.stages:score_command",
+    "problem": "mdp_cli.commands.stages:problem_command",
+    "export": "mdp_cli.commands.stages:export_command",
+    "run": "mdp_cli.commands.stages:run_command",
+    "solve": "mdp_cli.solve.cli:solve_command",
+    "pareto": "mdp_cli.solve.cli:pareto_command",
+    "finetune": "mdp_cli.train.cli:finetune_command",
+    "eval": "mdp_cli.train.cli:eval_command",
+}

@@ -11,7 +11,7 @@ The resolved config is a plain dict (what ``config.json`` of a run directory hol
     space:   the family's section (CNN: step, max_options, multiple, prune_stem; ViT: steps)
     profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat}
     score:   {data, batches, batch_size, seed, objective, criterion}
-    solve:   {budget, latency_model, time_limit}
+    solve:   {budget, latency_model, time_limit, formulation, knapsack, max_params, max_flops, min_keep, multiple}
     export:  {tolerance, onnx, measure, repeats}
 """
 
@@ -57,6 +57,13 @@ class SolveSection:
     budget: Union[float, str] = setting(0.5, doc="fraction of dense (0.5), percentage (50%) or latency (12ms)")
     latency_model: str = setting("multidim", choices=("multidim", "linear"))
     time_limit: Optional[float] = setting(None, min=0)
+    formulation: str = setting("auto", choices=("auto", "hub", "monolithic", "blocks"))
+    knapsack: str = setting("dp", choices=("dp", "highs"))
+    # constraints beside the budget (solved exactly in the Pyomo model with HiGHS; docs/solver.md)
+    max_params: Union[float, str, None] = setting(None, doc="parameter cap: 10M, 2.5G, 800k or a number")
+    max_flops: Union[float, str, None] = setting(None, doc="FLOP cap, same forms")
+    min_keep: Optional[float] = setting(None, min=0, doc="no dim below this fraction of its size (0.25)")
+    multiple: Optional[int] = setting(None, min=1, doc="every kept width a multiple of this")
 
 
 @dataclasses.dataclass

@@ -156,7 +156,9 @@ def stage_solve(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Pat
 
     s = cfg["solve"]
     problem = load_problem(problem_path)
-    solution = solve_problem(problem, budget=s["budget"], latency_model=s["latency_model"], time_limit=s["time_limit"])
+    extra = {k: s[k] for k in ("formulation", "knapsack", "max_params", "max_flops", "min_keep", "multiple") if k in s}
+    solution = solve_problem(problem, budget=s["budget"], latency_model=s["latency_model"], time_limit=s["time_limit"],
+                             **extra)
     solution.save(out, problem=str(problem_path))
     return solution
 

@@ -193,7 +193,7 @@ def test_builtin_families_and_their_sections():
     ("resolution: 0", "resolution (--resolution) = 0 is out of range"),
     ("space: {stepz: 8}", "unknown key 'stepz' in 'space'"),
     ("profil: {batch: 1}", "unknown config keys ['profil']"),
-    ("space: {steps: {embed: 16}}", "space.steps (--steps) applies to ViT models only"),
+    ("space: {steps: {embed: 16}}", "space.steps (--steps) applies to Swin/ViT models only"),
     ("profile: 3", "'profile' must be a mapping of settings"),
     ("model: 7", "model = 7 is not allowed"),
 ])

@@ -55,7 +55,7 @@ def test_space_command_for_a_vit():
 
 @pytest.mark.parametrize("args, message", [
     (["space", "--model", "deit_tiny", "--max-options", "4"], "--max-options) applies to CNN models only"),
-    (["space", "--model", "resnet18", "--steps", "embed=16"], "--steps) applies to ViT models only"),
+    (["space", "--model", "resnet18", "--steps", "embed=16"], "--steps) applies to Swin/ViT models only"),
     (["profile", "--model", "resnet18", "--grid", "embed=3"], "for a CNN an integer"),
     (["space", "--model", "deit_tiny", "--steps", "embed"], "expected KEY=N pairs"),
 ])
