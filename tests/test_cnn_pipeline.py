@@ -145,3 +145,26 @@ def test_score_reads_local_pretrained_weights(tiny_config, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     r = runner.invoke(main, ["score", "--config", str(tiny_config), "--pretrained", str(bad), "-o", str(out_b)])
     assert r.exit_code == 2 and "bad.pt" in r.output
+
+
+def test_pipeline_problem_carries_counts_and_solves_a_parameter_cap(tiny_config, tmp_path):
+    from mdp_cli.export.spec import load_exported
+    from mdp_cli.solve import load_problem, solve_problem
+
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    assert runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q"]).exit_code == 0
+    problem = load_problem(run_dir / "problem.json")
+    assert problem.has_resource("params") and problem.has_resource("flops")
+    pruned = sum(p.numel() for p in load_exported(run_dir / "exported").parameters())  # exported at budget 0.6
+    cap = 0.4 * problem.resource("params", problem.dense_choice())
+    result = runner.invoke(main, ["solve", str(run_dir / "problem.json"), "--budget", "0.9", "--max-params",
+                                  str(int(cap)), "-o", str(tmp_path / "capped.json")])
+    assert result.exit_code == 0, result.output
+    capped = json.loads((tmp_path / "capped.json").read_text())
+    solution = solve_problem(problem, 0.9, max_params=int(cap))
+    indices = {d.name: d.options.index(solution.choice[d.name]) for d in problem.dims}
+    assert problem.resource("params", indices, solution.kept) <= cap
+    assert capped["objective"] == pytest.approx(solution.objective)
+    # the counts are the exported models': the dense configuration counts the dense model's parameters
+    assert problem.resource("params", problem.dense_choice()) > pruned

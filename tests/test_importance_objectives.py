@@ -52,7 +52,7 @@ def test_headless_backbone_scores_on_features_and_refuses_labels():
     model = create_model("vit_small_patch14_dinov2", img_size=28, depth=2)  # num_classes=0: features out
     space = build_vit_space(model, "dinov2")
     data = batches(size=28)
-    with pytest.raises(MdpError, match="no classifier .* score.objective: features"):
+    with pytest.raises(MdpError, match="no classifier .* --objective features"):
         make_loss("labels", has_classifier=False)
     record = vit_importance(model, data, space, loss_fn=make_loss("features", has_classifier=False))
     assert all(total > 0 for total in dim_totals(record).values())

@@ -22,6 +22,9 @@ def _hard_problem():
 
 def test_sigint_during_highs_raises_keyboard_interrupt():
     problem = _hard_problem()
+    # Python's own Ctrl-C handler, as a fresh `mdp` process has it (an earlier test in this process may have
+    # left another one installed, e.g. by a library's worker set-up)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
     started = time.perf_counter()
     timer.start()
@@ -33,6 +36,7 @@ def test_sigint_during_highs_raises_keyboard_interrupt():
     assert time.perf_counter() - started < 60  # stopped, not run to the time limit
     # The handler is restored: a later solve is not affected.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, before)
 
 
 def test_ctrl_c_in_mdp_solve_keeps_the_previous_solution(tmp_path):

@@ -140,7 +140,8 @@ def test_mdp_run_on_swin(tmp_path, monkeypatch):
     from mdp_cli.cli import main
 
     monkeypatch.chdir(tmp_path)
-    cfg = {"model": NAME, "resolution": 56, "num_classes": 5, "space": {"steps": {"qk": 16, "v": 16, "mlp": 192}},
+    cfg = {"model": NAME, "resolution": 56, "num_classes": 5, "random_init": True,
+           "space": {"steps": {"qk": 16, "v": 16, "mlp": 192}},
            "profile": {"warmup": 1, "repeats": 3, "grid": {"heads": 2, "qk": 2, "v": 2, "hidden": 2}},
            "score": {"batches": 1, "batch_size": 2}, "solve": {"budget": 0.6}, "export": {"repeats": 3, "tolerance": 10.0}}
     (tmp_path / "swin.yaml").write_text(yaml.safe_dump(cfg))

@@ -17,7 +17,7 @@ GRID = {"embed": 2, "heads": 2, "qk": 2, "v": 2, "hidden": 2}
 
 
 def config(model, steps, **extra):
-    return {"model": model, "resolution": 32, "num_classes": 5, "space": {"steps": steps},
+    return {"model": model, "resolution": 32, "num_classes": 5, "random_init": True, "space": {"steps": steps},
             "profile": {"warmup": 1, "repeats": 3, "lut_dir": "luts", "grid": GRID},
             "score": {"data": "synthetic", "batches": 1, "batch_size": 2, **extra},
             "solve": {"budget": 0.6}, "export": {"repeats": 3, "tolerance": 10.0, "measure": False}}

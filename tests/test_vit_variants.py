@@ -212,7 +212,8 @@ def test_headless_dinov2_through_the_commands(tmp_path):
 
     from mdp_cli.cli import main
 
-    base = {"model": "vit_small_patch14_dinov2", "resolution": 28, "space": {"steps": {"embed": 96, "mlp": 384}},
+    base = {"model": "vit_small_patch14_dinov2", "resolution": 28, "random_init": True,
+            "space": {"steps": {"embed": 96, "mlp": 384}},
             "score": {"data": "synthetic", "batches": 1, "batch_size": 2}}
     (tmp_path / "labels.yaml").write_text(yaml.safe_dump(base))
     (tmp_path / "features.yaml").write_text(yaml.safe_dump({**base, "score": {**base["score"], "objective": "features"}}))

@@ -169,7 +169,8 @@ class VitFamily(Family):
         return vit_measurements(discovered.space, grid)
 
     def build_problem(self, cfg, discovered, lut, importance, importance_path):
-        from mdp_cli.latency.vit_tables import rows_from_lut, vit_tables
+        from mdp_cli.latency.counts import space_counts
+        from mdp_cli.latency.vit_tables import rows_from_lut, split_attention_counts, vit_tables
         from mdp_cli.space.vit import vit_problem
 
         if importance is None:
@@ -177,8 +178,9 @@ class VitFamily(Family):
         space = discovered.space
         planned = {m.key for m in self.measurements(discovered, cfg["profile"]["grid"])}
         tables = vit_tables(space, {"rows": rows_from_lut(lut, space, only=planned)})
+        counts = split_attention_counts(space, space_counts(space))
         return vit_problem(space, tables, importance, lut_file=str(lut.path), importance_file=str(importance_path),
-                           device=lut.device, stat=lut.stat)
+                           device=lut.device, stat=lut.stat, counts=counts)
 
     def score(self, cfg, discovered: Discovered, batches: Iterable, device: str) -> dict[str, Any]:
         from mdp_cli.importance.objectives import make_loss

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mdp_cli.errors import MdpError
+from mdp_cli.latency.counts import space_counts
 from mdp_cli.latency.lut import Lut, term_table
 from mdp_cli.solve.problem import Block, Dim, ImportanceEntry, Problem, Term, make_problem
 from mdp_cli.space.core import PruningSpace
@@ -24,7 +25,11 @@ IMPORTANCE_TOTAL = 100.0
 
 
 def build_problem(space: PruningSpace, lut: Lut, importance: Mapping[str, Any] | None,
-                  interpolate: bool = True, source: str = "importance", **provenance_fields: Any) -> Problem:
+                  interpolate: bool = True, source: str = "importance", with_counts: bool = True,
+                  **provenance_fields: Any) -> Problem:
+    """The solver's problem: the space's dims with their importance, one term per latency term (its LUT table
+    over the term's dims' options) with its parameter and FLOP counts (``with_counts``: for --max-params /
+    --max-flops; ``latency/counts.py``), and the removable blocks."""
     dims = [Dim(d.name, tuple(int(o) for o in d.options), d.step) for d in space.dims]
     records = dict(importance.get("dims", {})) if importance else {}
     entries: list[ImportanceEntry] = []
@@ -45,11 +50,12 @@ def build_problem(space: PruningSpace, lut: Lut, importance: Mapping[str, Any] |
         entries.append(ImportanceEntry(d.name, np.asarray(base, dtype=float) * scale, d.block))
         for blk, values in sorted(rec.get("gated", {}).items()):
             entries.append(ImportanceEntry(d.name, np.asarray(values, dtype=float) * scale, blk))
+    counts = space_counts(space) if with_counts else {}
     terms = []
     for t in space.terms:
         options = [space.dim(d).options for d in t.dims]
         table = term_table(lut, t.signature(), t.roles, options, interpolate=interpolate)
-        terms.append(Term(t.name, tuple(t.dims), table, t.block))
+        terms.append(Term(t.name, tuple(t.dims), table, t.block, counts.get(t.name, {})))
     blocks = [Block(b.name, True) for b in space.blocks if b.removable]
     return make_problem(dims, entries, terms, blocks, constant_latency=0.0, name=space.model_name,
                         model=space.model_name, lut=str(lut.path), device=lut.device, dtype=lut.dtype,

@@ -174,3 +174,20 @@ def rows_from_lut(lut, space: PruningSpace, only: set[tuple[str, str]] | None = 
             row[k] = int(v)
         rows.append(row)
     return rows
+
+
+def split_attention_counts(space: PruningSpace, counts: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Parameter/FLOP counts of the ViT terms (``latency.counts.space_counts``) with the attention branch's
+    counts split between ``qk`` and ``vproj`` as its latency is (``vit_tables``): each op builds the whole
+    branch at the other one's reference width, so half of the count at both references is taken off each.
+    The counts are linear in Q and V for given (E, H), so the split is exact."""
+    out = {name: dict(value) for name, value in counts.items()}
+    for term in space.terms:
+        if term.op not in ("vit_qk", "vit_vproj"):
+            continue
+        qk_term = next(t for t in space.terms if t.op == "vit_qk" and t.context == term.context
+                       and t.block == term.block)
+        for resource, table in counts[term.name].items():
+            ref = np.asarray(counts[qk_term.name][resource])[:, :, 0]  # the branch at (qk_ref, v_ref)
+            out[term.name][resource] = np.asarray(table) - ref[:, :, None] / 2
+    return out

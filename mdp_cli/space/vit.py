@@ -299,6 +299,7 @@ def vit_problem(
     importance: Mapping[str, Any],
     constant_latency: float = 0.0,
     family: str = "vit",
+    counts: Mapping[str, Mapping[str, Any]] | None = None,
     **provenance_fields: Any,
 ):
     """The solver's problem for a ViT space: dims with cumulative importance, one latency term per space
@@ -327,7 +328,9 @@ def vit_problem(
         entries.append(ImportanceEntry(d.name, np.asarray(base, float) * scale, d.block))
         for blk, values in sorted((rec.get("gated") or {}).items()):
             entries.append(ImportanceEntry(d.name, np.asarray(values, float) * scale, blk))
-    terms = [Term(t.name, tuple(t.dims), np.asarray(tables[t.name], float), t.block) for t in space.terms]
+    counts = counts or {}  # per term {"params", "flops"} tables (latency/counts.py), for caps beside the budget
+    terms = [Term(t.name, tuple(t.dims), np.asarray(tables[t.name], float), t.block,
+                  {k: np.asarray(v, float) for k, v in counts.get(t.name, {}).items()}) for t in space.terms]
     blocks = [Block(b.name, b.removable) for b in space.blocks]
     return make_problem(dims, entries, terms, blocks, constant_latency=constant_latency, name=space.model_name,
                         model=space.model_name, family=family, **provenance_fields)
