@@ -114,7 +114,11 @@ def test_blocks_that_are_not_removable_or_not_booleans_are_refused(chain):
     fixed = next(b["name"] for b in chain["space"]["blocks"] if not b["removable"])
     solution = copy.deepcopy(chain["solution"])
     solution["blocks"][fixed] = False
-    assert f"not removable blocks of this model ({fixed})" in refused(chain, solution, problem=None)
+    assert f"removes parts of the model that cannot be removed ({fixed})" in refused(chain, solution, problem=None)
+    solution["blocks"][fixed] = True  # a fixed part listed as kept (as the ViT/Swin problems list them) is fine
+    check_solution(solution, None, chain["space"], chain["importance"])
+    solution["blocks"]["no_such_block"] = True
+    assert "not removable blocks of this model (no_such_block)" in refused(chain, solution, problem=None)
     solution = copy.deepcopy(chain["solution"])
     solution["blocks"][next(iter(solution["blocks"]))] = "no"
     assert "must be true or false" in refused(chain, solution, problem=None)

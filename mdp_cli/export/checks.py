@@ -35,7 +35,8 @@ def check_solution(solution: Mapping[str, Any], problem: Mapping[str, Any] | Non
     space = space_dict.to_dict() if hasattr(space_dict, "to_dict") else space_dict
     dims = {d["name"]: d for d in space["dims"]}
     removable = [b["name"] for b in space["blocks"] if b.get("removable")]
-    choice, kept = _choice_and_blocks(solution, dims, removable, where)
+    fixed = [b["name"] for b in space["blocks"] if not b.get("removable")]
+    choice, kept = _choice_and_blocks(solution, dims, removable, where, fixed)
     if problem is not None:
         _check_problem(solution, problem, dims, choice, kept, where, problem_where)
     if importance is not None:
@@ -43,7 +44,7 @@ def check_solution(solution: Mapping[str, Any], problem: Mapping[str, Any] | Non
 
 
 def _choice_and_blocks(solution: Mapping[str, Any], dims: Mapping[str, Mapping[str, Any]],
-                       removable: list[str], where: str) -> tuple[dict[str, int], dict[str, bool]]:
+                       removable: list[str], where: str, fixed: list[str] = ()) -> tuple[dict[str, int], dict[str, bool]]:
     choice = solution.get("choice")
     if not isinstance(choice, Mapping):
         raise SchemaError(f"{where}: field 'choice' (dim -> kept width) is missing; re-run 'mdp solve'")
@@ -63,7 +64,12 @@ def _choice_and_blocks(solution: Mapping[str, Any], dims: Mapping[str, Mapping[s
     blocks = solution.get("blocks", {})
     if not isinstance(blocks, Mapping):
         raise SchemaError(f"{where}: field 'blocks' must map block names to true (kept) or false (removed)")
-    unknown = sorted(set(blocks) - set(removable))
+    # a problem may list the fixed parts as blocks too (always kept): allowed only as kept
+    removed_fixed = sorted(name for name in fixed if blocks.get(name) is False)
+    if removed_fixed:
+        raise SchemaError(f"{where}: blocks removes parts of the model that cannot be removed ({_few(removed_fixed)}); "
+                          "re-run 'mdp solve'")
+    unknown = sorted(set(blocks) - set(removable) - set(fixed))
     if unknown:
         raise SchemaError(f"{where}: blocks names blocks that are not removable blocks of this model "
                           f"({_few(unknown)}); re-run 'mdp solve'")

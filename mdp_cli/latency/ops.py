@@ -24,7 +24,16 @@ def register_op(name: str) -> Callable[[OpBuilder], OpBuilder]:
     return decorate
 
 
+# The built-in families' op modules, imported on first use so that a caller need not know which to import.
+BUILTIN_OP_MODULES = ("mdp_cli.latency.cnn_ops", "mdp_cli.latency.vit_ops", "mdp_cli.latency.swin_ops")
+
+
 def get_op(name: str) -> OpBuilder:
+    if name not in OPS:
+        import importlib
+
+        for module in BUILTIN_OP_MODULES:
+            importlib.import_module(module)
     try:
         return OPS[name]
     except KeyError:
