@@ -302,6 +302,11 @@ def make_loader(spec: str | DataSpec, split: str, model: torch.nn.Module | None 
     config = config or data_config(model, img_size)
     dataset = make_dataset(spec, split, make_transform(config, train, augment), limit)
     generator = torch.Generator().manual_seed(seed)
+    classes = getattr(dataset, "classes", None)
+    if train and classes is not None and len(classes) < 2:
+        # one class: every prediction is right, so training learns nothing and accuracy reads 100 %
+        raise MdpError(f"--data {spec}: split '{split}' holds one class only ({', '.join(map(str, classes))}); "
+                       "training needs images of at least two classes (one sub-folder per class)")
     if train:
         sampler: Sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                               seed=seed, drop_last=True)

@@ -91,3 +91,14 @@ def test_deeply_nested_json_is_one_line(tmp_path):
     path.write_text("[" * 20_000 + "]" * 20_000)
     with pytest.raises(MdpError, match="nested too deeply"):
         read_json(path, "mdp.problem", 1)
+
+
+def test_training_data_of_one_class_is_refused(tmp_path):
+    import shutil
+
+    image_tree(tmp_path)
+    shutil.rmtree(tmp_path / "train" / "dog")
+    with pytest.raises(MdpError, match=r"split 'train' holds one class only \(cat\); training needs images of at "
+                                       r"least two classes"):
+        make_loader(tmp_path, "train", batch_size=2, train=True, img_size=16)
+    assert len(list(make_loader(tmp_path, "val", batch_size=2, img_size=16))) == 3  # evaluation may read it
