@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import pytest
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mdp_cli.artifacts import read_json
@@ -35,8 +34,6 @@ from mdp_cli.solve.solution import load_solution
 SCALE = int(os.environ.get("MDP_PROPERTY_EXAMPLES", "40"))
 EXAMPLES = settings(max_examples=SCALE, deadline=None, derandomize=True, report_multiple_bugs=False, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-# For the readers with a known bug outside this change (xfail below): no shrinking, which only costs time.
-KNOWN_BUG = settings(EXAMPLES, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 PROBLEM = json.loads(example_problem_path().read_text())
 _LOADED = load_problem(example_problem_path())
@@ -154,14 +151,7 @@ def check_reader(name: str, content: str | bytes, read: Callable[[Path], Any]) -
         assert path.read_bytes() == data, "a reader changed its input"
 
 
-# Known, outside this change (solver side): problem.py reads names with `in` on sets and dicts, so a dim,
-# block or term name that is a list/dict raises TypeError (problem.py _read_dims / _read_terms).
-SOLVER_SIDE = pytest.mark.xfail(raises=TypeError, strict=False,
-                                reason="mdp_cli/solve/problem.py: unhashable dim/block/term names (docs/reliability.md)")
-
-
-@SOLVER_SIDE
-@KNOWN_BUG
+@EXAMPLES
 @given(file_contents(PROBLEM, "json"))
 def test_problem_reader(content):
     check_reader("problem.json", content, load_problem)
@@ -172,19 +162,14 @@ def test_problem_reader(content):
 def test_solver_on_damaged_problems(tree):
     """What the problem reader accepts, the solver solves or refuses in one line."""
     def read_and_solve(path):
-        try:
-            problem = load_problem(path)
-        except TypeError:  # the reader's known bug (test_problem_reader); here the solver is under test
-            return
+        problem = load_problem(path)
         solution = solve_problem(problem, 0.6, time_limit=20)
         assert solution.predicted_latency <= solution.budget * (1 + 1e-6) or solution.status == "nothing_to_prune"
 
     check_reader("problem.json", _json_text(tree), read_and_solve)
 
 
-@pytest.mark.xfail(raises=AttributeError, strict=False,
-                   reason="mdp_cli/solve/solution.py check_fits: a 'choice' that is a list (docs/reliability.md)")
-@KNOWN_BUG
+@EXAMPLES
 @given(file_contents(SOLUTION, "json"))
 def test_solution_reader(content):
     check_reader("solution.json", content, lambda p: load_solution(p, _LOADED))

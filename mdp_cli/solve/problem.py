@@ -213,7 +213,7 @@ def problem_from_dict(data: Mapping[str, Any], source: str = "<problem>") -> Pro
     def check_block(field: str, name: Any) -> str | None:
         if name is None:
             return None
-        if name not in block_names:
+        if not isinstance(name, str) or name not in block_names:
             raise fail(field, f"names block {name!r}, which is not in 'blocks'")
         return name
 
@@ -319,7 +319,7 @@ def _read_gated_importance(raw: Any, dims_by_name, fail, check_block) -> list[Im
     entries = []
     for i, item in enumerate(raw):
         field = f"gated_importance[{i}]"
-        if not isinstance(item, dict) or item.get("dim") not in dims_by_name:
+        if not isinstance(item, dict) or not isinstance(item.get("dim"), str) or item["dim"] not in dims_by_name:
             raise fail(f"{field}.dim", f"must name a dim in 'dims', got {item.get('dim') if isinstance(item, dict) else item!r}")
         block = check_block(f"{field}.block", item.get("block"))
         if block is None:
@@ -338,12 +338,15 @@ def _read_terms(raw: Any, dims_by_name, fail, check_block) -> list[Term]:
         if not isinstance(item, dict):
             raise fail(field, "must be an object")
         name = item.get("name", f"term{i}")
+        if not isinstance(name, str):
+            raise fail(field, "'name' must be a string")
         if name in seen:
             raise fail(field, f"duplicate term name {name!r}")
         seen.add(name)
         field = f"terms[{i}] ({name})"
         dims = item.get("dims", [])
-        if not isinstance(dims, list) or len(dims) > 3 or len(set(dims)) != len(dims):
+        if not isinstance(dims, list) or not all(isinstance(d, str) for d in dims) or len(dims) > 3 \
+                or len(set(dims)) != len(dims):
             raise fail(f"{field}.dims", "must be a list of at most 3 distinct dim names")
         for d in dims:
             if d not in dims_by_name:

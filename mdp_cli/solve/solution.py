@@ -98,6 +98,9 @@ def load_solution(path: str | Path, problem: Problem | None = None) -> Solution:
     for field in ("predicted_latency", "dense_latency", "budget", "objective"):
         if not is_finite_number(getattr(solution, field)):
             raise SchemaError(f"{path}: field '{field}' must be a finite number")
+    if not isinstance(solution.choice, dict) or not isinstance(solution.kept, dict):
+        raise SchemaError(f"{path}: 'choice' and 'blocks' must be objects (name -> size, name -> kept); "
+                          "re-run 'mdp solve'")
     if problem is not None:
         check_fits(solution, problem, str(path))
     return solution
