@@ -102,3 +102,19 @@ def test_training_data_of_one_class_is_refused(tmp_path):
                                        r"least two classes"):
         make_loader(tmp_path, "train", batch_size=2, train=True, img_size=16)
     assert len(list(make_loader(tmp_path, "val", batch_size=2, img_size=16))) == 3  # evaluation may read it
+
+
+def test_eval_and_finetune_on_a_missing_gpu_are_one_line():
+    import torch
+    from click.testing import CliRunner
+
+    from mdp_cli.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for command in (["eval", "resnet18"], ["finetune", "resnet18", "-o", "unused"]):
+        result = CliRunner().invoke(main, [*command[:2], "--data", "builtin:digits", "--device", "cuda",
+                                           *command[2:]])
+        lines = [line for line in result.output.splitlines() if line.startswith("mdp:")]
+        assert result.exit_code == 2 and lines == [
+            "mdp: error: --device cuda: CUDA is not available on this machine; use --device cpu (or auto)"], result.output

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mdp_cli.errors import MdpError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -36,7 +38,12 @@ def setup(device: str | None = None) -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise MdpError(f"--device {device}: CUDA is not available on this machine; use --device cpu (or auto)")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MdpError(f"--device {device}: not a device (use cpu, cuda, cuda:N or auto)") from None
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
