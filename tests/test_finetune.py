@@ -58,7 +58,9 @@ def _finetune_args(out: Path, *extra: str) -> list[str]:
 
 
 @needs_data
-def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["sigkill", "sigint"])
+def test_resume_after_sigkill_is_bit_exact(tmp_path: Path, sig: int) -> None:
     env = subprocess_env()
     reference = tmp_path / "reference"  # runs beside the one that gets killed
     ref_proc = subprocess.Popen(_finetune_args(reference), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -66,7 +68,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_finetune_args(killed), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True)
     pointer, metrics = killed / "checkpoint.json", killed / "metrics.csv"
     deadline = time.monotonic() + 240
     while not (pointer.exists() and metrics.exists()):  # metrics.csv follows the epoch-1 checkpoint
@@ -74,8 +76,10 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
         time.sleep(0.02)
     epoch_seconds = float(metrics.read_text().splitlines()[1].split(",")[9])
     time.sleep(0.4 * epoch_seconds)  # about 40 % into epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate()
+    if sig == signal.SIGINT:  # Ctrl-C: one line and exit 130, the epoch-1 checkpoint intact
+        assert proc.returncode == 130 and "mdp: interrupted" in err and "Traceback" not in err, err
     assert json.loads(pointer.read_text())["epoch"] == 1, "killed too late: epoch 2 had already finished"
     assert not (killed / "final").exists()
 
