@@ -66,12 +66,17 @@ class TimingPlan:
 
 def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: TimingPlan, device: str = "cpu",
                      warmup: int = 10, repeats: int = 30, label: str = "", progress: bool = True,
-                     save_every_s: float = 30.0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     save_every_s: float = 30.0, log: Callable[[str], None] | None = None,
+                     shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Measure the rows of ``measurements`` that ``lut`` lacks, add them and save the LUT.
 
     Returns ``{"measured", "reused", "configurations", "timings", "seconds"}``: rows written, rows already
-    there, rows asked for, distinct timings run, wall time. ``lut.batch``, ``lut.dtype`` and
-    ``lut.threads`` say how each item is run."""
+    there, rows asked for, distinct timings run, wall time. ``lut.batch``, ``lut.dtype``, ``lut.threads``
+    and ``lut.runtime`` say how each item is run (each item is exported to and timed in that runtime).
+
+    ``shard=(i, n)``: measure only the timings whose ``shard_of`` is ``i`` (1-based) of ``n``, so that ``n``
+    machines profile one grid into one LUT (``Lut.save`` merges their rows under a lock); the split is
+    by the timing's key, so it does not depend on what the LUT already holds or on the order."""
     import torch
 
     from mdp_cli.latency.timing import clock_for, reference_item, sample_round_robin, threads
@@ -81,9 +86,14 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     for m in measurements:
         wanted.setdefault(m.key, m)
     todo_rows = [m for key, m in wanted.items() if key not in lut]
+    reused = len(wanted) - len(todo_rows)
     groups: dict[Hashable, list[Measurement]] = {}
     for m in todo_rows:
         groups.setdefault(m.timing_key, []).append(m)
+    if shard is not None:
+        index, count = shard
+        groups = {key: rows for key, rows in groups.items() if shard_of(key, count) == index}
+        todo_rows = [m for rows in groups.values() for m in rows]
     items = list(groups.values())
     if plan.shuffle:
         random.Random(0).shuffle(items)
@@ -109,7 +119,8 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
                     runnable = [_build(items[k][0], lut.batch) for k in part]
                     if plan.reference:
                         runnable.insert(0, reference_item(lut.batch))
-                    timed = sample_round_robin(runnable, device, lut.dtype, warmup, per_round)
+                    timed = sample_round_robin(runnable, device, lut.dtype, warmup, per_round, lut.runtime,
+                                               lut.threads)
                     ref = timed.pop(0) if plan.reference else []
                     for i, k in enumerate(part):
                         samples[k] += [t / items[k][0].copies for t in timed[i]]
@@ -139,8 +150,33 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     lut.add_rows(pending)
     if todo_rows or not lut.path.is_file():
         lut.save(last_model=label)
-    return {"measured": len(todo_rows), "reused": len(wanted) - len(todo_rows), "configurations": len(wanted),
-            "timings": len(items), "seconds": time.perf_counter() - start}
+    return {"measured": len(todo_rows), "reused": reused, "configurations": len(wanted),
+            "other_shards": len(wanted) - reused - len(todo_rows), "timings": len(items),
+            "seconds": time.perf_counter() - start}
+
+
+def shard_of(timing_key: Hashable, count: int) -> int:
+    """The shard (1..count) a timing belongs to: a stable hash of its key (not Python's salted ``hash``)."""
+    import hashlib
+
+    digest = hashlib.sha1(repr(timing_key).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % int(count) + 1
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (1 <= i <= n) as ``(i, n)``; ``None`` for no sharding; else a one-line MdpError."""
+    from mdp_cli.errors import MdpError
+
+    if text is None or text == "":
+        return None
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise MdpError(f"--shard {text!r}: expected i/n, e.g. 1/4 (the first of four parts)") from None
+    if not 1 <= index <= count:
+        raise MdpError(f"--shard {text!r}: i must be between 1 and n (e.g. 1/{max(count, 2)} .. "
+                       f"{max(count, 2)}/{max(count, 2)})")
+    return index, count
 
 
 def _build(m: Measurement, batch: int) -> tuple[Any, Any]:
@@ -161,4 +197,5 @@ def _row(m: Measurement, lut: Lut, clock: str, samples: list[float], ref: list[f
     return {"op": m.op, "signature": m.signature, "sizes": m.sizes_key, "device": lut.device, "dtype": lut.dtype,
             "batch": lut.batch, "threads": lut.threads, "clock": clock, "median_ms": median, "spread_ms": spread,
             "p10_ms": p10, "ref_ms": summarize(ref)[0] if ref else float("nan"), "repeats": len(samples),
-            "warmup": warmup, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "warmup": warmup, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "runtime": lut.runtime}
