@@ -443,7 +443,7 @@ def format_report(r: dict[str, Any]) -> str:
         pred = r.get("predicted_ms")
         lines.append(
             f"latency    measured {r['measured_ms']:.3f} ms ({r.get('stat', 'median')}, {r.get('clock', '')} clock, "
-            f"{r.get('device', '')}), "
+            f"{r.get('device', '')}, {r.get('runtime', 'eager')}), "
             + (f"predicted {pred:.3f} ms ({r['prediction_error']:+.1%}), " if pred else "")
             + f"dense measured {r['measured_dense_ms']:.3f} ms"
             + (f" -> speed-up {r['measured_dense_ms'] / r['measured_ms']:.2f}x" if r['measured_ms'] else ""))
@@ -455,7 +455,9 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"budget     {r['budget_ms']:.3f} ms, tolerance {r['tolerance']:.0%}: "
                      + ("met" if r["within_tolerance"] else "MISSED"))
     if r.get("onnx"):
-        lines.append(f"onnx       {r['onnx']['path']} (max |onnx - torch| = {r['onnx']['max_abs_diff']:.1e})")
+        ort = (f", runs in onnxruntime {r['onnx']['onnxruntime']}: max |ort - torch| = "
+               f"{r['onnx']['onnxruntime_max_abs_diff']:.1e}" if r["onnx"].get("onnxruntime") else "")
+        lines.append(f"onnx       {r['onnx']['path']} (max |onnx - torch| = {r['onnx']['max_abs_diff']:.1e}{ort})")
     return "\n".join(lines)
 
 
