@@ -13,12 +13,17 @@ takes each item's samples in that many passes over *all* items, so a slow drift 
 during profiling spreads over every row instead of biasing the rows timed at the wrong moment. An item
 with ``copies > 1`` is timed as a chain of distinct copies (weights stream from memory as inside the
 whole model) and each sample divided by the copy count.
+
+Runtimes (``latency/runtimes.py``): in ONNX Runtime or TensorRT each item is its own exported graph, and
+one run of a graph costs a fixed overhead that the whole model pays once; the median of a next-to-empty
+graph timed in the same rounds (``runtimes.call_overhead_item``) is subtracted from every sample.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -79,6 +84,7 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     by the timing's key, so it does not depend on what the LUT already holds or on the order."""
     import torch
 
+    from mdp_cli.latency.runtimes import call_overhead_item
     from mdp_cli.latency.timing import clock_for, reference_item, sample_round_robin, threads
 
     start = time.perf_counter()
@@ -102,6 +108,9 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     samples: list[list[float]] = [[] for _ in items]
     ref_samples: list[list[float]] = [[] for _ in items]
     clock = clock_for(device, lut.threads)
+    # A runtime session's run() has a fixed cost (ORT on CPU: ~25 us) that a whole model pays once, not once
+    # per term: it is timed beside the items (a graph doing next to nothing) and taken off their samples.
+    overhead = lut.runtime != "eager"
     bar = None
     if progress and items:
         from tqdm import tqdm
@@ -117,13 +126,16 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
                 for lo in range(0, len(items), max(1, int(plan.chunk))):
                     part = range(lo, min(len(items), lo + max(1, int(plan.chunk))))
                     runnable = [_build(items[k][0], lut.batch) for k in part]
+                    if overhead:
+                        runnable.insert(0, call_overhead_item())
                     if plan.reference:
                         runnable.insert(0, reference_item(lut.batch))
                     timed = sample_round_robin(runnable, device, lut.dtype, warmup, per_round, lut.runtime,
                                                lut.threads)
                     ref = timed.pop(0) if plan.reference else []
+                    base = statistics.median(timed.pop(0)) if overhead else 0.0
                     for i, k in enumerate(part):
-                        samples[k] += [t / items[k][0].copies for t in timed[i]]
+                        samples[k] += [max(t - base, 0.0) / items[k][0].copies for t in timed[i]]
                         ref_samples[k] += ref
                     del runnable
                     if bar is not None:
