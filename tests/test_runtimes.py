@@ -40,7 +40,7 @@ def linear_op(context, sizes, batch):
 @register_op("test_runtime_pair")
 def pair_op(context, sizes, batch):
     w = sizes["width"]
-    return PairAdd(), (torch.randn(batch, w, 4, 4), torch.randn(batch, w, 4, 4))
+    return PairAdd(), (torch.randn(batch, w, 32, 32), torch.randn(batch, w, 32, 32))
 
 
 def rows(widths, op="test_runtime_linear", sig="lin"):
@@ -68,7 +68,8 @@ def test_profile_in_onnxruntime_records_the_runtime_and_refuses_another(tmp_path
     assert lut_filename("test-cpu", "float32", 1, 1) == "test-cpu__float32__b1__t1.csv"  # eager: the old name
     path = tmp_path / name
     lut = Lut.open(path, "test-cpu", "float32", 1, 1, runtime="onnxruntime")
-    wanted = rows([8, 32]) + rows([4], op="test_runtime_pair", sig="pair")
+    # large enough to take clearly more than the run() overhead the engine takes off every sample
+    wanted = rows([512, 1024]) + rows([256], op="test_runtime_pair", sig="pair")
     summary = profile_into_lut(lut, wanted, TimingPlan(chunk=2, reference=True), warmup=1, repeats=3,
                                progress=False)
     assert summary["measured"] == 3
