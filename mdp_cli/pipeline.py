@@ -306,7 +306,7 @@ def measure_against_dense(cfg: Mapping[str, Any], net, dense, shape: tuple[int, 
     (med, spread, p10), (dmed, _, dp10) = summarize(times), summarize(dense_times)
     stat = p["stat"]
     return {"device": device_name(device), "dtype": str(td).removeprefix("torch."), "clock": clock,
-            "runtime": runtime, "runtime_version": runtime_version(runtime),
+            "batch": int(p["batch"]), "runtime": runtime, "runtime_version": runtime_version(runtime),
             "measured_ms": med if stat == "median" else p10, "spread_ms": spread,
             "measured_dense_ms": dmed if stat == "median" else dp10, "stat": stat, "timed_in_turns": True}
 

@@ -96,7 +96,9 @@ def runner(module: Any, example: Any, runtime: str = "eager", device: str = "cpu
 
     from mdp_cli.latency.timing import torch_dtype
 
-    td = torch_dtype(dtype)
+    # TensorRT takes a float32 graph and lowers its precision itself (builder flags), which also spares the
+    # ONNX exporter bfloat16 graphs
+    td = torch.float32 if runtime == "tensorrt" else torch_dtype(dtype)
     module = module.to(device=device, dtype=td).eval()
     inputs = tuple(t.to(device=device, dtype=td) for t in as_tuple(example))
     pair = isinstance(example, (tuple, list))
