@@ -24,8 +24,10 @@ from __future__ import annotations
 import datetime as _dt
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
 from mdp_cli.latency.lut import Lut
@@ -84,8 +86,8 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     by the timing's key, so it does not depend on what the LUT already holds or on the order."""
     import torch
 
-    from mdp_cli.latency.runtimes import call_overhead_item
-    from mdp_cli.latency.timing import clock_for, reference_item, sample_round_robin, threads
+    from mdp_cli.latency.runtimes import call_overhead_item, runner
+    from mdp_cli.latency.timing import clock_for, reference_item, sample_calls_round_robin, threads
 
     start = time.perf_counter()
     wanted: dict[tuple[str, str], Measurement] = {}
@@ -111,6 +113,17 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     # A runtime session's run() has a fixed cost (ORT on CPU: ~25 us) that a whole model pays once, not once
     # per term: it is timed beside the items (a graph doing next to nothing) and taken off their samples.
     overhead = lut.runtime != "eager"
+
+    exports = tempfile.TemporaryDirectory(prefix="mdp-profile-") if overhead else None
+
+    def run(module: Any, example: Any, key: Any = None) -> Callable[[], Any]:
+        """The item's callable in the LUT's runtime; an item's ONNX is exported in its first round only."""
+        onnx_file = Path(exports.name) / f"{key}.onnx" if exports is not None and key is not None else None
+        return runner(module, example, lut.runtime, device, lut.dtype, lut.threads, onnx_file)
+
+    # built once (in a runtime, each is an export and a session)
+    overhead_call = run(*call_overhead_item()) if overhead and items else None
+    reference_call = run(*reference_item(lut.batch)) if plan.reference and items else None
     bar = None
     if progress and items:
         from tqdm import tqdm
@@ -125,13 +138,12 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
             for r in range(rounds):
                 for lo in range(0, len(items), max(1, int(plan.chunk))):
                     part = range(lo, min(len(items), lo + max(1, int(plan.chunk))))
-                    runnable = [_build(items[k][0], lut.batch) for k in part]
+                    runnable = [run(*_build(items[k][0], lut.batch), key=k) for k in part]
                     if overhead:
-                        runnable.insert(0, call_overhead_item())
+                        runnable.insert(0, overhead_call)
                     if plan.reference:
-                        runnable.insert(0, reference_item(lut.batch))
-                    timed = sample_round_robin(runnable, device, lut.dtype, warmup, per_round, lut.runtime,
-                                               lut.threads)
+                        runnable.insert(0, reference_call)
+                    timed = sample_calls_round_robin(runnable, device, warmup, per_round)
                     ref = timed.pop(0) if plan.reference else []
                     base = statistics.median(timed.pop(0)) if overhead else 0.0
                     for i, k in enumerate(part):
@@ -159,6 +171,8 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     finally:
         if bar is not None:
             bar.close()
+        if exports is not None:
+            exports.cleanup()
     lut.add_rows(pending)
     if todo_rows or not lut.path.is_file():
         lut.save(last_model=label)

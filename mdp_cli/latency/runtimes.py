@@ -84,14 +84,16 @@ def as_tuple(example: Any) -> tuple[Any, ...]:
 
 
 def runner(module: Any, example: Any, runtime: str = "eager", device: str = "cpu", dtype: str = "float32",
-           threads: int = 1) -> Callable[[], Any]:
+           threads: int = 1, onnx_file: Path | None = None) -> Callable[[], Any]:
     """A callable running ``module(example)`` once in ``runtime`` on ``device`` in ``dtype``.
 
     ``example`` is a tensor or a tuple of tensors (passed to the module as one tuple argument, as the op
     builders of ``latency/ops.py`` define it). Eager: the module on the device under ``inference_mode``.
     ONNX Runtime: an InferenceSession with all graph optimisations, ``threads`` intra-op threads on CPU
     (one inter-op thread, sequential execution, so with one thread the op runs in the calling thread and
-    the thread-CPU clock holds), the CUDA provider on ``cuda``. TensorRT: an engine built from the ONNX."""
+    the thread-CPU clock holds), the CUDA provider on ``cuda``. TensorRT: an engine built from the ONNX.
+    ``onnx_file``: where the ONNX is kept (reused when it exists: the engine times an item in several rounds,
+    and exporting is the slow part); by default a temporary file."""
     import torch
 
     from mdp_cli.latency.timing import torch_dtype
@@ -107,8 +109,9 @@ def runner(module: Any, example: Any, runtime: str = "eager", device: str = "cpu
         return lambda: module(arg)  # the timing loops run it under inference_mode
     check_runtime(runtime, device, dtype)
     with tempfile.TemporaryDirectory(prefix="mdp-onnx-") as tmp:
-        path = Path(tmp) / "term.onnx"
-        export_term(module, inputs, pair, path)
+        path = Path(onnx_file) if onnx_file is not None else Path(tmp) / "term.onnx"
+        if not path.is_file():
+            export_term(module, inputs, pair, path)
         if runtime == "onnxruntime":
             return _ort_runner(path, inputs, device, threads)
         return _trt_runner(path, inputs, device, dtype)
