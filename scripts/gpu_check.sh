@@ -34,12 +34,24 @@ MODELS="${MODELS:-resnet50 deit_small}"
 if [ "$DRY" = 1 ]; then
   # CPU, tiny: the same commands, so that a test proves the script before a GPU is at hand
   DEVICE=cpu; RES=32; BATCH=2; WARMUP=1; REPEATS="${REPEATS:-2}"; STEPS="${STEPS:-3}"; MAX_OPTIONS="${MAX_OPTIONS:-2}"
-  CNN_DTYPE=float32; VIT_DTYPE=float32; CNN_AMP=bf16; VIT_AMP=bf16; CNN_SPACE=(--multiple 8)
+  CNN_DTYPE=float32; VIT_DTYPE=float32; CNN_AMP=bf16; VIT_AMP=bf16; CNN_SPACE=(--multiple 8); CNN_SCORE_SPACE=""
   export OMP_NUM_THREADS=1
 else
   DEVICE=cuda; RES=224; BATCH=64; WARMUP=5; REPEATS="${REPEATS:-20}"; STEPS="${STEPS:-100}"; MAX_OPTIONS="${MAX_OPTIONS:-8}"
-  CNN_DTYPE=float16; VIT_DTYPE=bfloat16; CNN_AMP=fp16; VIT_AMP=bf16; CNN_SPACE=()  # multiple 8: the CUDA half default
+  CNN_DTYPE=float16; VIT_DTYPE=bfloat16; CNN_AMP=fp16; VIT_AMP=bf16
+  CNN_SPACE=(); CNN_SCORE_SPACE="--multiple 8"  # profile/problem/export: multiple 8 is the CUDA half default
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh: no CUDA device here; use --dry-run')"
+fi
+if ! "$PY" -c "import pyomo, highspy" > /dev/null 2>&1; then
+  # a fresh GPU machine without the solver: install the wheels brought along in .whl/ (see docs/runtimes.md §5)
+  if ls "$REPO"/.whl/*.whl > /dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/mdp-site \
+        "$REPO"/.whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:/tmp/mdp-site"
+  else
+    echo "gpu_check.sh: pyomo and highspy are missing and there is no .whl/ with their wheels (docs/runtimes.md §5)" >&2
+    exit 1
+  fi
 fi
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -48,7 +60,7 @@ mdp() { echo "+ mdp $*" >> "$LOG"; "$PY" -m mdp_cli "$@" 2>> "$LOG" | tee -a "$L
 has() { "$PY" -c "$1" > /dev/null 2>&1; }
 
 check_model() {
-  local model="$1" dtype="$2" amp="$3"; shift 3
+  local model="$1" dtype="$2" amp="$3" score_space="$4"; shift 4
   local space=("$@") dir="$OUT/$model"
   mkdir -p "$dir"
   local common=(-m "$model" -r "$RES" --random-init --device "$DEVICE" --dtype "$dtype" --batch "$BATCH"
@@ -56,7 +68,8 @@ check_model() {
   local t0=$SECONDS
   mdp profile "${common[@]}" "${space[@]}" --warmup "$WARMUP" --repeats "$REPEATS" -q
   echo "$((SECONDS - t0))" > "$dir/profile_seconds"
-  mdp score -m "$model" -r "$RES" --random-init --device "$DEVICE" "${space[@]}" --data synthetic --batches 1 \
+  # mdp score has no --dtype, so the CUDA half-precision width default cannot reach it: say the multiple
+  mdp score -m "$model" -r "$RES" --random-init --device "$DEVICE" "${space[@]}" $score_space --data synthetic --batches 1 \
       --batch-size 4 -o "$dir/importance.json" -q
   mdp problem "${common[@]}" "${space[@]}" --importance "$dir/importance.json" -o "$dir/problem.json"
   mdp solve "$dir/problem.json" --budget 0.5 -o "$dir/solution.json" > /dev/null
@@ -82,8 +95,8 @@ check_model() {
 START=$SECONDS
 for model in $MODELS; do
   case "$model" in
-    deit*|vit*) check_model "$model" "$VIT_DTYPE" "$VIT_AMP" ;;
-    *) check_model "$model" "$CNN_DTYPE" "$CNN_AMP" --max-options "$MAX_OPTIONS" "${CNN_SPACE[@]}" ;;
+    deit*|vit*) check_model "$model" "$VIT_DTYPE" "$VIT_AMP" "" ;;
+    *) check_model "$model" "$CNN_DTYPE" "$CNN_AMP" "$CNN_SCORE_SPACE" --max-options "$MAX_OPTIONS" "${CNN_SPACE[@]}" ;;
   esac
 done
 
