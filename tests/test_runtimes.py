@@ -156,3 +156,19 @@ def test_cli_profiles_and_exports_in_onnxruntime(tmp_path):
     report = json.loads((exported / "report.json").read_text())
     assert report["runtime"] == "onnxruntime" and report["measured_ms"] > 0 and report["measured_dense_ms"] > 0
     assert report["onnx"]["onnxruntime"] and report["onnx"]["onnxruntime_max_abs_diff"] < 1e-3
+
+
+@pytest.mark.parametrize("op, sizes", [("vit_attn", {"embed": 64, "heads": 2, "qk": 16, "v": 24}),
+                                       ("vit_sdpa", {"heads": 3, "qk": 8, "v": 16}),
+                                       ("vit_mlp", {"embed": 64, "hidden": 96})])
+def test_vit_ops_run_in_onnxruntime_as_in_eager(op, sizes):
+    """The ViT terms (attention branch with Q != V, the SDPA kernel alone, the MLP) export and compute the same."""
+    import mdp_cli.latency.vit_ops  # noqa: F401
+    from mdp_cli.latency.ops import get_op
+
+    torch.manual_seed(0)
+    module, x = get_op(op)({"tokens": 17, "full_head_dim": 32}, sizes, 2)
+    with torch.inference_mode():
+        want = module(x).numpy()
+    (got,) = runner(module, x, "onnxruntime")()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
