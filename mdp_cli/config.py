@@ -9,7 +9,7 @@ The resolved config is a plain dict (what ``config.json`` of a run directory hol
 
     model, family, resolution, pretrained, random_init, num_classes,
     space:   the family's section (CNN: step, max_options, multiple, prune_stem; ViT: steps)
-    profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat}
+    profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat, runtime}
     score:   {data, batches, batch_size, seed, objective, criterion}
     solve:   {budget, latency_model, time_limit, formulation, knapsack, max_params, max_flops, min_keep, multiple}
     export:  {tolerance, onnx, measure, repeats}
@@ -35,6 +35,8 @@ class ProfileSection:
     grid: Any = setting(None, doc="measured points per dim; read by the family (Family.parse_grid)")
     lut_dir: str = setting("luts")
     stat: str = setting("median", choices=("median", "p10"))
+    runtime: str = setting("eager", choices=("eager", "onnxruntime", "tensorrt"),
+                           doc="what latency terms and the export are timed in (latency/runtimes.py)")
 
 
 @dataclasses.dataclass
@@ -78,6 +80,20 @@ SECTIONS: dict[str, type] = {"profile": ProfileSection, "score": ScoreSection, "
                              "export": ExportSection}
 # Top-level keys every family understands (besides the sections); ``None`` resolution: the family's default.
 TOP_LEVEL = ("model", "family", "resolution", "pretrained", "random_init", "num_classes", "run_dir", "name")
+
+
+# Tensor cores run float16/bfloat16 matrix products in tiles of 8 channels: other widths waste the tile.
+GPU_MULTIPLE = 8
+
+
+def gpu_width_default(cfg: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """On CUDA in float16/bfloat16, widths default to multiples of ``GPU_MULTIPLE`` (a family whose space
+    section has ``multiple``, e.g. the CNN's); an explicit ``space.multiple`` (--multiple) is left alone."""
+    p = cfg["profile"]
+    if "multiple" not in cfg["space"] or (given.get("space") or {}).get("multiple") is not None:
+        return
+    if str(p["device"]).startswith("cuda") and p["dtype"] in ("float16", "fp16", "bfloat16", "bf16"):
+        cfg["space"]["multiple"] = GPU_MULTIPLE
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -162,6 +178,7 @@ def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
         **{name: dataclasses.asdict(section) for name, section in sections.items()},
     }
     cfg["profile"]["grid"] = family.parse_grid(cfg["profile"]["grid"], where)
+    gpu_width_default(cfg, given)
     for key in ("run_dir", "name"):
         if top[key] is not None:
             cfg[key] = top[key]

@@ -81,7 +81,7 @@ def lut_location(cfg: Mapping[str, Any]) -> Path:
 
     p = cfg["profile"]
     return Path(p["lut_dir"]) / lut_filename(device_name(check_device(p["device"])), canonical_dtype(p["dtype"]),
-                                             p["batch"], p["threads"])
+                                             p["batch"], p["threads"], p.get("runtime", "eager"))
 
 
 def open_lut(cfg: Mapping[str, Any], path: str | Path | None = None, create: bool = False):
@@ -90,24 +90,27 @@ def open_lut(cfg: Mapping[str, Any], path: str | Path | None = None, create: boo
 
     p = cfg["profile"]
     return Lut.open(path or lut_location(cfg), device_name(check_device(p["device"])), canonical_dtype(p["dtype"]),
-                    p["batch"], p["threads"], create=create, stat=p["stat"])
+                    p["batch"], p["threads"], create=create, stat=p["stat"], runtime=p.get("runtime", "eager"))
 
 
 def stage_profile(cfg: Mapping[str, Any], discovered: Discovered | None = None, progress: bool = True,
-                  lut_path: str | Path | None = None) -> dict[str, Any]:
-    """Measure the latency terms of the model's space that the LUT lacks (``latency/engine.py``)."""
+                  lut_path: str | Path | None = None, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Measure the latency terms of the model's space that the LUT lacks (``latency/engine.py``), in the
+    profile's runtime; ``shard=(i, n)``: only the i-th of n disjoint parts (``engine.shard_of``)."""
     from mdp_cli.latency.engine import profile_into_lut
+    from mdp_cli.latency.runtimes import check_runtime
     from mdp_cli.latency.timing import check_device
 
     family = family_of_config(cfg)
-    discovered = discovered or discover(cfg)
     p = cfg["profile"]
+    check_runtime(p.get("runtime", "eager"), check_device(p["device"]), p["dtype"])
+    discovered = discovered or discover(cfg)
     lut = open_lut(cfg, lut_path, create=True)
     summary = profile_into_lut(lut, family.measurements(discovered, p["grid"]), family.timing,
                                check_device(p["device"]), int(p["warmup"]), int(p["repeats"]),
-                               label=discovered.space.model_name, progress=progress)
+                               label=discovered.space.model_name, progress=progress, shard=shard)
     return {"lut": str(lut.path), **summary, "device": lut.device, "dtype": lut.dtype, "batch": lut.batch,
-            "threads": lut.threads}
+            "threads": lut.threads, "runtime": lut.runtime}
 
 
 def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered | None = None,
@@ -284,24 +287,28 @@ def _choice_kept(solution: Mapping[str, Any], src: str) -> tuple[dict[str, int],
 
 def measure_against_dense(cfg: Mapping[str, Any], net, dense, shape: tuple[int, ...]) -> dict[str, Any]:
     """Latency of the pruned and the dense model timed in turns (the ratio holds under drifting load), in
-    the profile's device, dtype, batch and threads, on copies of both models."""
+    the profile's device, dtype, batch, threads and runtime (each model exported to it, as the LUT's terms
+    were), on copies of both models."""
     import torch
 
-    from mdp_cli.latency.timing import (check_device, clock_for, device_name, sample_in_turns, summarize, threads,
-                                        torch_dtype)
+    from mdp_cli.latency.runtimes import check_runtime, runner, runtime_version
+    from mdp_cli.latency.timing import (check_device, clock_for, device_name, sample_calls_in_turns, summarize,
+                                        threads, torch_dtype)
 
     p = cfg["profile"]
     device = check_device(p["device"])
+    runtime = check_runtime(p.get("runtime", "eager"), device, p["dtype"])
     td = torch_dtype(p["dtype"])
-    x = torch.randn(int(p["batch"]), *shape).to(device=device, dtype=td)
-    timed, reference = (copy.deepcopy(m).to(device=device, dtype=td) for m in (net, dense))
+    x = torch.randn(int(p["batch"]), *shape)
+    calls = [runner(copy.deepcopy(m), x, runtime, device, p["dtype"], int(p["threads"])) for m in (net, dense)]
     with threads(int(p["threads"]) if device == "cpu" else None):
-        times, dense_times = sample_in_turns(timed, x, reference, x, int(p["warmup"]), int(cfg["export"]["repeats"]),
-                                             device)
+        times, dense_times = sample_calls_in_turns(calls[0], calls[1], int(p["warmup"]),
+                                                   int(cfg["export"]["repeats"]), device)
         clock = clock_for(device, torch.get_num_threads())
     (med, spread, p10), (dmed, _, dp10) = summarize(times), summarize(dense_times)
     stat = p["stat"]
     return {"device": device_name(device), "dtype": str(td).removeprefix("torch."), "clock": clock,
+            "batch": int(p["batch"]), "runtime": runtime, "runtime_version": runtime_version(runtime),
             "measured_ms": med if stat == "median" else p10, "spread_ms": spread,
             "measured_dense_ms": dmed if stat == "median" else dp10, "stat": stat, "timed_in_turns": True}
 
@@ -438,7 +445,7 @@ def format_report(r: dict[str, Any]) -> str:
         pred = r.get("predicted_ms")
         lines.append(
             f"latency    measured {r['measured_ms']:.3f} ms ({r.get('stat', 'median')}, {r.get('clock', '')} clock, "
-            f"{r.get('device', '')}), "
+            f"{r.get('device', '')}, {r.get('runtime', 'eager')}), "
             + (f"predicted {pred:.3f} ms ({r['prediction_error']:+.1%}), " if pred else "")
             + f"dense measured {r['measured_dense_ms']:.3f} ms"
             + (f" -> speed-up {r['measured_dense_ms'] / r['measured_ms']:.2f}x" if r['measured_ms'] else ""))
@@ -450,7 +457,9 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"budget     {r['budget_ms']:.3f} ms, tolerance {r['tolerance']:.0%}: "
                      + ("met" if r["within_tolerance"] else "MISSED"))
     if r.get("onnx"):
-        lines.append(f"onnx       {r['onnx']['path']} (max |onnx - torch| = {r['onnx']['max_abs_diff']:.1e})")
+        ort = (f", runs in onnxruntime {r['onnx']['onnxruntime']}: max |ort - torch| = "
+               f"{r['onnx']['onnxruntime_max_abs_diff']:.1e}" if r["onnx"].get("onnxruntime") else "")
+        lines.append(f"onnx       {r['onnx']['path']} (max |onnx - torch| = {r['onnx']['max_abs_diff']:.1e}{ort})")
     return "\n".join(lines)
 
 

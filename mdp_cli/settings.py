@@ -15,7 +15,7 @@ from mdp_cli.errors import MdpError
 FLAGS = {"space.step": "--step", "space.max_options": "--max-options", "space.multiple": "--multiple",
          "space.prune_stem": "--prune-stem", "space.steps": "--steps", "num_classes": "--num-classes",
          "profile.grid": "--grid", "random_init": "--random-init", "pretrained": "--pretrained", "profile.batch": "--batch", "profile.threads": "--threads",
-         "profile.dtype": "--dtype", "profile.device": "--device", "profile.stat": "--stat",
+         "profile.dtype": "--dtype", "profile.device": "--device", "profile.stat": "--stat", "profile.runtime": "--runtime",
          "profile.repeats": "--repeats", "profile.warmup": "--warmup", "score.batches": "--batches",
          "score.batch_size": "--batch-size", "score.seed": "--seed", "score.data": "--data",
          "solve.budget": "--budget", "export.tolerance": "--tolerance", "resolution": "--resolution"}

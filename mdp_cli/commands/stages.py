@@ -47,6 +47,8 @@ def _profile_options(fn: Callable) -> Callable:
         click.option("--threads", type=int, help="CPU intra-op threads (default 1)."),
         click.option("--lut-dir", type=click.Path(file_okay=False), help="Directory of LUT CSVs (default luts/)."),
         click.option("--stat", type=click.Choice(["median", "p10"]), help="Latency statistic read from the LUT."),
+        click.option("--runtime", type=click.Choice(["eager", "onnxruntime", "tensorrt"]),
+                     help="Runtime the latency is measured in (default eager PyTorch; its own LUT file)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -58,8 +60,8 @@ def _config(config: Path | None, kw: dict[str, Any], weights: bool = False) -> d
     depends on the weights (score, export), so they are checked and where they come from is said."""
     top = {k: kw.pop(k) for k in ("model", "resolution", "pretrained", "random_init", "num_classes") if k in kw}
     space = {k: kw.pop(k) for k in ("step", "max_options", "multiple", "prune_stem", "steps") if k in kw}
-    profile = {k: kw.pop(k) for k in ("device", "dtype", "batch", "threads", "lut_dir", "stat", "warmup", "repeats", "grid")
-               if k in kw}
+    profile = {k: kw.pop(k) for k in ("device", "dtype", "batch", "threads", "lut_dir", "stat", "warmup", "repeats", "grid",
+                                      "runtime") if k in kw}
     over: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     # a weights flag replaces the config's choice of weights: --pretrained clears random_init and vice versa
     if top.get("pretrained") and not top.get("random_init"):
@@ -102,14 +104,20 @@ def space_command(config, json_out, **kw):
 @click.option("--grid", help="CNN: measure every N-th option only; ViT: points per dim, e.g. embed=5,heads=4,qk=3,v=3,hidden=5. "
                              "The problem builder interpolates between.")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="Write to this LUT CSV instead of lut-dir/<device>.")
+@click.option("--shard", help="i/n: measure only the i-th of n disjoint parts of the rows (several machines, one LUT).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def profile_command(config, lut_path, quiet, **kw):
+def profile_command(config, lut_path, shard, quiet, **kw):
     """Measure every latency term over its dims' options into a LUT CSV (reusing rows already measured)."""
+    from mdp_cli.latency.engine import parse_shard
+
+    shard = parse_shard(shard)
     cfg = _config(config, kw)
-    summary = pipeline.stage_profile(cfg, progress=not quiet, lut_path=lut_path)
+    summary = pipeline.stage_profile(cfg, progress=not quiet, lut_path=lut_path, shard=shard)
+    part = f", shard {shard[0]}/{shard[1]} ({summary['other_shards']} rows left to other shards)" if shard else ""
+    widths = f", widths in multiples of {cfg['space']['multiple']}" if cfg["space"].get("multiple", 1) > 1 else ""
     click.echo(f"LUT {summary['lut']}: {summary['measured']} configurations measured, {summary['reused']} reused, "
                f"{summary['seconds']:.1f} s on {summary['device']} ({summary['dtype']}, batch {summary['batch']}, "
-               f"{summary['threads']} thread(s))")
+               f"{summary['threads']} thread(s), runtime {summary['runtime']}{widths}){part}")
 
 
 @click.command("score")

@@ -1,4 +1,4 @@
-"""ONNX export of a pruned model, checked against PyTorch with onnx's reference runtime."""
+"""ONNX export of a pruned model, checked against PyTorch with onnx's reference runtime and ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -38,4 +38,25 @@ def check_onnx(net, shape, path: Path, tolerance: float = 1e-3) -> dict[str, Any
     err = float(np.abs(got - want).max())
     if err > tolerance:
         raise MdpError(f"{path}: ONNX output differs from PyTorch by {err:.2e}")
-    return {"path": str(path), "max_abs_diff": err}
+    out = {"path": str(path), "max_abs_diff": err}
+    out.update(check_onnxruntime(path, x.numpy(), want, tolerance))
+    return out
+
+
+def check_onnxruntime(path: Path, x, want, tolerance: float = 1e-3) -> dict[str, Any]:
+    """Run the ONNX file in ONNX Runtime (what users deploy on; graph optimisations on, as the LUT's
+    onnxruntime rows were timed) and compare with PyTorch; without onnxruntime installed, say so."""
+    import importlib.util
+
+    import numpy as np
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return {"onnxruntime": None}
+    from mdp_cli.latency.runtimes import ort_session, runtime_version
+
+    session = ort_session(path)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    err = float(np.abs(got - want).max())
+    if err > tolerance:
+        raise MdpError(f"{path}: ONNX Runtime's output differs from PyTorch by {err:.2e}")
+    return {"onnxruntime": runtime_version("onnxruntime"), "onnxruntime_max_abs_diff": err}

@@ -13,14 +13,21 @@ takes each item's samples in that many passes over *all* items, so a slow drift 
 during profiling spreads over every row instead of biasing the rows timed at the wrong moment. An item
 with ``copies > 1`` is timed as a chain of distinct copies (weights stream from memory as inside the
 whole model) and each sample divided by the copy count.
+
+Runtimes (``latency/runtimes.py``): in ONNX Runtime or TensorRT each item is its own exported graph, and
+one run of a graph costs a fixed overhead that the whole model pays once; the median of a next-to-empty
+graph timed in the same rounds (``runtimes.call_overhead_item``) is subtracted from every sample.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import random
+import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
 from mdp_cli.latency.lut import Lut
@@ -66,24 +73,35 @@ class TimingPlan:
 
 def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: TimingPlan, device: str = "cpu",
                      warmup: int = 10, repeats: int = 30, label: str = "", progress: bool = True,
-                     save_every_s: float = 30.0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     save_every_s: float = 30.0, log: Callable[[str], None] | None = None,
+                     shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Measure the rows of ``measurements`` that ``lut`` lacks, add them and save the LUT.
 
     Returns ``{"measured", "reused", "configurations", "timings", "seconds"}``: rows written, rows already
-    there, rows asked for, distinct timings run, wall time. ``lut.batch``, ``lut.dtype`` and
-    ``lut.threads`` say how each item is run."""
+    there, rows asked for, distinct timings run, wall time. ``lut.batch``, ``lut.dtype``, ``lut.threads``
+    and ``lut.runtime`` say how each item is run (each item is exported to and timed in that runtime).
+
+    ``shard=(i, n)``: measure only the timings whose ``shard_of`` is ``i`` (1-based) of ``n``, so that ``n``
+    machines profile one grid into one LUT (``Lut.save`` merges their rows under a lock); the split is
+    by the timing's key, so it does not depend on what the LUT already holds or on the order."""
     import torch
 
-    from mdp_cli.latency.timing import clock_for, reference_item, sample_round_robin, threads
+    from mdp_cli.latency.runtimes import call_overhead_item, runner
+    from mdp_cli.latency.timing import clock_for, reference_item, sample_calls_round_robin, threads
 
     start = time.perf_counter()
     wanted: dict[tuple[str, str], Measurement] = {}
     for m in measurements:
         wanted.setdefault(m.key, m)
     todo_rows = [m for key, m in wanted.items() if key not in lut]
+    reused = len(wanted) - len(todo_rows)
     groups: dict[Hashable, list[Measurement]] = {}
     for m in todo_rows:
         groups.setdefault(m.timing_key, []).append(m)
+    if shard is not None:
+        index, count = shard
+        groups = {key: rows for key, rows in groups.items() if shard_of(key, count) == index}
+        todo_rows = [m for rows in groups.values() for m in rows]
     items = list(groups.values())
     if plan.shuffle:
         random.Random(0).shuffle(items)
@@ -92,6 +110,20 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     samples: list[list[float]] = [[] for _ in items]
     ref_samples: list[list[float]] = [[] for _ in items]
     clock = clock_for(device, lut.threads)
+    # A runtime session's run() has a fixed cost (ORT on CPU: ~25 us) that a whole model pays once, not once
+    # per term: it is timed beside the items (a graph doing next to nothing) and taken off their samples.
+    overhead = lut.runtime != "eager"
+
+    exports = tempfile.TemporaryDirectory(prefix="mdp-profile-") if overhead else None
+
+    def run(module: Any, example: Any, key: Any = None) -> Callable[[], Any]:
+        """The item's callable in the LUT's runtime; an item's ONNX is exported in its first round only."""
+        onnx_file = Path(exports.name) / f"{key}.onnx" if exports is not None and key is not None else None
+        return runner(module, example, lut.runtime, device, lut.dtype, lut.threads, onnx_file)
+
+    # built once (in a runtime, each is an export and a session)
+    overhead_call = run(*call_overhead_item()) if overhead and items else None
+    reference_call = run(*reference_item(lut.batch)) if plan.reference and items else None
     bar = None
     if progress and items:
         from tqdm import tqdm
@@ -106,13 +138,16 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
             for r in range(rounds):
                 for lo in range(0, len(items), max(1, int(plan.chunk))):
                     part = range(lo, min(len(items), lo + max(1, int(plan.chunk))))
-                    runnable = [_build(items[k][0], lut.batch) for k in part]
+                    runnable = [run(*_build(items[k][0], lut.batch), key=k) for k in part]
+                    if overhead:
+                        runnable.insert(0, overhead_call)
                     if plan.reference:
-                        runnable.insert(0, reference_item(lut.batch))
-                    timed = sample_round_robin(runnable, device, lut.dtype, warmup, per_round)
+                        runnable.insert(0, reference_call)
+                    timed = sample_calls_round_robin(runnable, device, warmup, per_round)
                     ref = timed.pop(0) if plan.reference else []
+                    base = statistics.median(timed.pop(0)) if overhead else 0.0
                     for i, k in enumerate(part):
-                        samples[k] += [t / items[k][0].copies for t in timed[i]]
+                        samples[k] += [max(t - base, 0.0) / items[k][0].copies for t in timed[i]]
                         ref_samples[k] += ref
                     del runnable
                     if bar is not None:
@@ -136,11 +171,38 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     finally:
         if bar is not None:
             bar.close()
+        if exports is not None:
+            exports.cleanup()
     lut.add_rows(pending)
     if todo_rows or not lut.path.is_file():
         lut.save(last_model=label)
-    return {"measured": len(todo_rows), "reused": len(wanted) - len(todo_rows), "configurations": len(wanted),
-            "timings": len(items), "seconds": time.perf_counter() - start}
+    return {"measured": len(todo_rows), "reused": reused, "configurations": len(wanted),
+            "other_shards": len(wanted) - reused - len(todo_rows), "timings": len(items),
+            "seconds": time.perf_counter() - start}
+
+
+def shard_of(timing_key: Hashable, count: int) -> int:
+    """The shard (1..count) a timing belongs to: a stable hash of its key (not Python's salted ``hash``)."""
+    import hashlib
+
+    digest = hashlib.sha1(repr(timing_key).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % int(count) + 1
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (1 <= i <= n) as ``(i, n)``; ``None`` for no sharding; else a one-line MdpError."""
+    from mdp_cli.errors import MdpError
+
+    if text is None or text == "":
+        return None
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise MdpError(f"--shard {text!r}: expected i/n, e.g. 1/4 (the first of four parts)") from None
+    if not 1 <= index <= count:
+        raise MdpError(f"--shard {text!r}: i must be between 1 and n (e.g. 1/{max(count, 2)} .. "
+                       f"{max(count, 2)}/{max(count, 2)})")
+    return index, count
 
 
 def _build(m: Measurement, batch: int) -> tuple[Any, Any]:
@@ -161,4 +223,5 @@ def _row(m: Measurement, lut: Lut, clock: str, samples: list[float], ref: list[f
     return {"op": m.op, "signature": m.signature, "sizes": m.sizes_key, "device": lut.device, "dtype": lut.dtype,
             "batch": lut.batch, "threads": lut.threads, "clock": clock, "median_ms": median, "spread_ms": spread,
             "p10_ms": p10, "ref_ms": summarize(ref)[0] if ref else float("nan"), "repeats": len(samples),
-            "warmup": warmup, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "warmup": warmup, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "runtime": lut.runtime}

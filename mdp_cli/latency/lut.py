@@ -5,11 +5,13 @@ Columns: op, signature (model-independent op identity: op kind + fixed context, 
 fixed part), device (hardware name), dtype, batch, threads, clock (thread_cpu: the timing thread's CPU
 time, used on CPU with one thread; wall; cuda_event), median_ms, spread_ms (inter-quartile range),
 p10_ms (10th percentile), ref_ms (median of a fixed reference op timed in the same rounds: a load
-indicator, see latency/timing.py), repeats, warmup, created. Lookups read ``median_ms`` by default or
+indicator, see latency/timing.py), repeats, warmup, created, runtime (eager, onnxruntime, tensorrt: what the
+rows were timed in, ``latency/runtimes.py``; a file written before the column has eager rows). Lookups read ``median_ms`` by default or
 ``p10_ms`` (``stat="p10"``: for an oversubscribed CPU, where medians of long calls include preemptions). A JSON sidecar (``<name>.json``, schema ``mdp.lut``) holds the provenance.
-Rows are keyed by (signature, sizes): a row measured for one model is reused for any other model with the
+The runtime is part of the LUT's identity: its file name (``lut_filename``, eager keeping the name it
+always had) and the sidecar's provenance (runtime and its version). Rows are keyed by (signature, sizes): a row measured for one model is reused for any other model with the
 same op (the paper's LUT reuse). Reading checks that every row belongs to the requested device, dtype,
-batch and thread count; a mismatch is an error, never a silent reuse. A (signature, sizes) key appears
+batch, thread count and runtime; a mismatch is an error, never a silent reuse. A (signature, sizes) key appears
 once: a file listing it twice with different latencies is refused (``read_rows``).
 
 Several processes may profile into one LUT at once: ``save`` merges with the rows on disk under an
@@ -45,9 +47,25 @@ def sizes_key(roles: Sequence[str], sizes: Sequence[int]) -> str:
     return ";".join(f"{r}={int(s)}" for r, s in zip(roles, sizes))
 
 
-def lut_filename(device: str, dtype: str, batch: int, threads: int) -> str:
+# The runtime column came after the others: a LUT written before it has none and was measured in eager PyTorch.
+RUNTIME_COLUMN = "runtime"
+DEFAULT_RUNTIME = "eager"
+
+
+def lut_filename(device: str, dtype: str, batch: int, threads: int, runtime: str = DEFAULT_RUNTIME) -> str:
+    """``<device>__<dtype>__b<batch>__t<threads>[__<runtime>].csv``: eager keeps the name it always had."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower() or "device"
-    return f"{slug}__{dtype}__b{batch}__t{threads}.csv"
+    suffix = "" if runtime == DEFAULT_RUNTIME else f"__{runtime}"
+    return f"{slug}__{dtype}__b{batch}__t{threads}{suffix}.csv"
+
+
+def _with_runtime(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a runtime on every row (rows from before the column: eager)."""
+    if RUNTIME_COLUMN not in frame.columns:
+        frame[RUNTIME_COLUMN] = DEFAULT_RUNTIME
+    values = frame[RUNTIME_COLUMN].astype(object)
+    frame[RUNTIME_COLUMN] = values.where(values.notna() & (values.astype(str) != ""), DEFAULT_RUNTIME).astype(str)
+    return frame
 
 
 @contextlib.contextmanager
@@ -102,20 +120,21 @@ def read_rows(path: str | Path) -> pd.DataFrame:
                         f"{first['sizes'] or '(fixed)'} with different latencies ({first['median_ms']:g} vs "
                         f"{row['median_ms']:g} ms); delete one of them (or the file, and re-profile)")
         frame = frame[~keys.duplicated(keep="first")].reset_index(drop=True)
-    return frame
+    return _with_runtime(frame)
 
 
 class Lut:
-    """In-memory LUT for one device/dtype/batch/threads; ``path`` is its CSV."""
+    """In-memory LUT for one device/dtype/batch/threads/runtime; ``path`` is its CSV."""
 
     def __init__(self, path: str | Path, device: str, dtype: str, batch: int, threads: int,
-                 frame: pd.DataFrame | None = None, stat: str = "median"):
+                 frame: pd.DataFrame | None = None, stat: str = "median", runtime: str = DEFAULT_RUNTIME):
         if stat not in ("median", "p10"):
             raise MdpError(f"unknown latency statistic {stat!r} (use median or p10)")
         self.stat = stat
         self.path = Path(path)
         self.device, self.dtype, self.batch, self.threads = device, dtype, int(batch), int(threads)
-        self.frame = frame if frame is not None else pd.DataFrame(columns=COLUMNS)
+        self.runtime = runtime
+        self.frame = _with_runtime(frame) if frame is not None else pd.DataFrame(columns=[*COLUMNS, RUNTIME_COLUMN])
         self._index: dict[tuple[str, str], float] = {}
         self._reindex()
 
@@ -131,26 +150,29 @@ class Lut:
     # -- reading ------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, device: str, dtype: str, batch: int, threads: int, create: bool = True,
-             stat: str = "median") -> "Lut":
-        """Open (or start) a LUT, refusing rows that belong to another device/dtype/batch/threads."""
+             stat: str = "median", runtime: str = DEFAULT_RUNTIME) -> "Lut":
+        """Open (or start) a LUT, refusing rows that belong to another device/dtype/batch/threads/runtime."""
         path = Path(path)
         if not path.is_file():
             if not create:
                 raise MdpError(f"{path}: no such LUT; run 'mdp profile' first")
-            return cls(path, device, dtype, batch, threads, stat=stat)
-        lut = cls(path, device, dtype, batch, threads, read_rows(path), stat=stat)
-        lut.check(device, dtype, batch, threads)
+            return cls(path, device, dtype, batch, threads, stat=stat, runtime=runtime)
+        lut = cls(path, device, dtype, batch, threads, read_rows(path), stat=stat, runtime=runtime)
+        lut.check(device, dtype, batch, threads, runtime)
         return lut
 
-    def check(self, device: str, dtype: str, batch: int, threads: int) -> None:
+    def check(self, device: str, dtype: str, batch: int, threads: int, runtime: str | None = None) -> None:
+        """Refuse, in one line, rows measured for another device, dtype, batch, threads, clock or runtime
+        (``runtime`` None: this LUT's own)."""
         from mdp_cli.latency.timing import clock_for
 
         f = self.frame
         if not len(f):
             return
+        runtime = self.runtime if runtime is None else runtime
         clock = clock_for("cuda" if "cuda" in str(f["clock"].iloc[0]) else "cpu", threads)
-        for column, want in (("device", device), ("dtype", dtype), ("batch", batch), ("threads", threads),
-                             ("clock", clock)):
+        for column, want in (("runtime", runtime), ("device", device), ("dtype", dtype), ("batch", batch),
+                             ("threads", threads), ("clock", clock)):
             found = sorted({str(v) for v in f[column]})
             if found != [str(want)]:
                 raise SchemaError(
@@ -170,7 +192,7 @@ class Lut:
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        new = pd.DataFrame(rows, columns=COLUMNS)
+        new = _with_runtime(pd.DataFrame(rows, columns=[*COLUMNS, RUNTIME_COLUMN]))
         self.frame = new if not len(self.frame) else pd.concat([self.frame, new], ignore_index=True)
         self.frame = self.frame.drop_duplicates(["signature", "sizes"], keep="last").reset_index(drop=True)
         self._reindex()
@@ -186,15 +208,18 @@ class Lut:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(self.lock_path):
             if self.path.is_file():
-                on_disk = Lut(self.path, self.device, self.dtype, self.batch, self.threads, read_rows(self.path))
-                on_disk.check(self.device, self.dtype, self.batch, self.threads)
+                on_disk = Lut(self.path, self.device, self.dtype, self.batch, self.threads, read_rows(self.path),
+                              runtime=self.runtime)
+                on_disk.check(self.device, self.dtype, self.batch, self.threads, self.runtime)
                 self._merge_missing(on_disk.frame)
             with atomic_path(self.path) as tmp:
                 self.frame.to_csv(tmp, index=False)
             write_json(self.sidecar, {
                 "schema": SCHEMA, "version": VERSION,
                 "provenance": provenance(device=self.device, dtype=self.dtype, batch=self.batch,
-                                         threads=self.threads, rows=len(self.frame), **provenance_fields),
+                                         threads=self.threads, runtime=self.runtime,
+                                         runtime_version=runtime_version(self.runtime), rows=len(self.frame),
+                                         **provenance_fields),
                 "csv": self.path.name,
             })
 
@@ -217,6 +242,12 @@ class Lut:
     @property
     def sidecar(self) -> Path:
         return self.path.with_suffix(".json")
+
+
+def runtime_version(runtime: str) -> str:
+    from mdp_cli.latency.runtimes import runtime_version as version
+
+    return version(runtime)
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:

@@ -148,35 +148,37 @@ def time_module(module: torch.nn.Module, example: Any, device: str = "cpu", dtyp
 
 
 def sample_round_robin(items: list[tuple[Any, Any]], device: str = "cpu", dtype: str = "float32",
-                       warmup: int = 10, repeats: int = 30) -> list[list[float]]:
+                       warmup: int = 10, repeats: int = 30, runtime: str = "eager",
+                       num_threads: int = 1) -> list[list[float]]:
     """Times (ms) of ``repeats`` calls of each (module, input) when the modules take turns, one call each per
-    round, after ``warmup`` rounds.
+    round, after ``warmup`` rounds; each run in ``runtime`` (``latency/runtimes.py``: eager, onnxruntime with
+    ``num_threads`` intra-op threads, tensorrt).
 
     Timing one small op many times in a row keeps its weights and input hot in cache and underestimates
     what it costs inside a network, where other ops run in between (measured here: sum of back-to-back
     medians 35 % below the network, round-robin within a few %). Round-robin reproduces that context.
     """
-    td = torch_dtype(dtype)
-    fns = []
-    for module, example in items:
-        module = module.to(device=device, dtype=td).eval()
-        if isinstance(example, (tuple, list)):
-            example = tuple(t.to(device=device, dtype=td) for t in example)
-        else:
-            example = example.to(device=device, dtype=td)
-        fns.append((module, example))
-    samples: list[list[float]] = [[] for _ in fns]
+    from mdp_cli.latency.runtimes import runner
+
+    calls = [runner(module, example, runtime, device, dtype, num_threads) for module, example in items]
+    return sample_calls_round_robin(calls, device, warmup, repeats)
+
+
+def sample_calls_round_robin(calls: list[Callable[[], Any]], device: str = "cpu", warmup: int = 10,
+                             repeats: int = 30) -> list[list[float]]:
+    """``sample_round_robin`` over callables (each runs one inference, in whatever runtime): the one loop."""
+    samples: list[list[float]] = [[] for _ in calls]
     cuda = device.startswith("cuda")
     clock = cpu_clock()
     with torch.inference_mode():
         for _ in range(warmup):
-            for module, example in fns:
-                module(example)
+            for call in calls:
+                call()
         if cuda:
             torch.cuda.synchronize(device)
         for _ in range(repeats):
-            for k, (module, example) in enumerate(fns):
-                samples[k].append(_call_ms(module, example, device, clock))
+            for k, call in enumerate(calls):
+                samples[k].append(_call_ms(call, device, clock))
     return samples
 
 
@@ -186,22 +188,23 @@ def summarize(samples: list[float]) -> tuple[float, float, float]:
 
 
 def time_round_robin(items: list[tuple[Any, Any]], device: str = "cpu", dtype: str = "float32",
-                     warmup: int = 10, repeats: int = 30) -> list[tuple[float, float, float]]:
+                     warmup: int = 10, repeats: int = 30, runtime: str = "eager",
+                     num_threads: int = 1) -> list[tuple[float, float, float]]:
     """``summarize`` of each item's ``sample_round_robin`` samples."""
-    return [summarize(s) for s in sample_round_robin(items, device, dtype, warmup, repeats)]
+    return [summarize(s) for s in sample_round_robin(items, device, dtype, warmup, repeats, runtime, num_threads)]
 
 
-def _call_ms(module: Any, x: Any, device: str, clock: Callable[[], float]) -> float:
+def _call_ms(call: Callable[[], Any], device: str, clock: Callable[[], float]) -> float:
     """One timed call in ms: CUDA events and a synchronisation on GPU, else ``clock``."""
     if device.startswith("cuda"):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        module(x)
+        call()
         end.record()
         end.synchronize()
         return float(start.elapsed_time(end))
     t0 = clock()
-    module(x)
+    call()
     return 1000.0 * (clock() - t0)
 
 
@@ -219,33 +222,43 @@ def sample_in_turns(module: torch.nn.Module, x: Any, ref: torch.nn.Module | None
     """
     module = module.to(device).eval()
     x = x.to(device)
+    call = lambda: module(x)  # noqa: E731
+    ref_call = None
     if ref is not None:
         ref = ref.to(device).eval()
         x_ref = x_ref.to(device)
+        ref_call = lambda: ref(x_ref)  # noqa: E731
+    return sample_calls_in_turns(call, ref_call, warmup, samples, device, per_turn, settle)
+
+
+def sample_calls_in_turns(call: Callable[[], Any], ref_call: Callable[[], Any] | None, warmup: int = 10,
+                          samples: int = 30, device: str = "cpu", per_turn: int = 5,
+                          settle: int = 2) -> tuple[list[float], list[float]]:
+    """``sample_in_turns`` over callables (any runtime, ``latency/runtimes.runner``): the one loop."""
     cuda = device.startswith("cuda")
     clock = cpu_clock()
     per_turn = max(1, int(per_turn))
 
-    def turn(m, inp, n, out):
+    def turn(fn, n, out):
         for _ in range(settle):
-            m(inp)
+            fn()
         if cuda:
             torch.cuda.synchronize()
         for _ in range(n):
-            out.append(_call_ms(m, inp, device, clock))
+            out.append(_call_ms(fn, device, clock))
 
     times: list[float] = []
     ref_times: list[float] = []
     with torch.inference_mode():
         for _ in range(warmup):
-            module(x)
-            if ref is not None:
-                ref(x_ref)
+            call()
+            if ref_call is not None:
+                ref_call()
         while len(times) < samples:
             n = min(per_turn, samples - len(times))
-            turn(module, x, n, times)
-            if ref is not None:
-                turn(ref, x_ref, n, ref_times)
+            turn(call, n, times)
+            if ref_call is not None:
+                turn(ref_call, n, ref_times)
     return times, ref_times
 
 
