@@ -65,6 +65,8 @@ def main() -> None:
             loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients: a random-init net at a tiny batch can blow up
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(optimizer)
         scaler.update()
         losses.append(float(loss.detach()))
