@@ -21,6 +21,7 @@ def _hard_problem():
 
 SIGINT_DURING_SOLVE = """
 import os, signal, threading, time
+from mdp_cli.solve import solve_problem
 from mdp_cli.solve.synthetic import resnet_problem
 
 problem = resnet_problem(step=32, seed=1)
