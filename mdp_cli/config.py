@@ -34,7 +34,7 @@ class ProfileSection:
     repeats: int = setting(30, min=1)
     grid: Any = setting(None, doc="measured points per dim; read by the family (Family.parse_grid)")
     lut_dir: str = setting("luts")
-    stat: str = setting("median", choices=("median", "p10"))
+    stat: str = setting("median", choices=("median", "p10", "ref"))
     runtime: str = setting("eager", choices=("eager", "onnxruntime", "tensorrt"),
                            doc="what latency terms and the export are timed in (latency/runtimes.py)")
 

@@ -73,3 +73,78 @@ def test_an_interrupted_profile_keeps_completed_rows_and_resumes(tmp_path):
     resumed = profile_into_lut(open_lut(tmp_path / "lut.csv"), wanted, plan, warmup=1, repeats=3, progress=False)
     assert resumed["measured"] == 4 and resumed["reused"] == 2
     assert len(pd.read_csv(tmp_path / "lut.csv")) == 6
+
+
+# -- drift robustness (docs/latency.md): rows relative to the reference op, re-timed passes ------------------
+
+SPIN_CALLS: dict[int, int] = {}
+
+
+class _Spin(nn.Module):
+    """Burns a fixed amount of CPU per call; slowed down 3x on calls ``slow`` (a disturbed pass)."""
+
+    def __init__(self, key: int, work: int, slow: range):
+        super().__init__()
+        self.key, self.work, self.slow = key, work, slow
+
+    def forward(self, x):
+        n = SPIN_CALLS.get(self.key, 0)
+        SPIN_CALLS[self.key] = n + 1
+        total = 0
+        for i in range(self.work * (3 if n in self.slow else 1)):
+            total += i
+        return x
+
+
+@register_op("test_engine_spin")
+def spin_op(context, sizes, batch):
+    return _Spin(sizes["width"], 4000, range(*context["slow"])), torch.zeros(batch, 1)
+
+
+def test_a_pass_disturbed_for_one_row_is_timed_again(tmp_path):
+    SPIN_CALLS.clear()
+    # three passes of warm-up 1 + 4 calls; width 2 runs 3x slower during its second pass (calls 5..9)
+    wanted = [Measurement("test_engine_spin", "spin", f"width={w}", {"slow": slow}, {"width": w})
+              for w, slow in ((1, [0, 0]), (2, [5, 10]))]
+    lut = open_lut(tmp_path / "lut.csv")
+    summary = profile_into_lut(lut, wanted, TimingPlan(chunk=2, rounds=3, reference=True, recheck=0.25),
+                               warmup=1, repeats=12, progress=False)
+    assert summary["rechecked"] == 1
+    frame = pd.read_csv(tmp_path / "lut.csv").set_index("sizes")
+    assert frame.loc["width=2", "rechecked"] == 1 and frame.loc["width=1", "rechecked"] == 0
+    assert frame.loc["width=2", "repeats"] == 16 and frame.loc["width=1", "repeats"] == 12
+    # the median over four passes is not the slow pass's (3x): both rows cost the same work (the margin is
+    # for a loaded machine: other processes move a Python loop's CPU time by tens of per cent)
+    assert 0.5 < lut.get("spin", "width=2") / lut.get("spin", "width=1") < 2.0
+    assert frame["ref_ratio"].gt(0).all()
+
+
+def test_ref_statistic_scales_rows_back_to_one_reference_speed(tmp_path):
+    """Two rows of equal work, the second timed while the machine ran 2x slower (its reference too)."""
+    base = {"op": "x", "device": "test-cpu", "dtype": "float32", "batch": 1, "threads": 1, "clock": "thread_cpu",
+            "spread_ms": 0.1, "repeats": 10, "warmup": 1, "created": "", "runtime": "eager"}
+    rows_ = [dict(base, signature="a", sizes="c=1", median_ms=3.0, p10_ms=2.9, ref_ms=1.0, ref_ratio=3.0),
+             dict(base, signature="a", sizes="c=2", median_ms=6.0, p10_ms=5.8, ref_ms=2.0, ref_ratio=3.0),
+             dict(base, signature="b", sizes="", median_ms=1.0, p10_ms=1.0, ref_ms=float("nan"))]
+    path = tmp_path / "lut.csv"
+    lut = open_lut(path)
+    lut.add_rows(rows_)
+    lut.save()
+    median = Lut.open(path, "test-cpu", "float32", 1, 1)
+    ref = Lut.open(path, "test-cpu", "float32", 1, 1, stat="ref")
+    assert (median.get("a", "c=1"), median.get("a", "c=2")) == (3.0, 6.0)
+    assert ref.get("a", "c=1") == pytest.approx(4.5) and ref.get("a", "c=2") == pytest.approx(4.5)
+    assert ref.get("b", "") == 1.0  # no ratio (no reference): its median
+
+
+def test_multi_input_ops_chain_through_their_carried_input():
+    from mdp_cli.modules.chain import MultiInputChain
+    from mdp_cli.latency.cnn_ops import add, mul
+
+    x = (torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3))
+    module, _ = add({"c": 4, "hw": [3, 3]}, {}, 1)
+    chain = MultiInputChain([module, add({"c": 4, "hw": [3, 3]}, {}, 1)[0]], x)
+    assert torch.allclose(chain(x), x[0] + 2 * x[1])
+    gate_module, (gate, fmap) = mul({"c": 4, "hw": [3, 3], "gate": 0}, {}, 1)
+    chain = MultiInputChain([gate_module, gate_module], (gate, fmap))
+    assert chain.carry == 1 and torch.allclose(chain((gate, fmap)), gate * gate * fmap)

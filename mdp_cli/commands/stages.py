@@ -46,7 +46,8 @@ def _profile_options(fn: Callable) -> Callable:
         click.option("--batch", type=int, help="Batch size the latency is measured at."),
         click.option("--threads", type=int, help="CPU intra-op threads (default 1)."),
         click.option("--lut-dir", type=click.Path(file_okay=False), help="Directory of LUT CSVs (default luts/)."),
-        click.option("--stat", type=click.Choice(["median", "p10"]), help="Latency statistic read from the LUT."),
+        click.option("--stat", type=click.Choice(["median", "p10", "ref"]),
+                     help="Latency statistic read from the LUT (ref: each row relative to the reference op, drift-normalised)."),
         click.option("--runtime", type=click.Choice(["eager", "onnxruntime", "tensorrt"]),
                      help="Runtime the latency is measured in (default eager PyTorch; its own LUT file)."),
     ]

@@ -62,12 +62,17 @@ class Measurement:
 @dataclass(frozen=True)
 class TimingPlan:
     """How a family's terms are timed: ``chunk`` items take turns (with the reference op when
-    ``reference``), samples in ``rounds`` passes over all items, items ``shuffle``d (seed 0) first."""
+    ``reference``), samples in ``rounds`` passes over all items, items ``shuffle``d (seed 0) first.
+
+    ``recheck`` > 0 (needs ``rounds`` > 1 and the reference): an item whose per-round medians, each taken
+    relative to the reference op of its own rounds, differ by more than this fraction (max / min - 1) was
+    disturbed in one of its passes; it gets one more pass, and its row is the median over all of them."""
 
     chunk: int = 24
     rounds: int = 1
     reference: bool = True
     shuffle: bool = True
+    recheck: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,6 +114,10 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     per_round = -(-int(repeats) // rounds)
     samples: list[list[float]] = [[] for _ in items]
     ref_samples: list[list[float]] = [[] for _ in items]
+    round_levels: list[list[float]] = [[] for _ in items]  # per pass: the item's median relative to the reference
+    recheck: list[int] = []
+    if plan.recheck and (rounds < 2 or not plan.reference):
+        raise ValueError("TimingPlan.recheck needs rounds > 1 and the reference op")
     clock = clock_for(device, lut.threads)
     # A runtime session's run() has a fixed cost (ORT on CPU: ~25 us) that a whole model pays once, not once
     # per term: it is timed beside the items (a graph doing next to nothing) and taken off their samples.
@@ -149,19 +158,40 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
                     for i, k in enumerate(part):
                         samples[k] += [max(t - base, 0.0) / items[k][0].copies for t in timed[i]]
                         ref_samples[k] += ref
+                        round_levels[k].append(_relative_level(samples[k][-len(timed[i]):], ref))
                     del runnable
                     if bar is not None:
                         bar.update(len(part))
                     if log is not None:
                         log(f"round {r + 1}/{rounds}: {part.stop}/{len(items)} timings")
                     if r == rounds - 1:  # rows are complete only once their last round is in
+                        done = [k for k in part if not _disturbed(round_levels[k], plan.recheck)]
+                        recheck += [k for k in part if k not in done]
                         pending += [_row(m, lut, clock, samples[k], ref_samples[k], warmup)
-                                    for k in part for m in items[k]]
+                                    for k in done for m in items[k]]
                         if time.perf_counter() - last_save > save_every_s:
                             lut.add_rows(pending)
                             pending = []
                             lut.save(last_model=label)
                             last_save = time.perf_counter()
+            # One more pass for the items whose passes disagreed (a load spike during one of them).
+            for lo in range(0, len(recheck), max(1, int(plan.chunk))):
+                part = recheck[lo:lo + max(1, int(plan.chunk))]
+                runnable = [run(*_build(items[k][0], lut.batch), key=k) for k in part]
+                if overhead:
+                    runnable.insert(0, overhead_call)
+                runnable.insert(0, reference_call)
+                timed = sample_calls_round_robin(runnable, device, warmup, per_round)
+                ref = timed.pop(0)
+                base = statistics.median(timed.pop(0)) if overhead else 0.0
+                for i, k in enumerate(part):
+                    samples[k] += [max(t - base, 0.0) / items[k][0].copies for t in timed[i]]
+                    ref_samples[k] += ref
+                    pending += [_row(m, lut, clock, samples[k], ref_samples[k], warmup, rechecked=True)
+                                for m in items[k]]
+                del runnable
+                if log is not None:
+                    log(f"recheck: {min(lo + len(part), len(recheck))}/{len(recheck)} disturbed timings")
     except BaseException:
         # interrupted (Ctrl-C, an error): keep every row whose timing completed, then let it propagate
         lut.add_rows(pending)
@@ -176,7 +206,7 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
     lut.add_rows(pending)
     if todo_rows or not lut.path.is_file():
         lut.save(last_model=label)
-    return {"measured": len(todo_rows), "reused": reused, "configurations": len(wanted),
+    return {"measured": len(todo_rows), "reused": reused, "configurations": len(wanted), "rechecked": len(recheck),
             "other_shards": len(wanted) - reused - len(todo_rows), "timings": len(items),
             "seconds": time.perf_counter() - start}
 
@@ -209,14 +239,31 @@ def _build(m: Measurement, batch: int) -> tuple[Any, Any]:
     """(module, input) for one timing: a chain of ``copies`` distinct modules when asked."""
     import torch
 
+    from mdp_cli.modules.chain import MultiInputChain
+
     build = get_op(m.op)
     module, x = build(m.context, m.sizes, batch)
     if m.copies > 1:
-        module = torch.nn.Sequential(module, *(build(m.context, m.sizes, batch)[0] for _ in range(m.copies - 1)))
+        rest = [build(m.context, m.sizes, batch)[0] for _ in range(m.copies - 1)]
+        module = MultiInputChain([module, *rest], x) if isinstance(x, (tuple, list)) else torch.nn.Sequential(module, *rest)
     return module, x
 
 
-def _row(m: Measurement, lut: Lut, clock: str, samples: list[float], ref: list[float], warmup: int) -> dict[str, Any]:
+def _relative_level(samples: list[float], ref: list[float]) -> float:
+    """Median of the item's samples, each divided by the reference sample of the same round (NaN without)."""
+    if not ref or len(ref) != len(samples):
+        return float("nan")
+    return statistics.median(t / r for t, r in zip(samples, ref) if r > 0) if any(r > 0 for r in ref) else float("nan")
+
+
+def _disturbed(levels: list[float], threshold: float) -> bool:
+    """Whether the passes of an item disagree by more than ``threshold`` (relative to the reference)."""
+    finite = [v for v in levels if v == v and v > 0]
+    return bool(threshold) and len(finite) > 1 and max(finite) / min(finite) - 1 > threshold
+
+
+def _row(m: Measurement, lut: Lut, clock: str, samples: list[float], ref: list[float], warmup: int,
+         rechecked: bool = False) -> dict[str, Any]:
     from mdp_cli.latency.timing import summarize
 
     median, spread, p10 = summarize(samples)
@@ -224,4 +271,4 @@ def _row(m: Measurement, lut: Lut, clock: str, samples: list[float], ref: list[f
             "batch": lut.batch, "threads": lut.threads, "clock": clock, "median_ms": median, "spread_ms": spread,
             "p10_ms": p10, "ref_ms": summarize(ref)[0] if ref else float("nan"), "repeats": len(samples),
             "warmup": warmup, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "runtime": lut.runtime}
+            "runtime": lut.runtime, "ref_ratio": _relative_level(samples, ref), "rechecked": int(rechecked)}

@@ -59,12 +59,24 @@ def lut_filename(device: str, dtype: str, batch: int, threads: int, runtime: str
     return f"{slug}__{dtype}__b{batch}__t{threads}{suffix}.csv"
 
 
+# Columns that came later still: ``ref_ratio`` (the row's median relative to the reference op timed in the same
+# rounds, sample by sample: what ``stat="ref"`` reads) and ``rechecked`` (1 when the row's passes disagreed and
+# it was timed once more). Rows from before them have none (NaN / 0).
+LATER_COLUMNS = {"ref_ratio": float("nan"), "rechecked": 0}
+ALL_COLUMNS = [*COLUMNS, RUNTIME_COLUMN, *LATER_COLUMNS]
+STATS = ("median", "p10", "ref")
+
+
 def _with_runtime(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with a runtime on every row (rows from before the column: eager)."""
+    """``frame`` with a runtime on every row (rows from before the column: eager) and the later columns."""
     if RUNTIME_COLUMN not in frame.columns:
         frame[RUNTIME_COLUMN] = DEFAULT_RUNTIME
     values = frame[RUNTIME_COLUMN].astype(object)
     frame[RUNTIME_COLUMN] = values.where(values.notna() & (values.astype(str) != ""), DEFAULT_RUNTIME).astype(str)
+    for column, default in LATER_COLUMNS.items():
+        if column not in frame.columns:
+            frame[column] = default
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").fillna(default)
     return frame
 
 
@@ -128,13 +140,13 @@ class Lut:
 
     def __init__(self, path: str | Path, device: str, dtype: str, batch: int, threads: int,
                  frame: pd.DataFrame | None = None, stat: str = "median", runtime: str = DEFAULT_RUNTIME):
-        if stat not in ("median", "p10"):
-            raise MdpError(f"unknown latency statistic {stat!r} (use median or p10)")
+        if stat not in STATS:
+            raise MdpError(f"unknown latency statistic {stat!r} (use one of {', '.join(STATS)})")
         self.stat = stat
         self.path = Path(path)
         self.device, self.dtype, self.batch, self.threads = device, dtype, int(batch), int(threads)
         self.runtime = runtime
-        self.frame = _with_runtime(frame) if frame is not None else pd.DataFrame(columns=[*COLUMNS, RUNTIME_COLUMN])
+        self.frame = _with_runtime(frame) if frame is not None else pd.DataFrame(columns=ALL_COLUMNS)
         self._index: dict[tuple[str, str], float] = {}
         self._reindex()
 
@@ -144,8 +156,29 @@ class Lut:
             self._index = {}
             return
         sizes = f["sizes"].fillna("").astype(str)
-        value = f["median_ms" if self.stat == "median" else "p10_ms"].astype(float)
+        value = self.values()
         self._index = dict(zip(zip(f["signature"].astype(str), sizes), value))
+
+    def values(self) -> pd.Series:
+        """The latency (ms) of every row under this LUT's statistic.
+
+        ``ref``: the row's ``ref_ratio`` times one scale for the whole table, the median reference time
+        over its rows; so a row timed while the machine ran slow (the reference ran slow beside it) is
+        scaled back like every other, and a drift during profiling no longer tilts the table. Rows without
+        a ratio (older LUTs, no reference) keep their median."""
+        f = self.frame
+        if self.stat == "p10":
+            return f["p10_ms"].astype(float)
+        median = f["median_ms"].astype(float)
+        if self.stat == "median":
+            return median
+        ratio = pd.to_numeric(f["ref_ratio"], errors="coerce").astype(float)
+        ref = pd.to_numeric(f["ref_ms"], errors="coerce").astype(float)
+        usable = np.isfinite(ratio) & np.isfinite(ref) & (ref > 0)
+        if not usable.any():
+            return median
+        scale = float(ref[usable].median())
+        return median.where(~usable, ratio * scale)
 
     # -- reading ------------------------------------------------------------------------------------------
     @classmethod
@@ -192,7 +225,7 @@ class Lut:
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        new = _with_runtime(pd.DataFrame(rows, columns=[*COLUMNS, RUNTIME_COLUMN]))
+        new = _with_runtime(pd.DataFrame(rows, columns=ALL_COLUMNS))
         self.frame = new if not len(self.frame) else pd.concat([self.frame, new], ignore_index=True)
         self.frame = self.frame.drop_duplicates(["signature", "sizes"], keep="last").reset_index(drop=True)
         self._reindex()

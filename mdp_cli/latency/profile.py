@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from mdp_cli.latency.engine import Measurement, TimingPlan, profile_into_lut
 from mdp_cli.latency.lut import Lut, grid_indices, lut_filename, sizes_key
@@ -20,11 +20,15 @@ from mdp_cli.space.core import PruningSpace
 
 # Up to 24 ops take turns with a reference op; rows are saved as each chunk completes.
 GRID_TIMING = TimingPlan(chunk=24, rounds=1, reference=True, shuffle=True)
+# Ops profiled as chains of distinct copies (op -> copies): see docs/latency.md.
+CHAIN_COPIES: dict[str, int] = {}
 
 
-def grid_measurements(space: PruningSpace, grid: int = 1) -> list[Measurement]:
+def grid_measurements(space: PruningSpace, grid: int = 1, chain: Mapping[str, int] | None = None) -> list[Measurement]:
     """One row per term and combination of its dims' grid options (duplicates across terms included: the
-    engine measures each (signature, sizes) once)."""
+    engine measures each (signature, sizes) once). ``chain``: op -> copies, ops timed as a chain of that
+    many distinct copies (``Measurement.copies``)."""
+    chain = dict(CHAIN_COPIES if chain is None else chain)
     out = []
     for term in space.terms:
         picks = [[dim.options[i] for i in grid_indices(len(dim.options), int(grid or 1))]
@@ -32,7 +36,7 @@ def grid_measurements(space: PruningSpace, grid: int = 1) -> list[Measurement]:
         signature = term.signature()
         for combo in itertools.product(*picks) if picks else [()]:
             out.append(Measurement(term.op, signature, sizes_key(term.roles, combo), term.context,
-                                   dict(zip(term.roles, combo))))
+                                   dict(zip(term.roles, combo)), copies=int(chain.get(term.op, 1))))
     return out
 
 
@@ -48,7 +52,7 @@ def configurations(space: PruningSpace, grid: int = 1) -> list[tuple[str, str, t
 def profile_space(space: PruningSpace, device: str = "cpu", dtype: str = "float32", batch: int = 1,
                   lut_dir: str | Path = "luts", lut_path: str | Path | None = None, warmup: int = 10,
                   repeats: int = 30, grid: int = 1, num_threads: int = 1, progress: bool = True,
-                  plan: TimingPlan = GRID_TIMING) -> dict[str, Any]:
+                  plan: TimingPlan = GRID_TIMING, chain: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Measure what the LUT lacks for ``space`` (the ops of its terms must be registered, e.g. by importing
     ``mdp_cli.latency.cnn_ops``); returns a summary (lut, measured, reused, configurations, seconds, ...)."""
     from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
@@ -58,6 +62,6 @@ def profile_space(space: PruningSpace, device: str = "cpu", dtype: str = "float3
     hw = device_name(device)
     path = Path(lut_path) if lut_path else Path(lut_dir) / lut_filename(hw, dtype, batch, num_threads)
     lut = Lut.open(path, hw, dtype, batch, num_threads)
-    summary = profile_into_lut(lut, grid_measurements(space, grid), plan, device, warmup, repeats,
+    summary = profile_into_lut(lut, grid_measurements(space, grid, chain), plan, device, warmup, repeats,
                                label=space.model_name, progress=progress)
     return {"lut": str(path), **summary, "device": hw, "dtype": dtype, "batch": batch, "threads": num_threads}

@@ -158,14 +158,13 @@ def lut_sizes(row: Mapping[str, Any]) -> str:
 
 def rows_from_lut(lut, space: PruningSpace, only: set[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """The rows of ``space``'s op signatures from a shared LUT, in the form ``vit_tables`` reads (``ms`` is
-    the LUT's statistic: median, or p10 when opened with ``stat="p10"``). ``only``: (signature, sizes) keys
+    the LUT's statistic, ``Lut.values``). ``only``: (signature, sizes) keys
     to keep: the grid points this space was profiled on. Another model with the same token count shares
     the signatures but not the sizes; its rows must not enter this model's sub-grid."""
     wanted = {t.signature() for t in space.terms}
     f = lut.frame
-    column = "median_ms" if lut.stat == "median" else "p10_ms"
     rows = []
-    for op, sig, sizes, ms in zip(f["op"], f["signature"].astype(str), f["sizes"].astype(str), f[column]):
+    for op, sig, sizes, ms in zip(f["op"], f["signature"].astype(str), f["sizes"].astype(str), lut.values()):
         if sig not in wanted or (only is not None and (sig, sizes) not in only):
             continue
         row: dict[str, Any] = {"op": op, "signature": sig, "ms": float(ms)}
