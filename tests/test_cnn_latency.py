@@ -141,10 +141,16 @@ def test_prediction_matches_measured_exported_latency(small_resnet):
 
 @pytest.mark.slow
 def test_resnet50_prediction_at_scale(tmp_path):
-    """resnet50 @ 48 px, 10 random solutions, relative-to-dense error (see the fast test for why)."""
+    """resnet50 @ 64 px, 10 random solutions, relative-to-dense error of the table model vs the linear one.
+
+    Why these bounds: on a quiet machine the bench (scripts/bench_latency_model.py, same model and size) has a
+    median of 2-4 %; a CI machine at 48 px measured a median of 22 % once (docs/latency.md: tiny maps, where a
+    term's fixed per-call cost dominates and machines differ most). What a broken table cannot do is beat the
+    linear model (each term frozen at full size in its other dims) by a wide margin, so that is the main check,
+    with an absolute bound for gross failures."""
     import torch
 
-    model, analysis = discover_space("resnet50", 48, max_options=6, multiple=8)
+    model, analysis = discover_space("resnet50", 64, max_options=6, multiple=8)
     summary = profile_space(analysis.space, lut_dir=tmp_path, warmup=10, repeats=30, progress=False)
     problem = build_problem(analysis.space, _open(summary), None)
     from mdp_cli.solve.linear import linearize
@@ -152,18 +158,20 @@ def test_resnet50_prediction_at_scale(tmp_path):
 
     linear = linearize(problem)
     rng = random.Random(2)
-    x = torch.randn(1, 3, 48, 48)
+    x = torch.randn(1, 3, 64, 64)
     dense_net, _ = prune_cnn(model, analysis, {}, {})
-    errors, linear_errors = [], []
+    signed, linear_signed, fractions = [], [], []
     with threads(1):
         for _ in range(10):
             choice, kept = random_solution(analysis, rng, keep_prob=0.7)
             net, _ = prune_cnn(model, analysis, choice, kept)
             (measured, _, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)], warmup=10, repeats=30)
             idx = choice_indices(problem, choice)
-            errors.append(abs(problem.latency(idx, kept) / problem.dense_latency / (measured / dense_now) - 1))
-            linear_errors.append(abs(linear.latency(idx, kept) / problem.dense_latency / (measured / dense_now) - 1))
-    # Observed medians here: 5-10 % (48 px ops are tiny and the shared machine drifts); 20 % leaves room for
-    # that noise while still failing a broken table model (the linear model sits around 35 %).
-    assert statistics.median(errors) <= 0.20, errors
-    assert statistics.median(linear_errors) > statistics.median(errors), (errors, linear_errors)
+            fractions.append(round(measured / dense_now, 3))
+            signed.append(problem.latency(idx, kept) / problem.dense_latency / (measured / dense_now) - 1)
+            linear_signed.append(linear.latency(idx, kept) / problem.dense_latency / (measured / dense_now) - 1)
+    errors, linear_errors = [abs(e) for e in signed], [abs(e) for e in linear_signed]
+    detail = {"signed": [round(e, 3) for e in signed], "linear_signed": [round(e, 3) for e in linear_signed],
+              "measured_fraction": fractions}
+    assert statistics.median(errors) <= 0.6 * statistics.median(linear_errors), detail
+    assert statistics.median(errors) <= 0.30, detail
