@@ -14,17 +14,21 @@ rounds). On a shared machine the absolute error includes the load drift between 
 the measuring side.
 
 Prints the median and worst |predicted - measured| / measured for both, overall and for heavily pruned
-configurations (measured latency < 40 % of dense), and writes the rows to a JSON file.
+configurations (measured latency < 40 % of dense; every other configuration aims there), for the LUT read
+as measured (``median``) and relative to its reference op (``ref``, docs/latency.md), per run and the spread
+over ``--runs`` separate runs (each profiling a fresh LUT), and writes everything to a JSON file.
 
-    python scripts/bench_latency_model.py --model resnet50 --resolution 64 --configs 32
+    python scripts/bench_latency_model.py --model resnet50 --resolution 64 --configs 32 --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +40,7 @@ from mdp_cli.artifacts import provenance, write_json  # noqa: E402
 from mdp_cli.export.cnn_prune import prune_cnn  # noqa: E402
 from mdp_cli.latency.lut import Lut  # noqa: E402
 import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
-from mdp_cli.latency.profile import profile_space  # noqa: E402
+from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
 from mdp_cli.latency.timing import clock_for, threads, time_round_robin  # noqa: E402
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
@@ -59,77 +63,112 @@ def summarise(errors):
     return {"median": statistics.median(values), "worst": max(values), "mean_signed": statistics.fmean(errors)}
 
 
+def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
+    """One run: profile a fresh LUT, then time ``args.configs`` random configurations in turns with dense."""
+    t0 = time.perf_counter()
+    plan = dataclasses.replace(GRID_TIMING, **({"rounds": args.rounds} if args.rounds else {}),
+                               **({"recheck": args.recheck} if args.recheck is not None else {}))
+    summary = profile_space(analysis.space, lut_dir=lut_dir, warmup=args.warmup, repeats=args.repeats,
+                            grid=args.grid, plan=plan, progress=False)
+    profile_s = time.perf_counter() - t0
+    print(f"run {run}: profiled {summary['measured']} rows ({summary.get('rechecked', 0)} re-timed) in "
+          f"{profile_s:.1f} s -> {summary['lut']}", flush=True)
+    problems = {stat: build_problem(analysis.space, Lut.open(summary["lut"], summary["device"], summary["dtype"], 1, 1,
+                                                              stat=stat), None, with_counts=False)
+                for stat in STATS}
+    linear = linearize(problems["median"])
+    rng = random.Random(args.seed + 1000 * run)
+    x = torch.randn(1, 3, args.resolution, args.resolution)
+    rows = []
+    with threads(1):
+        dense_net, _ = prune_cnn(model, analysis, {}, {})  # the exported dense model: same code path as pruned ones
+        for k in range(args.configs):
+            # every other configuration aims below 40 % of dense: the regime aggressive pruning explores
+            ratio = 0.0 if k == 0 else rng.uniform(0.55, 0.95) if k % 2 else rng.uniform(0.05, 0.55)
+            choice, kept = ({}, {}) if k == 0 else random_config(analysis, rng, ratio)
+            net, _ = prune_cnn(model, analysis, choice, kept)
+            (measured, spread, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)],
+                                                                         warmup=args.warmup, repeats=args.repeats)
+            idx = choice_indices(problems["median"], choice)
+            fraction = measured / dense_now
+            row = {"config": k, "ratio": ratio, "measured_ms": measured, "spread_ms": spread, "dense_now_ms": dense_now,
+                   "measured_fraction": fraction, "blocks_removed": sum(not v for v in kept.values())}
+            for stat, problem in problems.items():
+                row[f"multidim_{stat}_rel_err"] = problem.latency(idx, kept) / problem.dense_latency / fraction - 1
+            row["linear_rel_err"] = linear.latency(idx, kept) / linear.dense_latency / fraction - 1
+            row["multidim_ms"] = problems["median"].latency(idx, kept)
+            row["multidim_err"] = (row["multidim_ms"] - measured) / measured
+            rows.append(row)
+            print(f"{k:3d} measured {measured:8.3f} ms ({fraction:5.1%} of dense)  relative error: "
+                  + "  ".join(f"{stat} {row[f'multidim_{stat}_rel_err']:+6.1%}" for stat in STATS)
+                  + f"  linear {row['linear_rel_err']:+6.1%}", flush=True)
+    high = [r for r in rows if r["measured_fraction"] < 0.4]
+    result = {"run": run, "profile_seconds": profile_s, "lut": summary["lut"], "rechecked": summary.get("rechecked", 0),
+              "dense_measured_ms": rows[0]["dense_now_ms"], "dense_predicted_ms": problems["median"].dense_latency,
+              "configs": len(rows), "high_pruning_configs": len(high), "rows": rows}
+    for name in [f"multidim_{stat}" for stat in STATS] + ["linear"]:
+        result[name] = summarise([r[f"{name}_rel_err"] for r in rows])
+        if high:
+            result[f"{name}_high_pruning"] = summarise([r[f"{name}_rel_err"] for r in high])
+    result["multidim_absolute"] = summarise([r["multidim_err"] for r in rows])
+    return result
+
+
+STATS = ("median", "ref")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--configs", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=1, help="separate runs, each profiling a fresh LUT")
     parser.add_argument("--max-options", type=int, default=8)
     parser.add_argument("--multiple", type=int, default=8)
     parser.add_argument("--grid", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--lut-dir", default="luts")
+    parser.add_argument("--rounds", type=int, help="profiling passes (default: the CNN family's plan)")
+    parser.add_argument("--recheck", type=float, help="re-time rows whose passes differ by more (default: the plan's)")
+    parser.add_argument("--lut-dir", help="where the LUTs go (default: a temporary directory per run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_latency_model.json")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     model, analysis = discover_space(args.model, args.resolution, max_options=args.max_options, multiple=args.multiple)
-    t0 = time.perf_counter()
-    summary = profile_space(analysis.space, lut_dir=args.lut_dir, warmup=args.warmup, repeats=args.repeats,
-                            grid=args.grid)
-    print(f"profiled {summary['measured']} configurations ({summary['reused']} reused) in "
-          f"{time.perf_counter() - t0:.1f} s -> {summary['lut']}")
-    lut = Lut.open(summary["lut"], summary["device"], summary["dtype"], 1, 1)
-    problem = build_problem(analysis.space, lut, None)
-    linear = linearize(problem)
-    rng = random.Random(args.seed)
-    x = torch.randn(1, 3, args.resolution, args.resolution)
-    rows = []
-    with threads(1):
-        dense_net, _ = prune_cnn(model, analysis, {}, {})  # the exported dense model: same code path as pruned ones
-        dense_ms = None
-        for k in range(args.configs):
-            ratio = 0.0 if k == 0 else rng.uniform(0.05, 0.95)
-            choice, kept = ({}, {}) if k == 0 else random_config(analysis, rng, ratio)
-            net, _ = prune_cnn(model, analysis, choice, kept)
-            (measured, spread, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)],
-                                                                         warmup=args.warmup, repeats=args.repeats)
-            dense_ms = dense_ms or dense_now
-            idx = choice_indices(problem, choice)
-            multi, lin = problem.latency(idx, kept), linear.latency(idx, kept)
-            rel = (multi / problem.dense_latency) / (measured / dense_now) - 1
-            rel_lin = (lin / problem.dense_latency) / (measured / dense_now) - 1
-            rows.append({"config": k, "ratio": ratio, "measured_ms": measured, "spread_ms": spread,
-                         "dense_now_ms": dense_now, "multidim_rel_err": rel, "linear_rel_err": rel_lin,
-                         "multidim_ms": multi, "linear_ms": lin, "blocks_removed": sum(not v for v in kept.values()),
-                         "multidim_err": (multi - measured) / measured, "linear_err": (lin - measured) / measured})
-            print(f"{k:3d} measured {measured:8.3f} ms ({measured / dense_now:5.1%} of dense)  multidim {multi:8.3f} "
-                  f"({rows[-1]['multidim_err']:+6.1%}, rel {rel:+6.1%})  linear {lin:8.3f} "
-                  f"({rows[-1]['linear_err']:+6.1%}, rel {rel_lin:+6.1%})", flush=True)
-    result = {"model": args.model, "resolution": args.resolution, "dense_measured_ms": dense_ms,
-              "dense_predicted_ms": problem.dense_latency, "clock": clock_for("cpu", 1), "device": summary["device"]}
-    high = [r for r in rows if r["measured_ms"] < 0.4 * r["dense_now_ms"]]
-    for name in ("multidim", "linear"):
-        result[name] = summarise([r[f"{name}_err"] for r in rows])
-        result[f"{name}_relative"] = summarise([r[f"{name}_rel_err"] for r in rows])
-        if high:
-            result[f"{name}_high_pruning"] = summarise([r[f"{name}_err"] for r in high])
-            result[f"{name}_relative_high_pruning"] = summarise([r[f"{name}_rel_err"] for r in high])
-    result["high_pruning_configs"] = len(high)
-    print(f"\n{args.model} @ {args.resolution}px, {len(rows)} configurations, {summary['device']}, 1 thread, "
-          f"{result['clock']} clock; dense measured {dense_ms:.2f} ms, predicted {problem.dense_latency:.2f} ms")
-    for name in ("multidim", "linear", "multidim_relative", "linear_relative"):
-        s = result[name]
-        line = f"{name:18s} |error| median {s['median']:.1%}, worst {s['worst']:.1%}, mean signed {s['mean_signed']:+.1%}"
-        if high:
-            h = result[name.replace("_relative", "") + ("_relative" if "relative" in name else "") + "_high_pruning"]
-            line += f"; high pruning (<40% of dense, {len(high)} configs): median {h['median']:.1%}, worst {h['worst']:.1%}"
-        print(line)
-    write_json(args.out, {"schema": "mdp.bench_latency", "version": 1,
-                          "provenance": provenance(lut=summary["lut"], **vars(args)), **result, "rows": rows})
+    runs = []
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            lut_dir = Path(args.lut_dir) / f"run{run}" if args.lut_dir else Path(tmp)
+            runs.append(measure_run(model, analysis, args, lut_dir, run))
+    names = [f"multidim_{stat}" for stat in STATS] + ["linear"]
+    print(f"\n{args.model} @ {args.resolution}px, {args.runs} run(s) x {args.configs} configurations, "
+          f"{platform_name()}, 1 thread, {clock_for('cpu', 1)} clock; error of the predicted fraction of dense:")
+    for r in runs:
+        for name in names:
+            s, h = r[name], r.get(f"{name}_high_pruning")
+            line = f"run {r['run']} {name:16s} median {s['median']:5.1%} worst {s['worst']:5.1%} signed {s['mean_signed']:+5.1%}"
+            if h:
+                line += f" | <40% of dense ({r['high_pruning_configs']}): median {h['median']:5.1%} worst {h['worst']:5.1%}"
+            print(line)
+    spread = {}
+    for name in names:
+        for subset in ("", "_high_pruning"):
+            values = [r[name + subset] for r in runs if name + subset in r]
+            if values:
+                spread[name + subset] = {f"{stat}_{bound}": fn(v[stat] for v in values)
+                                         for stat in ("median", "worst") for bound, fn in (("min", min), ("max", max))}
+    write_json(args.out, {"schema": "mdp.bench_latency", "version": 2,
+                          "provenance": provenance(device=platform_name(), clock=clock_for("cpu", 1), **vars(args)),
+                          "model": args.model, "resolution": args.resolution, "spread_over_runs": spread, "runs": runs})
     print(f"wrote {args.out}")
+
+
+def platform_name() -> str:
+    from mdp_cli.latency.timing import device_name
+
+    return device_name("cpu")
 
 
 if __name__ == "__main__":
