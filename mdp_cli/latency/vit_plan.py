@@ -29,8 +29,9 @@ DEFAULT_GRID = {"embed": 5, "heads": 4, "qk": 3, "v": 3, "hidden": 5}
 FULL_AXES = {"vit_sdpa": ("qk", "v")}  # roles measured at every option (kernel tiling, max(Q, V)), not a sub-grid
 FULL_AXIS_MAX = 16  # beyond this many options a "full" axis falls back to a sub-grid of this many points
 UNCHAINED = ("vit_stem", "vit_head", "vit_sdpa")  # once per model, or weight-free: timed alone
-# Each configuration back to back (chains of copies already put the weights out of cache), in three passes.
-VIT_TIMING = TimingPlan(chunk=1, rounds=3, reference=False, shuffle=False)
+# Each configuration in turns with the reference op only (chains of copies already put the weights out of cache),
+# in three passes; a row whose passes disagree by more than 10 % relative to the reference gets a fourth.
+VIT_TIMING = TimingPlan(chunk=1, rounds=3, reference=True, shuffle=False, recheck=0.10)
 
 
 def subgrid(options: Iterable[int], n: int) -> list[int]:
