@@ -358,6 +358,8 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
         model_key["weights"] = weights_hash(cfg["pretrained"], cfg["model"])
     cache: dict[str, Any] = {}
     check_weights(cfg)
+    if (cfg.get("refine") or {}).get("enabled") and not cfg["export"]["measure"]:
+        raise MdpError("refine.enabled (--refine) measures every export; set export.measure: true or drop --refine")
     echo(weights_note(cfg))
 
     def discovered() -> Discovered:

@@ -107,7 +107,7 @@ def run_refine(cfg: Mapping[str, Any], run_dir: str | Path, discovered, importan
 
     rc = cfg["refine"]
     if not cfg["export"]["measure"]:
-        raise MdpError("refine.enabled (--refine) measures every export; set export.measure: true")
+        raise MdpError("refine.enabled (--refine) measures every export; set export.measure: true or drop --refine")
     run_dir = Path(run_dir)
     summary_path, root = run_dir / "refine.json", run_dir / "refine"
     # the previous loop's record goes first: an interrupted loop leaves no refine.json beside new rounds

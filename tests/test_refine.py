@@ -192,3 +192,29 @@ def test_refine_remeasures_corrupted_rows_resolves_and_is_cached(tmp_path):
     assert file_hash(lut.path) == lut_hash and file_hash(run_dir / "refine.json") == refine_hash
     state = json.loads((run_dir / "state.json").read_text())
     assert "refine" in state["stages"] and "export" not in state["stages"]
+
+
+def test_refine_flags_and_one_line_config_errors(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from mdp_cli.cli import main
+    from mdp_cli.pipeline import load_config, run_pipeline
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "refine": {"rounds": 2}}))
+    cfg = load_config(path, {"refine": {"enabled": True, "tolerance": 0.05}})
+    assert cfg["refine"] == {"enabled": True, "rounds": 2, "tolerance": 0.05, "two_sided": True, "repeats": None}
+    assert load_config(path)["refine"]["enabled"] is False
+    runner = CliRunner()
+    for flags, text in ((["--refine-rounds", "0"], "refine.rounds (--refine-rounds) = 0 is out of range"),
+                        (["--refine-tolerance", "-1"], "refine.tolerance (--refine-tolerance) = -1.0 is out of range")):
+        r = runner.invoke(main, ["run", str(path), "--run-dir", str(tmp_path / "r"), "--refine", *flags])
+        assert r.exit_code == 2 and text in r.output and r.output.count("\n") == 1, r.output
+    path.write_text(yaml.safe_dump({**TINY, "refine": {"turns": 2}}))
+    r = runner.invoke(main, ["run", str(path), "--run-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "unknown key 'turns' in 'refine'" in r.output
+    cfg["export"]["measure"] = False
+    with pytest.raises(Exception, match="refine.enabled .--refine. measures every export"):
+        run_pipeline(cfg, tmp_path / "r2", echo=lambda _: None)
+    assert not (tmp_path / "r2" / "state.json").exists()

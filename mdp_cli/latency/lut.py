@@ -15,7 +15,8 @@ batch, thread count and runtime; a mismatch is an error, never a silent reuse. A
 once: a file listing it twice with different latencies is refused (``read_rows``).
 
 Several processes may profile into one LUT at once: ``save`` merges with the rows on disk under an
-exclusive lock (``<csv>.lock``), so no process's rows are lost.
+exclusive lock (``<csv>.lock``), so no process's rows are lost. A measured row is overwritten only by
+``replace_rows`` (``mdp run --refine``, docs/refine.md), under the same lock, and the sidecar says so.
 
 Missing rows: a table is interpolated only between the points of a profiling grid (``grid > 1``, every
 grid-th option and the last one measured). ``require_rows`` refuses a LUT that lacks a row the space needs
