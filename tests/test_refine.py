@@ -121,7 +121,7 @@ def test_replace_rows_overwrites_given_keys_keeps_the_rest_and_rows_added_by_oth
     assert file_hash(path) == before
 
 
-def test_refine_remeasures_corrupted_rows_resolves_and_is_cached(tmp_path):
+def test_refine_remeasures_corrupted_rows_resolves_and_is_cached(tmp_path, monkeypatch):
     """The table is corrupted (every pruned row x0.4, the dense rows left alone), so round 1 exports a model
     that the table says meets the budget and that measures far above it; refine re-measures the rows its
     configurations read (back near their first measurement), re-solves and meets the budget."""
@@ -192,6 +192,29 @@ def test_refine_remeasures_corrupted_rows_resolves_and_is_cached(tmp_path):
     assert file_hash(lut.path) == lut_hash and file_hash(run_dir / "refine.json") == refine_hash
     state = json.loads((run_dir / "state.json").read_text())
     assert "refine" in state["stages"] and "export" not in state["stages"]
+
+    # Ctrl-C while a round's export is being written: complete files only, and the next run does the loop again
+    import mdp_cli.pipeline as pipeline
+
+    write_export = pipeline._write_export
+
+    def interrupted(*args, **kwargs):
+        write_export(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    report_hash = file_hash(run_dir / "exported" / "report.json")
+    monkeypatch.setattr(pipeline, "_write_export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, run_dir, echo=lambda _: None, progress=False, force=True)
+    monkeypatch.undo()
+    assert not (run_dir / "refine.json").exists()
+    # the round's export was never swapped in (no half-written directory, no staging left behind)
+    assert sorted(p.name for p in (run_dir / "refine" / "round1").iterdir()) == ["problem.json", "solution.json"]
+    assert file_hash(run_dir / "exported" / "report.json") == report_hash
+    resumed: list[str] = []
+    run_pipeline(cfg, run_dir, echo=resumed.append, progress=False, check_budget=False)
+    assert any(line.startswith("[refine] done") for line in resumed), resumed
+    assert read_refine(run_dir / "refine.json")["rounds"][0]["round"] == 1
 
 
 def test_refine_flags_and_one_line_config_errors(tmp_path):
