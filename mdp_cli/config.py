@@ -13,6 +13,7 @@ The resolved config is a plain dict (what ``config.json`` of a run directory hol
     score:   {data, batches, batch_size, seed, objective, criterion}
     solve:   {budget, latency_model, time_limit, formulation, knapsack, max_params, max_flops, min_keep, multiple}
     export:  {tolerance, onnx, measure, repeats}
+    refine:  {enabled, rounds, tolerance, two_sided, repeats}
 """
 
 import copy
@@ -76,8 +77,22 @@ class ExportSection:
     repeats: int = setting(30, min=1)
 
 
+@dataclasses.dataclass
+class RefineSection:
+    """``mdp run --refine``: the closed loop of docs/refine.md (measure the export, re-measure the rows it
+    reads, re-solve with a corrected budget, re-export)."""
+
+    enabled: bool = setting(False, doc="run the loop after the export (--refine)")
+    rounds: int = setting(3, min=1, doc="most rounds, the first export included (--refine-rounds)")
+    tolerance: float = setting(0.1, min=0, doc="the loop ends when the measured fraction of dense is within this "
+                                               "relative distance of the budget (--refine-tolerance)")
+    two_sided: bool = setting(True, doc="also refine an export measured below budget*(1-tolerance): accuracy "
+                                        "left on the table (false: only a too slow one)")
+    repeats: Optional[int] = setting(None, min=1, doc="samples per re-measured row (default 3 x profile.repeats)")
+
+
 SECTIONS: dict[str, type] = {"profile": ProfileSection, "score": ScoreSection, "solve": SolveSection,
-                             "export": ExportSection}
+                             "export": ExportSection, "refine": RefineSection}
 # Top-level keys every family understands (besides the sections); ``None`` resolution: the family's default.
 TOP_LEVEL = ("model", "family", "resolution", "pretrained", "random_init", "num_classes", "run_dir", "name")
 

@@ -21,7 +21,7 @@ RANKS = {
     "train": 6,
     "families": 6,
     "config": 7,
-    "pipeline": 8,
+    "pipeline": 8, "refine": 8,
     "solve.cli": 9, "train.cli": 9, "commands": 9, "cli": 9, "__main__": 9,
 }
 

@@ -71,6 +71,9 @@ def _config(config: Path | None, kw: dict[str, Any], weights: bool = False) -> d
         over["pretrained"] = ""
     over["space"] = {k: v for k, v in space.items() if v is not None}
     over["profile"] = {k: v for k, v in profile.items() if v is not None}
+    refine = {"enabled": kw.pop("refine", None), "rounds": kw.pop("refine_rounds", None),
+              "tolerance": kw.pop("refine_tolerance", None)}
+    over["refine"] = {k: v for k, v in refine.items() if v is not None}
     for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion")), ("solve", ("budget",)),
                           ("export", ("tolerance", "onnx", "measure"))):
         over[section] = {k: kw.pop(k) for k in keys if kw.get(k) is not None}
@@ -197,8 +200,15 @@ def export_command(config, solution, importance, output, **kw):
 @click.option("--device")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--no-gate", is_flag=True, help="Exit 0 even when the measured latency misses the budget.")
+@click.option("--refine/--no-refine", default=None,
+              help="Close the loop: measure the export, re-measure the LUT rows it reads, re-solve with a corrected "
+                   "budget, re-export, until the measured latency meets the budget (docs/refine.md).")
+@click.option("--refine-rounds", type=int, help="Most refine rounds, the first export included (default 3).")
+@click.option("--refine-tolerance", type=float,
+              help="Refine until the measured fraction of dense is within this of the budget (default 0.1).")
 def run_command(config, run_dir, force, quiet, no_gate, **kw):
-    """Run profile -> score -> problem -> solve -> export from CONFIG, skipping unchanged stages."""
+    """Run profile -> score -> problem -> solve -> export (--refine: the closed loop) from CONFIG, skipping
+    unchanged stages."""
     cfg = _config(config, kw)
     pipeline.check_weights(cfg)  # before the run directory is made (run_pipeline says where they come from)
     run_dir = run_dir or Path("runs") / config.stem

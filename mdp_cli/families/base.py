@@ -90,6 +90,16 @@ class Family(abc.ABC):
         (block -> kept); ``importance`` (dim -> record) decides which units are kept."""
 
     # -- optional hooks ---------------------------------------------------------------------------------
+    def rows_used(self, discovered: Discovered, grid: Any, choice: Mapping[str, int],
+                  kept: Mapping[str, bool]) -> list[Measurement]:
+        """The rows of ``measurements`` that the predicted latency of a configuration (``choice``: dim ->
+        kept size, ``kept``: block -> kept; missing ones full/kept) reads, for ``mdp run --refine`` to
+        re-measure. Default (``latency/usage.py``): per term of a kept block, its rows at the measured sizes
+        that bracket the chosen ones."""
+        from mdp_cli.latency.usage import rows_used
+
+        return rows_used(discovered.space, self.measurements(discovered, grid), choice, kept)
+
     def input_shape(self, discovered: Discovered) -> tuple[int, ...]:
         """Shape of one input sample (C, H, W)."""
         return tuple(discovered.space.input_shape)

@@ -15,7 +15,8 @@ batch, thread count and runtime; a mismatch is an error, never a silent reuse. A
 once: a file listing it twice with different latencies is refused (``read_rows``).
 
 Several processes may profile into one LUT at once: ``save`` merges with the rows on disk under an
-exclusive lock (``<csv>.lock``), so no process's rows are lost.
+exclusive lock (``<csv>.lock``), so no process's rows are lost. A measured row is overwritten only by
+``replace_rows`` (``mdp run --refine``, docs/refine.md), under the same lock, and the sidecar says so.
 
 Missing rows: a table is interpolated only between the points of a profiling grid (``grid > 1``, every
 grid-th option and the last one measured). ``require_rows`` refuses a LUT that lacks a row the space needs
@@ -255,6 +256,43 @@ class Lut:
                                          **provenance_fields),
                 "csv": self.path.name,
             })
+
+    def replace_rows(self, rows: pd.DataFrame, **provenance_fields: Any) -> int:
+        """Overwrite the rows at the (signature, sizes) keys of ``rows`` with ``rows``: the one deliberate way
+        a measured row is replaced (``mdp run --refine`` re-measures the rows of a configuration whose whole
+        model disagreed with the table). Under the lock, as in ``save``, the file's rows are merged in, then
+        the given keys replaced and the file rewritten atomically; the sidecar records ``replaced_rows`` and
+        ``provenance_fields``, each replaced row its new ``created`` time. Returns how many keys were held
+        before (the rest are added)."""
+        new = _with_runtime(pd.DataFrame(rows).reindex(columns=[*COLUMNS, RUNTIME_COLUMN]).reset_index(drop=True))
+        Lut(self.path, self.device, self.dtype, self.batch, self.threads, new, runtime=self.runtime).check(
+            self.device, self.dtype, self.batch, self.threads, self.runtime)
+        if not np.isfinite(new["median_ms"].astype(float)).all():
+            raise MdpError(f"{self.path}: refusing to write a non-finite latency")
+        keys = set(zip(new["signature"].astype(str), new["sizes"].fillna("").astype(str)))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.lock_path):
+            if self.path.is_file():
+                on_disk = Lut(self.path, self.device, self.dtype, self.batch, self.threads, read_rows(self.path),
+                              runtime=self.runtime)
+                on_disk.check(self.device, self.dtype, self.batch, self.threads, self.runtime)
+                self._merge_missing(on_disk.frame)
+            held = [key in keys for key in zip(self.frame["signature"].astype(str),
+                                                 self.frame["sizes"].fillna("").astype(str))]
+            kept = self.frame[[not h for h in held]]
+            self.frame = new if not len(kept) else pd.concat([kept, new], ignore_index=True)
+            self._reindex()
+            with atomic_path(self.path) as tmp:
+                self.frame.to_csv(tmp, index=False)
+            write_json(self.sidecar, {
+                "schema": SCHEMA, "version": VERSION,
+                "provenance": provenance(device=self.device, dtype=self.dtype, batch=self.batch,
+                                         threads=self.threads, runtime=self.runtime,
+                                         runtime_version=runtime_version(self.runtime), rows=len(self.frame),
+                                         replaced_rows=int(sum(held)), **provenance_fields),
+                "csv": self.path.name,
+            })
+        return int(sum(held))
 
     def _merge_missing(self, other: pd.DataFrame) -> None:
         """Append the rows of ``other`` whose (signature, sizes) this LUT lacks."""
