@@ -264,7 +264,7 @@ class Lut:
         the given keys replaced and the file rewritten atomically; the sidecar records ``replaced_rows`` and
         ``provenance_fields``, each replaced row its new ``created`` time. Returns how many keys were held
         before (the rest are added)."""
-        new = _with_runtime(pd.DataFrame(rows).reindex(columns=[*COLUMNS, RUNTIME_COLUMN]).reset_index(drop=True))
+        new = _with_runtime(pd.DataFrame(rows).reindex(columns=ALL_COLUMNS).reset_index(drop=True))
         Lut(self.path, self.device, self.dtype, self.batch, self.threads, new, runtime=self.runtime).check(
             self.device, self.dtype, self.batch, self.threads, self.runtime)
         if not np.isfinite(new["median_ms"].astype(float)).all():
