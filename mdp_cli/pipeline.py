@@ -392,7 +392,8 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
 
     def do_profile():
         s = stage_profile(cfg, discovered(), progress=progress)
-        return f"{s['measured']} configurations measured, {s['reused']} reused from {s['lut']}"
+        rechecked = f" ({s['rechecked']} re-timed)" if s.get("rechecked") else ""
+        return f"{s['measured']} configurations measured{rechecked}, {s['reused']} reused from {s['lut']}"
 
     # The LUT is content-addressed by its rows: profiling re-runs (cheaply) when the LUT file changed.
     def do_score():

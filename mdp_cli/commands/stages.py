@@ -119,7 +119,8 @@ def profile_command(config, lut_path, shard, quiet, **kw):
     summary = pipeline.stage_profile(cfg, progress=not quiet, lut_path=lut_path, shard=shard)
     part = f", shard {shard[0]}/{shard[1]} ({summary['other_shards']} rows left to other shards)" if shard else ""
     widths = f", widths in multiples of {cfg['space']['multiple']}" if cfg["space"].get("multiple", 1) > 1 else ""
-    click.echo(f"LUT {summary['lut']}: {summary['measured']} configurations measured, {summary['reused']} reused, "
+    rechecked = f" ({summary['rechecked']} re-timed: their passes disagreed)" if summary.get("rechecked") else ""
+    click.echo(f"LUT {summary['lut']}: {summary['measured']} configurations measured{rechecked}, {summary['reused']} reused, "
                f"{summary['seconds']:.1f} s on {summary['device']} ({summary['dtype']}, batch {summary['batch']}, "
                f"{summary['threads']} thread(s), runtime {summary['runtime']}{widths}){part}")
 
