@@ -8,10 +8,10 @@ config is loaded by ``mdp_cli.config.load_config``) for the family-specific part
 
 Config: see ``mdp_cli/config.py`` (YAML, configs/*.yaml; command-line flags override keys).
 
-Run directory: ``space.json``, ``importance.json``, ``problem.json``, ``solution.json``, ``exported/``
-(arch.json, model.safetensors, report.json), ``state.json``. Every stage records the content hash of its
-inputs (its config section, the hashes of the files it read); ``mdp run`` skips a stage whose recorded
-hash equals the current one and whose outputs exist. The LUT lives in ``lut_dir`` (shared across runs and
+Run directory: ``space.json``, ``importance.json``, ``problem.json``, ``solution.json``, ``sweep.json`` (when
+``solve.sweep`` is set), ``exported/`` (arch.json, model.safetensors, report.json), ``state.json``. Every
+stage records the content hash of its inputs (its config section, the hashes of the files it read); ``mdp
+run`` skips a stage whose recorded hash equals the current one and whose outputs exist. The LUT lives in ``lut_dir`` (shared across runs and
 models); profiling only measures rows it lacks.
 """
 
@@ -164,6 +164,20 @@ def stage_solve(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Pat
                              **extra)
     solution.save(out, problem=str(problem_path))
     return solution
+
+
+def stage_sweep(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Path) -> dict[str, Any]:
+    """Solve at every budget of ``solve.sweep`` with the solve section's other options, each budget warm-started
+    from the one below (``solve/sweep.py``), into a sweep JSON (the Pareto front ``mdp report`` plots)."""
+    from mdp_cli.solve import load_problem
+    from mdp_cli.solve.sweep import parse_sweep, save_sweep, solve_sweep
+
+    s = cfg["solve"]
+    options = {k: s[k] for k in ("latency_model", "time_limit", "formulation", "knapsack", "max_params", "max_flops",
+                                 "min_keep", "multiple") if k in s}
+    record = solve_sweep(load_problem(problem_path), parse_sweep(s["sweep"], "solve.sweep"), s["sweep"], **options)
+    save_sweep(out, record, problem=str(problem_path), sweep=s["sweep"])
+    return record
 
 
 def stage_export(cfg: Mapping[str, Any], solution: Mapping[str, Any] | str | Path | None, out_dir: str | Path,
@@ -413,7 +427,18 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
         sol = stage_solve(cfg, paths["problem"], paths["solution"])
         return f"predicted {sol.predicted_latency:.3f} ms of dense {sol.dense_latency:.3f} ms (budget {sol.budget:.3f} ms)"
 
-    step("solve", lambda: _hash_inputs(cfg["solve"], [paths["problem"]]), [paths["solution"]], do_solve)
+    # the sweep is its own stage: changing the range does not re-solve the budget
+    solve_key = {k: v for k, v in cfg["solve"].items() if k != "sweep"}
+    step("solve", lambda: _hash_inputs(solve_key, [paths["problem"]]), [paths["solution"]], do_solve)
+
+    def do_sweep():
+        points = stage_sweep(cfg, paths["problem"], run_dir / "sweep.json")["points"]
+        solved = [p for p in points if p["status"] != "infeasible"]
+        return f"{len(solved)} of {len(points)} budgets solved into {run_dir / 'sweep.json'}"
+
+    if cfg["solve"].get("sweep"):
+        sweep_key = {k: v for k, v in cfg["solve"].items() if k != "budget"}
+        step("sweep", lambda: _hash_inputs(sweep_key, [paths["problem"]]), [run_dir / "sweep.json"], do_sweep)
 
     def do_export():
         report = stage_export(cfg, paths["solution"], run_dir / "exported", paths["importance"], discovered(),
