@@ -100,6 +100,8 @@ def solve_sweep(problem: Problem, budgets: list[float], spec: str = "", **option
         "problem_name": problem.name, "problem_hash": problem.content_hash(), "spec": spec,
         "units": problem.units, "dense_latency": problem.dense_latency, "dense_objective": dense_objective,
         "latency_model": latency_model, "blocks_enabled": bool(blocks),
+        # what else shaped the optima (time limit, gap, constraints), so that the sweep can be re-run exactly
+        "options": {k: v for k, v in options.items() if k not in ("latency_model", "blocks", "verbose")},
         "dims": [{"name": d.name, "size": d.size, "options": list(d.options)} for d in problem.dims],
         "removable_blocks": [b.name for b in problem.blocks if b.removable],
         "points": points,
