@@ -190,6 +190,18 @@ def test_absent_parts_are_named_with_the_command_that_makes_them(run_dir, tmp_pa
     assert len(re.findall(r"<img ", page)) == 1  # the widths plot alone
 
 
+def test_a_sweep_of_another_problem_is_said(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.json", "problem.json", "solution.json", "sweep.json"):
+        shutil.copy(run_dir / name, copy / name)
+    sweep = json.loads((copy / "sweep.json").read_text())
+    sweep["problem_hash"] = "sha256:" + "0" * 64
+    write_json(copy / "sweep.json", sweep)
+    invoke("report", copy)
+    assert "sweep.json was solved for another problem.json" in (copy / "report.html").read_text()
+
+
 def test_run_sweep_is_a_cached_stage_of_its_own(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

@@ -115,7 +115,9 @@ def accuracy_plot(labels: Sequence[str], top1: Sequence[float], curves: Sequence
         ax = axes[0][1]
         for name, epochs, values in curves:
             ax.plot(epochs, values, marker="o", label=name)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        epochs = sorted({e for _, xs, _ in curves for e in xs})
+        if len(epochs) <= 20:
+            ax.set_xticks(epochs)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation top-1 (%)")
         ax.set_title("Finetuning")

@@ -331,10 +331,7 @@ def _refine(found: RunArtifacts) -> str:
     out.append(f"<p>Outcome: <b>{_e(refine['outcome'])}</b> &mdash; {_e(refine['reason'])}</p>")
     rounds = refine["rounds"]
     if rounds:
-        target = refine.get("target_fraction")
-        if not isinstance(target, (int, float)):
-            target = found.exports[0][1].get("budget_fraction") if found.exports else None
-        out.append(_img(plots.refine_plot(rounds, target), "refinement rounds"))
+        out.append(_img(plots.refine_plot(rounds, _refine_target(found)), "refinement rounds"))
     rows = []
     for r in rounds:
         key = f"refine.{r['round']}"
@@ -347,6 +344,17 @@ def _refine(found: RunArtifacts) -> str:
     out.append(_table(("round", "budget solved (of dense)", "predicted (of dense)", "measured (of dense)",
                        "LUT rows re-profiled", "met"), rows))
     return "\n".join(out)
+
+
+def _refine_target(found: RunArtifacts) -> float | None:
+    """The budget the refinement aims at, as a fraction of dense: refine.json's own when it says, else the
+    config's fractional budget, else the export's."""
+    budget = (found.refine or {}).get("target_fraction")
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        budget = ((found.config or {}).get("solve") or {}).get("budget")
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool) and 0 < budget <= 1:
+        return float(budget)
+    return found.exports[0][1].get("budget_fraction") if found.exports else None
 
 
 # ------------------------------------------------------------------------------------------------- commands
