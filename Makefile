@@ -42,6 +42,7 @@ $(BIN)/mdp: pyproject.toml
 # ResNet-18 at 64 px scored on real Fashion-MNIST images; ~30 s on 2 cores after set-up.
 demo: setup
 	$(BIN)/mdp run configs/demo.yaml --run-dir runs/demo
+	$(BIN)/mdp report runs/demo
 
 demo-pipeline: demo
 

@@ -190,6 +190,28 @@ def test_absent_parts_are_named_with_the_command_that_makes_them(run_dir, tmp_pa
     assert len(re.findall(r"<img ", page)) == 1  # the widths plot alone
 
 
+def test_removed_blocks_and_their_dims_are_marked(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.json", "problem.json", "solution.json"):
+        shutil.copy(run_dir / name, copy / name)
+    solution = json.loads((copy / "solution.json").read_text())
+    problem = json.loads((copy / "problem.json").read_text())
+    block = next(b["name"] for b in problem["blocks"] if b["removable"])
+    solution["blocks"][block] = False
+    write_json(copy / "solution.json", solution)
+    invoke("report", copy)
+    page = (copy / "report.html").read_text()
+    found = cells(page)
+    assert found[f"block.{block}"][0] == "removed"
+    assert sum(v[0] == "removed" for k, v in found.items() if k.startswith("block.")) == 1
+    assert f"1 of {len(problem['blocks'])} blocks removed: {block}." in page
+    in_block = [d["name"] for d in problem["dims"] if d.get("block") == block]
+    assert in_block
+    for dim in in_block:
+        assert re.search(f'<tr class="removed"><td>{re.escape(dim)}</td>.*?block removed</td></tr>', page)
+
+
 def test_a_sweep_of_another_problem_is_said(run_dir, tmp_path):
     copy = tmp_path / "run"
     copy.mkdir()
