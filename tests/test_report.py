@@ -19,6 +19,8 @@ from train_helpers import FASHION_MNIST_MISSING
 from mdp_cli.artifacts import write_json
 from mdp_cli.cli import main
 from mdp_cli.config import load_config
+from mdp_cli.report import gather
+from mdp_cli.report.render import render
 
 # the real images when installed (make setup); scikit-learn's digits otherwise (slower to import, always there)
 DATA = "builtin:digits?train=32&val=32" if FASHION_MNIST_MISSING else "builtin:fashion-mnist?train=32&val=32"
@@ -220,8 +222,8 @@ def test_a_sweep_of_another_problem_is_said(run_dir, tmp_path):
     sweep = json.loads((copy / "sweep.json").read_text())
     sweep["problem_hash"] = "sha256:" + "0" * 64
     write_json(copy / "sweep.json", sweep)
-    invoke("report", copy)
-    assert "sweep.json was solved for another problem.json" in (copy / "report.html").read_text()
+    assert gather(copy).notes == ["sweep.json was solved for another problem.json (re-run 'mdp solve RUN_DIR --sweep')"]
+    assert "sweep.json was solved for another problem.json" in render(gather(copy))
 
 
 def test_run_sweep_is_a_cached_stage_of_its_own(run_dir, tmp_path):
