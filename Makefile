@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup setup-data demo demo-pipeline demo-solve test test-slow bench bench-latency clean
+.PHONY: setup setup-data setup-browser demo demo-pipeline demo-solve test test-slow bench bench-latency clean
 
-setup: $(BIN)/mdp setup-data
+setup: $(BIN)/mdp setup-data setup-browser
 
 # builtin:fashion-mnist (the demo/test/bench data) is the Debian package dataset-fashion-mnist (MIT licence).
 setup-data:
@@ -18,6 +18,17 @@ setup-data:
 		echo "make setup: builtin:fashion-mnist needs the Debian package dataset-fashion-mnist;" \
 		     "run 'sudo apt-get install dataset-fashion-mnist', or set MDP_FASHION_MNIST_DIR to a folder" \
 		     "holding the four Fashion-MNIST IDX .gz files (tests that need it are skipped meanwhile)" >&2; \
+	fi
+
+# tests/test_report.py opens the HTML of `mdp report` in headless Chromium (Debian package chromium) to check
+# that it renders with every plot decoded.
+setup-browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "make setup: the report's rendering test needs headless Chromium;" \
+		     "run 'sudo apt-get install chromium' (that test is skipped meanwhile)" >&2; \
 	fi
 
 $(BIN)/mdp: pyproject.toml
@@ -31,6 +42,7 @@ $(BIN)/mdp: pyproject.toml
 # ResNet-18 at 64 px scored on real Fashion-MNIST images; ~30 s on 2 cores after set-up.
 demo: setup
 	$(BIN)/mdp run configs/demo.yaml --run-dir runs/demo
+	$(BIN)/mdp report runs/demo
 
 demo-pipeline: demo
 

@@ -137,4 +137,5 @@ LAZY_COMMANDS = {
     "pareto": "mdp_cli.solve.cli:pareto_command",
     "finetune": "mdp_cli.train.cli:finetune_command",
     "eval": "mdp_cli.train.cli:eval_command",
+    "report": "mdp_cli.report.cli:report_command",
 }

@@ -11,7 +11,8 @@ The resolved config is a plain dict (what ``config.json`` of a run directory hol
     space:   the family's section (CNN: step, max_options, multiple, prune_stem; ViT: steps)
     profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat, runtime}
     score:   {data, batches, batch_size, seed, objective, criterion}
-    solve:   {budget, latency_model, time_limit, formulation, knapsack, max_params, max_flops, min_keep, multiple}
+    solve:   {budget, latency_model, time_limit, formulation, knapsack, max_params, max_flops, min_keep, multiple,
+              sweep}
     export:  {tolerance, onnx, measure, repeats}
     refine:  {enabled, rounds, tolerance, two_sided, repeats}
 """
@@ -67,6 +68,8 @@ class SolveSection:
     max_flops: Union[float, str, None] = setting(None, doc="FLOP cap, same forms")
     min_keep: Optional[float] = setting(None, min=0, doc="no dim below this fraction of its size (0.25)")
     multiple: Optional[int] = setting(None, min=1, doc="every kept width a multiple of this")
+    # `mdp run` also solves every budget of this range into sweep.json (the Pareto front of `mdp report`)
+    sweep: Union[str, float, None] = setting(None, doc="budgets start:stop:step (0.3:0.9:0.1) or a comma list (0.3,0.5)")
 
 
 @dataclasses.dataclass
@@ -193,6 +196,10 @@ def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
         **{name: dataclasses.asdict(section) for name, section in sections.items()},
     }
     cfg["profile"]["grid"] = family.parse_grid(cfg["profile"]["grid"], where)
+    if cfg["solve"]["sweep"] is not None:
+        from mdp_cli.solve.sweep import parse_sweep
+
+        parse_sweep(cfg["solve"]["sweep"], f"{where}: solve.sweep (--sweep)")  # a bad range fails before any stage
     gpu_width_default(cfg, given)
     for key in ("run_dir", "name"):
         if top[key] is not None:

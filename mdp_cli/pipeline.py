@@ -8,9 +8,10 @@ config is loaded by ``mdp_cli.config.load_config``) for the family-specific part
 
 Config: see ``mdp_cli/config.py`` (YAML, configs/*.yaml; command-line flags override keys).
 
-Run directory: ``space.json``, ``importance.json``, ``problem.json``, ``solution.json``, ``exported/``
-(arch.json, model.safetensors, report.json), ``state.json``; with ``refine.enabled`` (``--refine``) the
-export stage is the closed loop of ``mdp_cli/refine.py`` (``refine/roundK/``, ``refine.json``; docs/refine.md). Every stage records the content hash of its
+Run directory: ``space.json``, ``importance.json``, ``problem.json``, ``solution.json``, ``sweep.json`` (when
+``solve.sweep`` is set), ``exported/`` (arch.json, model.safetensors, report.json), ``state.json``; with
+``refine.enabled`` (``--refine``) the export stage is the closed loop of ``mdp_cli/refine.py``
+(``refine/roundK/``, ``refine.json``; docs/refine.md). Every stage records the content hash of its
 inputs (its config section, the hashes of the files it read); ``mdp run`` skips a stage whose recorded
 hash equals the current one and whose outputs exist. The LUT lives in ``lut_dir`` (shared across runs and
 models); profiling only measures rows it lacks.
@@ -165,6 +166,20 @@ def stage_solve(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Pat
                              **extra)
     solution.save(out, problem=str(problem_path))
     return solution
+
+
+def stage_sweep(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Path) -> dict[str, Any]:
+    """Solve at every budget of ``solve.sweep`` with the solve section's other options, each budget warm-started
+    from the one below (``solve/sweep.py``), into a sweep JSON (the Pareto front ``mdp report`` plots)."""
+    from mdp_cli.solve import load_problem
+    from mdp_cli.solve.sweep import parse_sweep, save_sweep, solve_sweep
+
+    s = cfg["solve"]
+    options = {k: s[k] for k in ("latency_model", "time_limit", "formulation", "knapsack", "max_params", "max_flops",
+                                 "min_keep", "multiple") if k in s}
+    record = solve_sweep(load_problem(problem_path), parse_sweep(s["sweep"], "solve.sweep"), s["sweep"], **options)
+    save_sweep(out, record, problem=str(problem_path), sweep=s["sweep"])
+    return record
 
 
 def stage_export(cfg: Mapping[str, Any], solution: Mapping[str, Any] | str | Path | None, out_dir: str | Path,
@@ -408,6 +423,13 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
         sol = stage_solve(cfg, paths["problem"], paths["solution"])
         return f"predicted {sol.predicted_latency:.3f} ms of dense {sol.dense_latency:.3f} ms (budget {sol.budget:.3f} ms)"
 
+    solve_key = {k: v for k, v in cfg["solve"].items() if k != "sweep"}
+
+    def do_sweep():
+        points = stage_sweep(cfg, paths["problem"], run_dir / "sweep.json")["points"]
+        solved = [p for p in points if p["status"] != "infeasible"]
+        return f"{len(solved)} of {len(points)} budgets solved into {run_dir / 'sweep.json'}"
+
     def table_stages(last: str) -> None:
         """profile, problem, solve: the stages that read the LUT (and score, the first time)."""
         # The LUT is shared by every model and run: its rows are inputs, not this run's outputs.
@@ -416,7 +438,8 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
         step("problem", lambda: _hash_inputs([model_key, cfg["profile"]["stat"]], [lut, paths["importance"]]),
              [paths["problem"]], do_problem)
         if last != "problem":
-            step("solve", lambda: _hash_inputs(cfg["solve"], [paths["problem"]]), [paths["solution"]], do_solve)
+            # the sweep is its own stage: changing the range does not re-solve the budget
+            step("solve", lambda: _hash_inputs(solve_key, [paths["problem"]]), [paths["solution"]], do_solve)
 
     table_stages(until)
     if until == "problem":
@@ -453,6 +476,9 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
     else:
         step("export", lambda: _hash_inputs([model_key, cfg["export"], cfg["profile"]],
                                             [paths["solution"], paths["importance"]]), export_files, do_export)
+    if cfg["solve"].get("sweep"):  # after refine, which may have re-measured rows of the problem
+        sweep_key = {k: v for k, v in cfg["solve"].items() if k != "budget"}
+        step("sweep", lambda: _hash_inputs(sweep_key, [paths["problem"]]), [run_dir / "sweep.json"], do_sweep)
     report_path = run_dir / "exported" / "report.json"
     report = read_json(report_path, "mdp.export_report", 1) if report_path.is_file() else result
     if report.get("measured_ms") is not None:

@@ -18,7 +18,7 @@ FLAGS = {"space.step": "--step", "space.max_options": "--max-options", "space.mu
          "profile.dtype": "--dtype", "profile.device": "--device", "profile.stat": "--stat", "profile.runtime": "--runtime",
          "profile.repeats": "--repeats", "profile.warmup": "--warmup", "score.batches": "--batches",
          "score.batch_size": "--batch-size", "score.seed": "--seed", "score.data": "--data",
-         "solve.budget": "--budget", "export.tolerance": "--tolerance", "refine.enabled": "--refine",
+         "solve.budget": "--budget", "solve.sweep": "--sweep", "export.tolerance": "--tolerance", "refine.enabled": "--refine",
          "refine.rounds": "--refine-rounds", "refine.tolerance": "--refine-tolerance", "resolution": "--resolution"}
 
 

@@ -13,6 +13,7 @@ RANKS = {
     "": 0,  # mdp_cli/__init__.py
     "errors": 0, "artifacts": 0, "settings": 0, "models": 0, "model_names": 0, "weights": 0, "data": 0,
     "solve": 0,  # independent of the model layers; see test_solver_imports_no_torch
+    "report": 0,  # reads artifacts only (base and solve): no torch, no family; see test_report_imports_no_torch
     "modules": 1,
     "space": 2,
     "latency": 3,
@@ -22,7 +23,7 @@ RANKS = {
     "families": 6,
     "config": 7,
     "pipeline": 8, "refine": 8,
-    "solve.cli": 9, "train.cli": 9, "commands": 9, "cli": 9, "__main__": 9,
+    "solve.cli": 9, "train.cli": 9, "report.cli": 9, "commands": 9, "cli": 9, "__main__": 9,
 }
 
 
@@ -77,7 +78,15 @@ def test_the_pipeline_and_cli_never_name_a_family():
 
 
 def test_solver_imports_no_torch():
-    for path in sorted((PACKAGE / "solve").rglob("*.py")):
+    _no_torch_under("solve")
+
+
+def test_report_imports_no_torch():
+    _no_torch_under("report")
+
+
+def _no_torch_under(package: str) -> None:
+    for path in sorted((PACKAGE / package).rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)

@@ -74,7 +74,7 @@ def _config(config: Path | None, kw: dict[str, Any], weights: bool = False) -> d
     refine = {"enabled": kw.pop("refine", None), "rounds": kw.pop("refine_rounds", None),
               "tolerance": kw.pop("refine_tolerance", None)}
     over["refine"] = {k: v for k, v in refine.items() if v is not None}
-    for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion")), ("solve", ("budget",)),
+    for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion")), ("solve", ("budget", "sweep")),
                           ("export", ("tolerance", "onnx", "measure"))):
         over[section] = {k: kw.pop(k) for k in keys if kw.get(k) is not None}
     cfg = pipeline.load_config(config, over)
@@ -191,6 +191,8 @@ def export_command(config, solution, importance, output, **kw):
               help="Run directory (default runs/<config name>).")
 @click.option("--force", is_flag=True, help="Re-run every stage even if its inputs did not change.")
 @click.option("--budget", help="Override solve.budget (0.5, 50%, 12ms).")
+@click.option("--sweep", help="Override solve.sweep: also solve every budget of start:stop:step (0.3:0.9:0.1) or "
+                              "a comma list into sweep.json (the Pareto front of 'mdp report').")
 @click.option("--model", "-m")
 @click.option("--resolution", "-r", type=int)
 @click.option("--pretrained", "--weights", "pretrained", type=click.Path(dir_okay=False),

@@ -42,19 +42,31 @@ def example_problem_path() -> Path:
 @click.option("--max-flops", help="Also cap the FLOPs (4G); needs 'flops' counts in the problem.")
 @click.option("--min-keep", type=float, help="Keep at least this fraction of every dim (0.25).")
 @click.option("--multiple", type=int, help="Every width a multiple of this (8); full sizes always allowed.")
+@click.option("--sweep", help="Solve at every budget of start:stop:step (0.3:0.9:0.1, stop included) or a comma "
+                              "list (0.3,0.5,0.7), warm-starting each from the one below; writes a sweep JSON "
+                              "(-o, default sweep.json beside the problem) instead of a solution.")
 def solve_command(problem, example, budget, output, latency_model, no_blocks, time_limit, rel_gap, formulation,
-                  knapsack, threads, verbose, show_dims, max_params, max_flops, min_keep, multiple):
+                  knapsack, threads, verbose, show_dims, max_params, max_flops, min_keep, multiple, sweep):
     """Choose every dim's size and every block's fate to keep the most importance within the budget.
 
     PROBLEM is a problem JSON, a run directory (its problem.json is rebuilt if out of date) or a YAML
     pipeline config (profile, score and problem stages run first, skipping unchanged ones)."""
+    options = dict(latency_model=latency_model, blocks=not no_blocks, time_limit=time_limit, rel_gap=rel_gap,
+                   threads=threads, verbose=verbose, formulation=formulation, knapsack=knapsack,
+                   max_params=max_params, max_flops=max_flops, min_keep=min_keep, multiple=multiple)
+    if sweep is not None:
+        from mdp_cli.solve.sweep import parse_sweep
+
+        budgets = parse_sweep(sweep)  # a bad spec is reported before any problem is built
+        if click.get_current_context().get_parameter_source("budget").name == "COMMANDLINE":
+            raise MdpError("--budget and --sweep both given; --sweep solves every budget of its range, drop --budget")
+        path = _problem_path(problem, example)
+        _solve_sweep(path, example, budgets, sweep, output, options)
+        return
     path = _problem_path(problem, example)
     loaded = load_problem(path)
     try:
-        solution = solve_problem(loaded, budget, latency_model=latency_model, blocks=not no_blocks,
-                                 time_limit=time_limit, rel_gap=rel_gap, threads=threads, verbose=verbose,
-                                 formulation=formulation, knapsack=knapsack, max_params=max_params,
-                                 max_flops=max_flops, min_keep=min_keep, multiple=multiple)
+        solution = solve_problem(loaded, budget, **options)
     except MdpError as exc:  # name the problem file in solver errors too
         raise type(exc)(f"{path}: {exc}") from None
     click.echo(f"problem     {path} ({loaded.name}, {len(loaded.dims)} dims, {len(loaded.terms)} latency terms, "
@@ -66,6 +78,33 @@ def solve_command(problem, example, budget, output, latency_model, no_blocks, ti
     _echo_dims(loaded, solution, show_dims)
     if output:
         solution.save(output, problem=str(path), budget_arg=str(budget))
+        click.echo(f"wrote       {output}")
+
+
+def _solve_sweep(path: Path, example: bool, budgets: list[float], spec: str, output: Path | None,
+                 options: dict) -> None:
+    """``mdp solve --sweep``: every budget, one table, one sweep artifact."""
+    from mdp_cli.solve.sweep import save_sweep, solve_sweep
+
+    loaded = load_problem(path)
+    try:
+        record = solve_sweep(loaded, budgets, spec, **options)
+    except MdpError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    click.echo(f"problem     {path} ({loaded.name}, {len(loaded.dims)} dims, {len(loaded.blocks)} blocks), "
+               f"{len(budgets)} budgets")
+    click.echo(f"{'budget':>7}  {'status':<16}  {'latency':>10}  {'of dense':>8}  {'importance':>10}  {'removed':>7}")
+    for p in record["points"]:
+        if p["status"] == "infeasible":
+            click.echo(f"{p['budget']:>7.3g}  {'infeasible':<16}  (below the smallest reachable latency)")
+            continue
+        removed = sum(not k for k in p["blocks"].values())
+        click.echo(f"{p['budget']:>7.3g}  {p['status']:<16}  {p['predicted_latency']:>7.4g} {loaded.units:<2}  "
+                   f"{p['latency_fraction']:>8.1%}  {p['importance_fraction'] or 0:>10.1%}  {removed:>7}")
+    if output is None and not example:
+        output = path.parent / "sweep.json"
+    if output is not None:
+        save_sweep(output, record, problem=str(path), sweep=spec)
         click.echo(f"wrote       {output}")
 
 

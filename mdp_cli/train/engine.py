@@ -226,9 +226,11 @@ def evaluate(model_spec: str, data: str, *, split: str = "val", pretrained: str 
         metrics = _run_eval(model, loader, ctx, _amp_dtype(amp, ctx), str(data), progress)
         result = {
             "schema": EVAL_SCHEMA, "version": 1,
+            # every option that shapes the numbers, so that `mdp report` can print the command that reproduces them
             "provenance": provenance(stage="eval", model=loaded.source, data=str(parse_spec(data)), split=split,
                                      device=str(ctx.device), batch_size=batch_size,
-                                     threads=torch.get_num_threads(), world_size=ctx.world_size),
+                                     threads=torch.get_num_threads(), world_size=ctx.world_size, limit=limit,
+                                     pretrained=pretrained, num_classes=num_classes, img_size=img_size, amp=amp),
             "weights": loaded.weights, "input": _input_summary(dcfg, loaded.input_from),
             **metrics,
         }
