@@ -220,9 +220,11 @@ class PreparedSolver:
         problem, info, knapsack = self.problem, self.info, self.knapsack
         info.update(formulation="hub", knapsack=knapsack, engine="dp" if knapsack == "dp" else "highs via pyomo",
                     model_size={"hub_dims": list(structure.hub),
-                                "hub_assignments": int(np.prod(structure.hub_shape)),
+                                "hub_assignments": structure.assignments,
                                 "blocks": len(structure.groups),
-                                "configurations": int(sum(len(g.configs.latency) for g in structure.groups))})
+                                "enumerated_configurations": int(sum(len(g.configs.latency) for g in structure.groups
+                                                                     if g.configs is not None)),
+                                "lazily_enumerated_blocks": sum(g.configs is None for g in structure.groups)})
         self._smallest = lambda: decomposed_minimum_latency(structure)
 
         def search(target: float, incumbent: Incumbent | None, budget_value: float) -> _Outcome:
