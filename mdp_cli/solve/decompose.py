@@ -38,9 +38,13 @@ from mdp_cli.solve.configurations import MAX_ENUMERATED_CELLS, BlockConfigs, bro
 from mdp_cli.solve.knapsack import KnapsackGroup, lp_bound, solve_mckp
 from mdp_cli.solve.problem import Problem
 
-# The largest table (cells, per multiplier) the bound elimination may build, over hub dims or inside a
-# lazily enumerated block; a hub that needs larger ones goes to the monolithic MILP.
+# The largest table (cells, per multiplier) the bound elimination may build over hub dims (all are kept)
+# and inside a lazily enumerated block (built in chunks of multipliers, then dropped); a problem that
+# needs larger ones goes to the monolithic MILP.
 MAX_BUCKET_CELLS = 2_000_000
+MAX_BLOCK_BUCKET_CELLS = 8_000_000
+# A lazily enumerated block's grid at one interface value (its private dims) is at most this large.
+MAX_FRONT_CELLS = 2_000_000
 # Hubs up to this many assignments get the exact LP bound of each up front.
 EXACT_BOUNDS_UP_TO = 16
 _LAGRANGE_MULTIPLIERS = 48
@@ -164,9 +168,10 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
         configs = None
         if grid <= MAX_ENUMERATED_CELLS:
             configs = enumerate_block(name, interface, private, terms, entries, problem)
-        elif math.prod(len(problem.dim(d).options) for d in private) > MAX_ENUMERATED_CELLS or \
+        elif math.prod(len(problem.dim(d).options) for d in private) > MAX_FRONT_CELLS or \
                 _elimination_order(_scopes(terms, entries, interface + private, problem),
-                                   range(len(interface), len(interface) + len(private))) is None:
+                                   range(len(interface), len(interface) + len(private)),
+                                   most=MAX_BLOCK_BUCKET_CELLS) is None:
             return None
         group = _Group(name, name in removable, interface, private, interface_shape, terms, entries, configs)
         if configs is not None:
@@ -204,9 +209,9 @@ def _scopes(terms, entries, axes: tuple[str, ...], problem: Problem) -> tuple[li
     return scopes, sizes
 
 
-def _elimination_order(scopes, axes, sizes=None) -> list[int] | None:
+def _elimination_order(scopes, axes, sizes=None, most: int = MAX_BUCKET_CELLS) -> list[int] | None:
     """Greedy elimination order of ``axes`` (each step: the axis whose bucket table is smallest), or None
-    if some bucket would exceed MAX_BUCKET_CELLS. ``scopes``: the axes each table spans."""
+    if some bucket would exceed ``most`` cells. ``scopes``: the axes each table spans."""
     if sizes is None:
         scopes, sizes = scopes
     scopes = [set(s) for s in scopes if s]
@@ -215,7 +220,7 @@ def _elimination_order(scopes, axes, sizes=None) -> list[int] | None:
         def cells(axis):
             return math.prod(sizes[a] for a in set().union(*(s for s in scopes if axis in s), {axis}))
         axis = min(remaining, key=lambda a: (cells(a), a))
-        if cells(axis) > MAX_BUCKET_CELLS:
+        if cells(axis) > most:
             return None
         inside = [s for s in scopes if axis in s]
         scopes = [s for s in scopes if axis not in s] + [set().union(*inside, {axis}) - {axis}]
@@ -318,7 +323,7 @@ def _eliminated_table(group: _Group, problem: Problem, multipliers: np.ndarray, 
     axes = group.interface + group.private
     entries = group.entries if with_importance else []
     order = _elimination_order(_scopes(group.terms, entries, axes, problem),
-                               range(len(group.interface), len(axes)))
+                               range(len(group.interface), len(axes)), most=MAX_BLOCK_BUCKET_CELLS)
     sizes = [len(problem.dim(d).options) for d in axes]
     largest = _largest_bucket(group, entries, axes, order, problem)
     chunk = max(1, _CHUNK_FLOATS // max(1, largest))
@@ -329,7 +334,8 @@ def _eliminated_table(group: _Group, problem: Problem, multipliers: np.ndarray, 
         factors += [_hub_rank(e.values, (e.dim,), axes)[None] for e in entries]
         for axis in order:
             inside = [f for f in factors if f.shape[1 + axis] > 1]
-            factors = [f for f in factors if f.shape[1 + axis] == 1] + [sum(inside).max(axis=1 + axis, keepdims=True)]
+            if inside:  # (a dim that only importance left out here depends on drops out)
+                factors = [f for f in factors if f.shape[1 + axis] == 1] + [sum(inside).max(axis=1 + axis, keepdims=True)]
         total = sum(factors) + np.zeros((lam.shape[0],) + tuple(sizes[:len(group.interface)]) + (1,) * len(group.private))
         out.append(total.reshape((lam.shape[0],) + group.interface_shape))
     return np.concatenate(out)
@@ -381,13 +387,14 @@ def _hub_tables(structure: HubStructure, multipliers: np.ndarray, with_importanc
     return tables
 
 
-def _eliminate(tables: list[np.ndarray], order: list[int]) -> tuple[dict, dict, np.ndarray]:
+def _eliminate(tables: list[np.ndarray], order: list[int], shape: tuple[int, ...]) -> tuple[dict, dict, np.ndarray]:
     """Bucket elimination (max) of the hub axes in ``order``: buckets, messages and the root value."""
     buckets, messages = {}, {}
     for axis in order:
         inside = [t for t in tables if t.shape[1 + axis] > 1]
         tables = [t for t in tables if t.shape[1 + axis] == 1]
-        buckets[axis] = sum(inside)
+        width = tuple(n if i == axis else 1 for i, n in enumerate(shape))
+        buckets[axis] = sum(inside, np.zeros((1,) + width))  # (zeros: a dim nothing here depends on)
         messages[axis] = buckets[axis].max(axis=1 + axis, keepdims=True)
         tables.append(messages[axis])
     return buckets, messages, sum(tables).reshape(-1)
@@ -407,7 +414,7 @@ def _prepare_bounds(structure: HubStructure) -> _Bounds:
         count = int(min(_LAGRANGE_MULTIPLIERS, max(_MIN_MULTIPLIERS, _BOUND_FLOATS // max(1, cells))))
         multipliers = np.unique(np.concatenate([[0.0], np.quantile(_front_slopes(structure),
                                                                    np.linspace(0, 1, count - 1))]))
-        buckets, messages, root = _eliminate(_hub_tables(structure, multipliers), structure.order)
+        buckets, messages, root = _eliminate(_hub_tables(structure, multipliers), structure.order, hub_shape)
         structure.bounds = _Bounds(multipliers, buckets, messages, root)
     return structure.bounds
 
@@ -415,7 +422,8 @@ def _prepare_bounds(structure: HubStructure) -> _Bounds:
 def minimum_latency(structure: HubStructure) -> float:
     """Smallest reachable latency: every block at its cheapest (or removed), over the best hub assignment
     (the same elimination with importance left out and one multiplier)."""
-    _, _, root = _eliminate(_hub_tables(structure, np.ones(1), with_importance=False), structure.order)
+    _, _, root = _eliminate(_hub_tables(structure, np.ones(1), with_importance=False), structure.order,
+                           structure.hub_shape)
     return float(-root[0])
 
 
