@@ -65,6 +65,7 @@ class _Front:
     latency: np.ndarray
     importance: np.ndarray
     knapsack: KnapsackGroup
+    counts: dict = dataclasses.field(default_factory=dict)  # count name -> per configuration
 
 
 @dataclasses.dataclass
@@ -90,7 +91,7 @@ class _Bounds:
     maximised over that dim); ``root`` is the Lagrangian maximised over the whole hub, without the
     ``lam * budget`` term. Tables are shaped (multiplier, *hub) with 1 on the axes they do not span."""
 
-    multipliers: np.ndarray
+    multipliers: np.ndarray  # (row, 1 + resources): the weights of latency and of each count
     buckets: dict
     messages: dict
     root: np.ndarray
@@ -109,6 +110,11 @@ class HubStructure:
     order: list[int]  # hub axes (more than one option) in elimination order
     problem: Problem
     bounds: _Bounds | None = None
+    # Counts beside latency that a constraint caps ("params", "flops"): their ungated tables and constants.
+    resources: tuple[str, ...] = ()
+    base_resources: dict = dataclasses.field(default_factory=dict)
+    constant_resources: dict = dataclasses.field(default_factory=dict)
+    bounds_limits: np.ndarray | None = None
 
     @property
     def assignments(self) -> int:
@@ -119,6 +125,10 @@ class HubStructure:
         latency = self.constant_latency + sum(float(t[_at(t, assignment)]) for t in self.base_latency)
         importance = self.constant_importance + sum(float(t[_at(t, assignment)]) for t in self.base_importance)
         return latency, importance
+
+    def base_counts_at(self, assignment: tuple[int, ...]) -> dict[str, float]:
+        return {name: self.constant_resources[name] + sum(float(t[_at(t, assignment)]) for t in tables)
+                for name, tables in self.base_resources.items()}
 
 
 def _at(table: np.ndarray, assignment, offset: int = 0) -> tuple:
@@ -131,9 +141,10 @@ def _hub_rank(table: np.ndarray, dims: tuple[str, ...], hub: tuple[str, ...]) ->
         tuple(table.shape[dims.index(d)] if d in dims else 1 for d in hub))
 
 
-def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) -> HubStructure | None:
+def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool,
+            resources: tuple[str, ...] = ()) -> HubStructure | None:
     """Return the hub structure if the problem decomposes into shared dims plus per-block choices whose
-    bound tables stay small, else None."""
+    bound tables stay small, else None. ``resources``: counts to carry beside latency (for caps)."""
     removable = {b.name for b in problem.blocks if b.removable and blocks_enabled}
     users: dict[str, set] = defaultdict(set)  # dim -> groups (block names, None for ungated)
     for term in latency_problem.terms:
@@ -167,7 +178,9 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
         grid = math.prod(len(problem.dim(d).options) for d in dims_used)
         configs = None
         if grid <= MAX_ENUMERATED_CELLS:
-            configs = enumerate_block(name, interface, private, terms, entries, problem)
+            configs = enumerate_block(name, interface, private, terms, entries, problem, resources)
+        elif resources:
+            return None
         elif math.prod(len(problem.dim(d).options) for d in private) > MAX_FRONT_CELLS or \
                 _elimination_order(_scopes(terms, entries, interface + private, problem),
                                    range(len(interface), len(interface) + len(private)),
@@ -182,10 +195,14 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
         groups.append(group)
 
     base_latency, base_importance = [], []
+    base_resources: dict[str, list] = {name: [] for name in resources}
     constant_latency, constant_importance = latency_problem.constant_latency, 0.0
     for term in latency_problem.terms:
         if term.block is None and id(term) not in in_parts:
             base_latency.append(_hub_rank(term.table, term.dims, hub))
+            for name in resources:
+                if name in term.resources:
+                    base_resources[name].append(_hub_rank(np.asarray(term.resources[name]), term.dims, hub))
     for entry in problem.importance:
         if entry.block is None and entry.dim not in fixed_only:
             # ungated importance of a dim nothing else uses is constant: take it whole
@@ -199,7 +216,8 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool) ->
     if order is None:
         return None
     return HubStructure(hub, hub_shape, groups, base_latency, base_importance, constant_latency,
-                        constant_importance, order, problem)
+                        constant_importance, order, problem, None, tuple(resources), base_resources,
+                        {name: 0.0 for name in resources})
 
 
 def _scopes(terms, entries, axes: tuple[str, ...], problem: Problem) -> tuple[list[set], tuple[int, ...]]:
@@ -265,13 +283,15 @@ def _front(group: _Group, value: int, problem: Problem) -> _Front:
         rows = group.rows.get(value, np.zeros(0, int))
         private_index, latency, importance = (group.configs.private_index[rows], group.configs.latency[rows],
                                               group.configs.importance[rows])
+        counts = {name: values[rows] for name, values in group.configs.resources.items()}
     else:
         at = dict(zip(group.interface, np.unravel_index(value, group.interface_shape))) if group.interface else {}
         configs = enumerate_block(group.name, (), group.private, _restricted(group.terms, at),
                                   [e for e in group.entries if e.dim not in at], problem)
         extra = sum(float(e.values[at[e.dim]]) for e in group.entries if e.dim in at)
         private_index, latency, importance = configs.private_index, configs.latency, configs.importance + extra
-    front = _Front(private_index, latency, importance, KnapsackGroup(latency, importance, group.removable))
+        counts = {}
+    front = _Front(private_index, latency, importance, KnapsackGroup(latency, importance, group.removable), counts)
     group.fronts[value] = front
     return front
 
@@ -296,10 +316,11 @@ def _fronts(structure: HubStructure, assignment: tuple[int, ...]) -> list[_Front
 
 # -- bounds ------------------------------------------------------------------------------------------
 
-def _group_table(group: _Group, problem: Problem, multipliers: np.ndarray, with_importance: bool = True) -> np.ndarray:
-    """max(0 if removable, max over the block's configurations of importance - lam * latency) for every
-    multiplier and interface value: an array (multiplier, *interface shape)."""
-    n = multipliers.size
+def _group_table(group: _Group, problem: Problem, weights: np.ndarray, with_importance: bool = True) -> np.ndarray:
+    """max(0 if removable, max over the block's configurations of importance - lam * latency (- mu * each
+    count)) for every row of ``weights`` (lam, mu...) and interface value: (row, *interface shape)."""
+    n = weights.shape[0]
+    multipliers = weights[:, 0]
     cells = max(1, math.prod(group.interface_shape))
     if group.configs is not None:
         configs = group.configs
@@ -308,8 +329,10 @@ def _group_table(group: _Group, problem: Problem, multipliers: np.ndarray, with_
             index = configs.interface_index  # rows come grouped by interface value (enumerate_block)
             starts = np.flatnonzero(np.concatenate([[True], index[1:] != index[:-1]]))
             gains = (configs.importance if with_importance else np.zeros_like(configs.latency))
-            per_value = np.maximum.reduceat(gains[None, :] - multipliers[:, None] * configs.latency[None, :],
-                                            starts, axis=1)
+            values = gains[None, :] - multipliers[:, None] * configs.latency[None, :]
+            for r, name in enumerate(sorted(configs.resources)):
+                values -= weights[:, 1 + r, None] * configs.resources[name][None, :]
+            per_value = np.maximum.reduceat(values, starts, axis=1)
             table[:, index[starts]] = per_value
         table = table.reshape((n,) + group.interface_shape)
     else:
@@ -371,19 +394,25 @@ def _front_slopes(structure: HubStructure) -> np.ndarray:
     return slopes[:: max(1, slopes.size // 200_000)]
 
 
-def _hub_tables(structure: HubStructure, multipliers: np.ndarray, with_importance: bool = True) -> list[np.ndarray]:
-    """Every table of the hub Lagrangian (multiplier, *hub), the constants folded into the first."""
+def _hub_tables(structure: HubStructure, weights: np.ndarray, with_importance: bool = True) -> list[np.ndarray]:
+    """Every table of the hub Lagrangian (row of weights, *hub), the constants folded into the first."""
     hub, shape, problem = structure.hub, structure.hub_shape, structure.problem
-    lam = multipliers.reshape((-1,) + (1,) * len(hub))
-    constant = (structure.constant_importance if with_importance else 0.0) - lam * structure.constant_latency
-    tables = [constant + np.zeros((multipliers.size,) + (1,) * len(hub))]
-    tables += [-lam * t[None] for t in structure.base_latency]
+    rows = weights.shape[0]
+
+    def weight(column: int) -> np.ndarray:
+        return weights[:, column].reshape((-1,) + (1,) * len(hub))
+
+    constant = (structure.constant_importance if with_importance else 0.0) - weight(0) * structure.constant_latency
+    tables = [constant + np.zeros((rows,) + (1,) * len(hub))]
+    tables += [-weight(0) * t[None] for t in structure.base_latency]
+    for r, name in enumerate(structure.resources):
+        tables[0] = tables[0] - weight(1 + r) * structure.constant_resources[name]
+        tables += [-weight(1 + r) * t[None] for t in structure.base_resources[name]]
     if with_importance:
         tables += [t[None] for t in structure.base_importance]
     for group in structure.groups:
-        table = _group_table(group, problem, multipliers, with_importance)
-        tables.append(table.reshape((multipliers.size,) + tuple(n if d in group.interface else 1
-                                                                 for d, n in zip(hub, shape))))
+        table = _group_table(group, problem, weights, with_importance)
+        tables.append(table.reshape((rows,) + tuple(n if d in group.interface else 1 for d, n in zip(hub, shape))))
     return tables
 
 
@@ -400,8 +429,13 @@ def _eliminate(tables: list[np.ndarray], order: list[int], shape: tuple[int, ...
     return buckets, messages, sum(tables).reshape(-1)
 
 
-def _prepare_bounds(structure: HubStructure) -> _Bounds:
+def _prepare_bounds(structure: HubStructure, limits: np.ndarray) -> _Bounds:
+    """The bound tables; with capped counts their multipliers are fitted to ``limits`` (budget, caps), so
+    they are rebuilt when the limits change."""
+    if structure.bounds is not None and structure.resources and not np.array_equal(structure.bounds_limits, limits):
+        structure.bounds = None
     if structure.bounds is None:
+        structure.bounds_limits = limits
         problem, hub_shape = structure.problem, structure.hub_shape
         cells = sum(math.prod(g.interface_shape) for g in structure.groups)
         scopes = [{i for i, n in enumerate(t.shape) if n > 1} for t in structure.base_latency + structure.base_importance]
@@ -412,17 +446,62 @@ def _prepare_bounds(structure: HubStructure) -> _Bounds:
             cells += math.prod(hub_shape[a] for a in union)
             scopes = [s for s in scopes if axis not in s] + [union - {axis}]
         count = int(min(_LAGRANGE_MULTIPLIERS, max(_MIN_MULTIPLIERS, _BOUND_FLOATS // max(1, cells))))
-        multipliers = np.unique(np.concatenate([[0.0], np.quantile(_front_slopes(structure),
-                                                                   np.linspace(0, 1, count - 1))]))
+        # Quantiles by sorting (np.quantile's first call imports numpy.ma: 20 ms of a small solve).
+        slopes = np.sort(_front_slopes(structure))
+        quantiles = slopes[np.round(np.linspace(0, slopes.size - 1, count - 1)).astype(int)]
+        multipliers = np.unique(np.concatenate([[0.0], quantiles]))[:, None]
+        if structure.resources:
+            multipliers = _weights_for_counts(structure, multipliers[:, 0], limits)
         buckets, messages, root = _eliminate(_hub_tables(structure, multipliers), structure.order, hub_shape)
         structure.bounds = _Bounds(multipliers, buckets, messages, root)
     return structure.bounds
 
 
+def _weights_for_counts(structure: HubStructure, lambdas: np.ndarray, limits: np.ndarray, keep: int = 128) -> np.ndarray:
+    """Rows (lam, mu_1, ...) of multipliers for a problem whose counts are capped too. Every row gives a
+    valid bound; the tight ones are near the minimiser of the dual ``w . limits + max(Lagrangian)``. So: a
+    coarse grid (latency multipliers at the front-slope quantiles, count multipliers at quantiles of
+    importance per unit of each count), then two finer grids around the best row found; the ``keep``
+    rows of least dual value are kept."""
+    columns = [np.unique(lambdas[np.round(np.linspace(0, lambdas.size - 1, 8)).astype(int)])]
+    for name in structure.resources:
+        ratios = [g.configs.importance / g.configs.resources[name] for g in structure.groups
+                  if g.configs is not None and g.configs.latency.size]
+        ratios = np.concatenate(ratios) if ratios else np.zeros(1)
+        ratios = np.sort(ratios[np.isfinite(ratios) & (ratios > 0)])
+        grid = ratios[np.round(np.linspace(0, ratios.size - 1, 5)).astype(int) * (ratios.size > 0)] * 0.5 \
+            if ratios.size else np.zeros(0)
+        columns.append(np.unique(np.concatenate([[0.0], grid])))
+    rows = np.array(list(itertools.product(*columns)), dtype=float)
+    evaluated = [rows]
+    values = [_dual_values(structure, rows, limits)]
+    for factors in ((0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0), (0.9, 0.95, 1.0, 1.05, 1.1)):
+        best = evaluated[-1][np.argmin(values[-1])] if len(evaluated) == 1 else \
+            np.concatenate(evaluated)[np.argmin(np.concatenate(values))]
+        columns = []
+        for c, value in enumerate(best):
+            smallest = min((v for v in np.concatenate(evaluated)[:, c] if v > 0), default=1.0)
+            columns.append(np.unique(np.array(factors) * value) if value > 0 else
+                           np.array([0.0, 0.25 * smallest, 0.5 * smallest]))
+        rows = np.array(list(itertools.product(*columns)), dtype=float)
+        evaluated.append(rows)
+        values.append(_dual_values(structure, rows, limits))
+    rows, values = np.concatenate(evaluated), np.concatenate(values)
+    order = np.argsort(values, kind="stable")[:keep]
+    return rows[order]
+
+
+def _dual_values(structure: HubStructure, weights: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    _, _, root = _eliminate(_hub_tables(structure, weights), structure.order, structure.hub_shape)
+    return weights @ limits + root
+
+
 def minimum_latency(structure: HubStructure) -> float:
     """Smallest reachable latency: every block at its cheapest (or removed), over the best hub assignment
     (the same elimination with importance left out and one multiplier)."""
-    _, _, root = _eliminate(_hub_tables(structure, np.ones(1), with_importance=False), structure.order,
+    weights = np.zeros((1, 1 + len(structure.resources)))
+    weights[0, 0] = 1.0
+    _, _, root = _eliminate(_hub_tables(structure, weights, with_importance=False), structure.order,
                            structure.hub_shape)
     return float(-root[0])
 
@@ -459,7 +538,8 @@ class Incumbent:
 
 def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, time_limit: float | None,
                      threads: int | None, verbose: bool, run_highs, knapsack: str = "dp",
-                     latency_problem: Problem | None = None, incumbent: Incumbent | None = None) -> DecomposedResult:
+                     latency_problem: Problem | None = None, incumbent: Incumbent | None = None,
+                     caps: dict[str, float] | None = None) -> DecomposedResult:
     """Best-first branch and bound over hub assignments; see the module docstring.
 
     ``incumbent`` (a configuration known to fit this budget, e.g. the optimum at a smaller budget) starts
@@ -467,8 +547,14 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
 
     Latencies are checked exactly: the search admits sums up to ``budget + slack`` (slack: far above the
     rounding error of any order of summation, far below any real latency difference) and a configuration
-    in that band is kept only if ``latency_problem.latency`` (a correctly rounded sum) is within the budget."""
+    in that band is kept only if ``latency_problem.latency`` (a correctly rounded sum) is within the budget.
+
+    ``caps`` (count name -> most allowed, for the structure's resources): every knapsack then has those
+    rows too and is solved by HiGHS; the caller checks the caps exactly, as it does the budget."""
     started = time.perf_counter()
+    caps = caps or {}
+    if caps:
+        knapsack = "highs"  # several capacities: the Pareto-state DP is for one
     latency_problem = latency_problem or problem
     shape, order = structure.hub_shape, structure.order
     count = structure.assignments
@@ -507,8 +593,9 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
                 heap.append((-value, -depth_full, next(tie), assignment, None))
         heapq.heapify(heap)
     else:
-        bounds = _prepare_bounds(structure)
-        vector = bounds.multipliers * limit + bounds.root
+        limits = np.array([limit] + [caps[name] for name in structure.resources])
+        bounds = _prepare_bounds(structure, limits)
+        vector = bounds.multipliers @ limits + bounds.root
         heap.append((-float(vector.min()), 0, next(tie), (0,) * len(shape), vector))
     bound_s = time.perf_counter() - started
     solved = tightened = expanded = 0
@@ -539,7 +626,7 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
                 heapq.heappush(heap, (-float(child_bounds[value]), -(depth + 1), next(tie), tuple(child),
                                       children[:, value]))
             continue
-        if vector is not None:  # a complete assignment with its Lagrangian bound: tighten it
+        if vector is not None and not caps:  # a complete assignment with its Lagrangian bound: tighten it
             tightened += 1
             tighter = exact_bound(assignment)
             if not beaten(tighter):
@@ -551,7 +638,8 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
             outcome = _solve_knapsack_dp(structure, assignment, budget, slack, best_value,
                                          lambda picks, a=assignment: fits(a, picks))
         else:
-            outcome = _solve_knapsack(structure, assignment, limit, remaining, threads, verbose, run_highs)
+            outcome = _solve_knapsack(structure, assignment, limit, remaining, threads, verbose, run_highs, caps,
+                                      best_value)
         knapsack_s += time.perf_counter() - t0
         solved += 1
         if outcome is not None and outcome[0] > best_value:
@@ -593,8 +681,11 @@ def _solve_knapsack_dp(structure, assignment, budget, slack, best_value, fits):
     return base_importance + value, picks
 
 
-def _solve_knapsack(structure, assignment, limit, time_limit, threads, verbose, run_highs):
-    """Exact MCKP for one hub assignment by HiGHS: one item (or removal) per block within the residual budget."""
+def _solve_knapsack(structure, assignment, limit, time_limit, threads, verbose, run_highs, caps=None,
+                    best_value=-math.inf):
+    """Exact MCKP for one hub assignment by HiGHS: one item (or removal) per block within the residual budget
+    (and caps). HiGHS gets ``best_value`` as a cutoff: a branch that cannot beat it is proven so without
+    finding its optimum (most branches that reach this point are near-ties)."""
     import pyomo.environ as pyo
     from pyomo.core.expr.numeric_expr import LinearExpression
 
@@ -602,7 +693,9 @@ def _solve_knapsack(structure, assignment, limit, time_limit, threads, verbose, 
     model.pick = pyo.VarList(domain=pyo.Binary)
     model.rows = pyo.ConstraintList()
     lat_coefs, imp_coefs, variables, owners = [], [], [], []
+    count_coefs: dict[str, list] = {name: [] for name in (caps or {})}
     base_latency, base_importance = structure.base_at(assignment)
+    base_counts = structure.base_counts_at(assignment)
     for g, (group, front) in enumerate(zip(structure.groups, _fronts(structure, assignment))):
         picks = [model.pick.add() for _ in range(front.latency.size)]
         if not picks and not group.removable:
@@ -612,13 +705,23 @@ def _solve_knapsack(structure, assignment, limit, time_limit, threads, verbose, 
         model.rows.add(expr <= 1 if group.removable else expr == 1)
         lat_coefs += front.latency.tolist()
         imp_coefs += front.importance.tolist()
+        for name in count_coefs:
+            count_coefs[name] += front.counts[name].tolist()
         variables += picks
         owners += [(g, r) for r in range(front.latency.size)]
     model.budget = pyo.Constraint(expr=LinearExpression(constant=0.0, linear_coefs=lat_coefs,
                                                         linear_vars=variables) <= limit - base_latency)
-    model.objective = pyo.Objective(expr=LinearExpression(constant=base_importance, linear_coefs=imp_coefs,
-                                                          linear_vars=variables), sense=pyo.maximize)
-    result, _ = run_highs(model, time_limit, 0.0, threads, verbose)
+    model.caps = pyo.ConstraintList()
+    for name, coefs in count_coefs.items():
+        model.caps.add(LinearExpression(constant=0.0, linear_coefs=coefs, linear_vars=variables)
+                       <= caps[name] - base_counts[name])
+    # Minimise the importance lost (HiGHS's cutoff, objective_bound, is an upper limit when minimising).
+    model.objective = pyo.Objective(expr=LinearExpression(constant=0.0, linear_coefs=[-c for c in imp_coefs],
+                                                          linear_vars=variables), sense=pyo.minimize)
+    options = {}
+    if best_value > -math.inf:
+        options["objective_bound"] = -(best_value - base_importance)
+    result, _ = run_highs(model, time_limit, 0.0, threads, verbose, options)
     if result.incumbent_objective is None:
         return None
     result.solution_loader.load_vars()
