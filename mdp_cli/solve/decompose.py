@@ -449,7 +449,7 @@ def _prepare_bounds(structure: HubStructure, limits: np.ndarray) -> _Bounds:
         # Quantiles by sorting (np.quantile's first call imports numpy.ma: 20 ms of a small solve).
         slopes = np.sort(_front_slopes(structure))
         quantiles = slopes[np.round(np.linspace(0, slopes.size - 1, count - 1)).astype(int)]
-        multipliers = np.unique(np.concatenate([[0.0], quantiles]))[:, None]
+        multipliers = _distinct(np.concatenate([[0.0], quantiles]))[:, None]
         if structure.resources:
             multipliers = _weights_for_counts(structure, multipliers[:, 0], limits)
         buckets, messages, root = _eliminate(_hub_tables(structure, multipliers), structure.order, hub_shape)
@@ -463,7 +463,7 @@ def _weights_for_counts(structure: HubStructure, lambdas: np.ndarray, limits: np
     coarse grid (latency multipliers at the front-slope quantiles, count multipliers at quantiles of
     importance per unit of each count), then two finer grids around the best row found; the ``keep``
     rows of least dual value are kept."""
-    columns = [np.unique(lambdas[np.round(np.linspace(0, lambdas.size - 1, 8)).astype(int)])]
+    columns = [_distinct(lambdas[np.round(np.linspace(0, lambdas.size - 1, 8)).astype(int)])]
     for name in structure.resources:
         ratios = [g.configs.importance / g.configs.resources[name] for g in structure.groups
                   if g.configs is not None and g.configs.latency.size]
@@ -471,7 +471,7 @@ def _weights_for_counts(structure: HubStructure, lambdas: np.ndarray, limits: np
         ratios = np.sort(ratios[np.isfinite(ratios) & (ratios > 0)])
         grid = ratios[np.round(np.linspace(0, ratios.size - 1, 5)).astype(int) * (ratios.size > 0)] * 0.5 \
             if ratios.size else np.zeros(0)
-        columns.append(np.unique(np.concatenate([[0.0], grid])))
+        columns.append(_distinct(np.concatenate([[0.0], grid])))
     rows = np.array(list(itertools.product(*columns)), dtype=float)
     evaluated = [rows]
     values = [_dual_values(structure, rows, limits)]
@@ -481,7 +481,7 @@ def _weights_for_counts(structure: HubStructure, lambdas: np.ndarray, limits: np
         columns = []
         for c, value in enumerate(best):
             smallest = min((v for v in np.concatenate(evaluated)[:, c] if v > 0), default=1.0)
-            columns.append(np.unique(np.array(factors) * value) if value > 0 else
+            columns.append(_distinct(np.array(factors) * value) if value > 0 else
                            np.array([0.0, 0.25 * smallest, 0.5 * smallest]))
         rows = np.array(list(itertools.product(*columns)), dtype=float)
         evaluated.append(rows)
@@ -489,6 +489,12 @@ def _weights_for_counts(structure: HubStructure, lambdas: np.ndarray, limits: np
     rows, values = np.concatenate(evaluated), np.concatenate(values)
     order = np.argsort(values, kind="stable")[:keep]
     return rows[order]
+
+
+def _distinct(values) -> np.ndarray:
+    """Sorted distinct values (np.unique's first call imports numpy.ma: 20 ms of a small solve)."""
+    values = np.sort(np.asarray(values, dtype=float).ravel())
+    return values[np.concatenate([[True], np.diff(values) > 0])] if values.size else values
 
 
 def _dual_values(structure: HubStructure, weights: np.ndarray, limits: np.ndarray) -> np.ndarray:
