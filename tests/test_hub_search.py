@@ -89,3 +89,21 @@ def test_resnet50_at_8_channel_steps_is_solved_by_the_hub_search_like_the_milp()
     milp = solve_problem(problem, 0.5, formulation="monolithic", time_limit=600)
     assert milp.status == "optimal"
     assert hub.objective == pytest.approx(milp.objective, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_deit_base_at_fine_steps_is_proven_optimal_within_ten_seconds():
+    """DeiT-Base at embed=8, qk=v=4, mlp=32: proven optimal by the hub search, each budget under 10 s of CPU,
+    and the optimum never decreases with the budget."""
+    from mdp_cli.solve.synthetic import vit_problem
+
+    problem = vit_problem(embed_step=8, qk_step=4, v_step=4, mlp_step=32, seed=0)
+    values = []
+    for budget in (0.3, 0.5, 0.7):
+        started = time.process_time()
+        solution = solve_problem(problem, budget)
+        assert time.process_time() - started < 10.0
+        assert solution.status == "optimal" and solution.solver["formulation"] == "hub"
+        assert solution.predicted_latency <= solution.budget
+        values.append(solution.objective)
+    assert values == sorted(values)
