@@ -62,11 +62,16 @@ def test_caps_and_option_rules_match_enumeration(seed):
         assert constraints.satisfied(problem, solution.option_index, solution.kept)
 
 
+@pytest.mark.parametrize("exact_bounds_up_to", [16, 0])
 @pytest.mark.parametrize("seed", range(12, 24))
-def test_hub_decomposition_with_caps_and_rules_matches_enumeration(seed):
+def test_hub_decomposition_with_caps_and_rules_matches_enumeration(seed, exact_bounds_up_to, monkeypatch):
     """Rules alone go to the hub search on the problem cut down to the allowed options (by default);
     caps go there when asked (--formulation hub: counts carried per configuration, multi-capacity bounds,
-    HiGHS per branch with the incumbent as cutoff)."""
+    HiGHS per branch with the incumbent as cutoff). With no exact bounds up front, every hub goes through
+    the branch and bound and every branch through its own multi-capacity dual bound."""
+    import mdp_cli.solve.decompose as decompose
+
+    monkeypatch.setattr(decompose, "EXACT_BOUNDS_UP_TO", exact_bounds_up_to)
     problem = _with_counts(seed)
     rng = np.random.default_rng(seed)
     lowest = minimum_latency(problem)

@@ -465,8 +465,9 @@ def _weights_for_counts(structure: HubStructure, lambdas: np.ndarray, limits: np
     rows of least dual value are kept."""
     columns = [_distinct(lambdas[np.round(np.linspace(0, lambdas.size - 1, 8)).astype(int)])]
     for name in structure.resources:
-        ratios = [g.configs.importance / g.configs.resources[name] for g in structure.groups
-                  if g.configs is not None and g.configs.latency.size]
+        ratios = [g.configs.importance[g.configs.resources[name] > 0] /
+                  g.configs.resources[name][g.configs.resources[name] > 0]
+                  for g in structure.groups if g.configs is not None and g.configs.latency.size]
         ratios = np.concatenate(ratios) if ratios else np.zeros(1)
         ratios = np.sort(ratios[np.isfinite(ratios) & (ratios > 0)])
         grid = ratios[np.round(np.linspace(0, ratios.size - 1, 5)).astype(int) * (ratios.size > 0)] * 0.5 \
@@ -604,6 +605,7 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
         vector = bounds.multipliers @ limits + bounds.root
         heap.append((-float(vector.min()), 0, next(tie), (0,) * len(shape), vector))
     bound_s = time.perf_counter() - started
+    limits = np.array([limit] + [caps[name] for name in structure.resources])
     solved = tightened = expanded = 0
     knapsack_s = 0.0
     status = "optimal"
@@ -632,9 +634,11 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
                 heapq.heappush(heap, (-float(child_bounds[value]), -(depth + 1), next(tie), tuple(child),
                                       children[:, value]))
             continue
-        if vector is not None and not caps:  # a complete assignment with its Lagrangian bound: tighten it
+        if vector is not None:  # a complete assignment with its Lagrangian bound: tighten it
             tightened += 1
-            tighter = exact_bound(assignment)
+            tighter = (exact_bound(assignment) if not caps else
+                       _leaf_dual_bound(structure, assignment, limits, bounds.multipliers[int(np.argmin(vector))],
+                                        bounds.multipliers))
             if not beaten(tighter):
                 heapq.heappush(heap, (-tighter, negative_depth, next(tie), assignment, None))
             continue
@@ -659,6 +663,43 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
     timings["bounds_tightened"] = tightened
     return DecomposedResult(choice, kept, best_value, max(best_value, open_bound), solved, count, count - solved,
                             timings, status, Incumbent(best_value, tuple(assignment), tuple(picks)))
+
+
+def _leaf_dual_bound(structure: HubStructure, assignment, limits: np.ndarray, start: np.ndarray,
+                     known: np.ndarray, rounds: int = 5) -> float:
+    """With caps: the Lagrangian dual of one assignment's knapsack (latency and every count relaxed),
+    minimised over the multipliers by grids shrinking around the best row, from the row that bounded the
+    assignment in the search. Any row gives a valid bound; a tight one spares HiGHS the branches whose
+    LP relaxation cannot beat the incumbent."""
+    fronts = _fronts(structure, assignment)
+    names = structure.resources
+    base_latency, base_importance = structure.base_at(assignment)
+    base_counts = structure.base_counts_at(assignment)
+    residual = limits - np.array([base_latency] + [base_counts[name] for name in names])
+    costs = np.concatenate([np.stack([f.latency] + [f.counts[name] for name in names], axis=1) for f in fronts])
+    gains = np.concatenate([f.importance for f in fronts])
+    sizes = np.array([f.latency.size for f in fronts])
+    if (sizes == 0).any():
+        return -math.inf
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    removable = np.array([g.removable for g in structure.groups])
+    best_row, best = np.asarray(start, dtype=float), math.inf
+    # a multiplier that starts at 0 is tried at the scale of the search's rows for its column
+    scales = [min((v for v in known[:, c] if v > 0), default=0.0) for c in range(known.shape[1])]
+    spread = 2.0
+    for _ in range(rounds):
+        factors = np.array([1 / spread, 1 / math.sqrt(spread), 1.0, math.sqrt(spread), spread])
+        columns = [factors * v if v > 0 else np.array([0.0, 0.25, 1.0]) * scale
+                   for v, scale in zip(best_row, scales)]
+        rows = np.array(list(itertools.product(*columns)))
+        per_group = np.maximum.reduceat(gains[:, None] - costs @ rows.T, starts, axis=0)
+        per_group[removable] = np.maximum(per_group[removable], 0.0)
+        values = base_importance + rows @ residual + per_group.sum(axis=0)
+        k = int(np.argmin(values))
+        if values[k] < best:
+            best, best_row = float(values[k]), rows[k]
+        spread = math.sqrt(spread)
+    return best
 
 
 def _configuration(structure: HubStructure, problem: Problem, assignment, picks) -> tuple[dict, dict]:
