@@ -9,23 +9,27 @@ Problems (synthetic tables with the exact structure of each network, see mdp_cli
                      chunks, attention and MLP branches removable, E shared by all blocks
 - resnet50-fine8:    ResNet-50 at 8-channel steps (up to 256 options per dim)
 - deit_base-fine:    DeiT-Base at embed=8, qk=v=4, mlp=32
-- resnet50-paper-counts, deit_base-counts: the same with params/FLOPs counts, for ``--max-params F``
-  (a fraction of the dense model's parameters), ``--min-keep``, ``--multiple`` (the Pyomo model + HiGHS)
+- resnet50-paper-counts, deit_base-counts: the same with params/FLOPs counts, for ``--max-params F`` and
+  ``--max-flops F`` (fractions of the dense model's counts), ``--min-keep``, ``--multiple``
 
-Columns: ``build_s`` (hub structure or Pyomo model) and ``search_s`` inside one process; ``process_s`` and
-``process_cpu_s``: a whole ``python -m mdp_cli solve PROBLEM --budget B`` (start-up, reading the problem,
-solving, printing; CPU of the child); ``startup_s``: ``python -m mdp_cli solve --help`` (imports only).
+Columns: ``build_s`` (hub structure or Pyomo model) and ``search_s`` inside one process (wall), ``cpu_s``
+the CPU time of that solve (``time.process_time``: on a shared machine the number to compare);
+``process_s`` and ``process_cpu_s``: a whole ``python -m mdp_cli solve PROBLEM --budget B`` (start-up,
+reading the problem, solving, printing; wall and CPU of the child); start-up: ``python -m mdp_cli solve
+--help`` (imports only), CPU. ``--json PATH`` writes the rows, the start-up and the load average.
 Run it on a quiet machine with one thread (``OMP_NUM_THREADS=1``): timings under load mean little.
 
     python scripts/bench_solve.py                                  # paper-granularity problems
     python scripts/bench_solve.py --problems resnet50-fine8 deit_base-fine --budgets 0.5
     python scripts/bench_solve.py --problems deit_base --budgets 0.5 --formulation monolithic --no-process
     python scripts/bench_solve.py --problems resnet50-paper-counts --max-params 0.4 --min-keep 0.25 --multiple 8
+    python scripts/bench_solve.py --problems resnet50-paper-counts --max-params 0.4 --max-flops 0.5 --no-process
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -81,9 +85,12 @@ def main() -> None:
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process (CLI) timings")
     parser.add_argument("--max-params", type=float, help="cap params at this fraction of the dense model's "
                         "(problems with counts only)")
+    parser.add_argument("--max-flops", type=float, help="cap FLOPs at this fraction of the dense model's "
+                        "(problems with counts only)")
     parser.add_argument("--min-keep", type=float, help="keep at least this fraction of every dim")
     parser.add_argument("--multiple", type=int, help="widths multiples of this")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    parser.add_argument("--json", type=Path, help="also write rows, start-up and load average as JSON here")
     args = parser.parse_args()
 
     startup = None
@@ -106,10 +113,14 @@ def main() -> None:
                 limits = {"min_keep": args.min_keep, "multiple": args.multiple}
                 if args.max_params is not None:
                     limits["max_params"] = args.max_params * problem.resource("params", problem.dense_choice())
+                if args.max_flops is not None:
+                    limits["max_flops"] = args.max_flops * problem.resource("flops", problem.dense_choice())
                 flags = [f"--{k.replace('_', '-')}={v!r}" for k, v in limits.items() if v is not None]
                 for budget in args.budgets:
+                    cpu_started = time.process_time()
                     solution = solve_problem(problem, budget, time_limit=args.time_limit,
                                              formulation=args.formulation, knapsack=args.knapsack, **limits)
+                    cpu_s = time.process_time() - cpu_started
                     size = solution.solver.get("model_size", {})
                     row = {
                         "problem": name, "seed": seed, "budget": budget,
@@ -118,6 +129,10 @@ def main() -> None:
                         "status": solution.status, "gap": solution.gap,
                         "build_s": round(solution.timings.get("build_s", 0.0), 3),
                         "search_s": round(solution.timings.get("solve_s", 0.0), 3),
+                        "cpu_s": round(cpu_s, 3),
+                        "objective": solution.objective,
+                        "constraints": {k: v for k, v in limits.items() if v is not None} or None,
+                        "met_by": solution.solver.get("constraints", {}).get("met_by"),
                         "latency_ratio": round(solution.latency_ratio, 4),
                         "generate_s": round(generate_s, 2),
                     }
@@ -137,6 +152,10 @@ def main() -> None:
     if "process_cpu_s" in table:
         print(f"\nwhole process CPU: median {table.process_cpu_s.median():.3f} s, max {table.process_cpu_s.max():.3f} s"
               f"; start-up {startup:.3f} s CPU; load average {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "command": " ".join(sys.argv[1:]), "startup_cpu_s": startup, "load_average": os.getloadavg(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}, indent=1, default=str) + "\n")
     if args.markdown:
         args.markdown.write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
 

@@ -62,6 +62,38 @@ def test_caps_and_option_rules_match_enumeration(seed):
         assert constraints.satisfied(problem, solution.option_index, solution.kept)
 
 
+@pytest.mark.parametrize("exact_bounds_up_to", [16, 0])
+@pytest.mark.parametrize("seed", range(12, 24))
+def test_hub_decomposition_with_caps_and_rules_matches_enumeration(seed, exact_bounds_up_to, monkeypatch):
+    """Rules alone go to the hub search on the problem cut down to the allowed options (by default);
+    caps go there when asked (--formulation hub: counts carried per configuration, multi-capacity bounds,
+    HiGHS per branch with the incumbent as cutoff). With no exact bounds up front, every hub goes through
+    the branch and bound and every branch through its own multi-capacity dual bound."""
+    import mdp_cli.solve.decompose as decompose
+
+    monkeypatch.setattr(decompose, "EXACT_BOUNDS_UP_TO", exact_bounds_up_to)
+    problem = _with_counts(seed)
+    rng = np.random.default_rng(seed)
+    lowest = minimum_latency(problem)
+    budget = lowest + rng.uniform(0.2, 0.9) * (problem.dense_latency - lowest)
+    dense = problem.dense_choice()
+    options = [dict(min_keep=0.5, multiple=2), dict(max_params=0.6 * problem.resource("params", dense)),
+               dict(max_params=0.8 * problem.resource("params", dense),
+                    max_flops=0.6 * problem.resource("flops", dense), min_keep=0.4)]
+    for option in options:
+        reference = _brute(problem, budget, Constraints.from_options(**option))
+        if reference is None:
+            with pytest.raises(InfeasibleBudgetError):
+                solve_problem(problem, f"{budget!r}ms", formulation="hub", **option)
+            continue
+        solution = solve_problem(problem, f"{budget!r}ms", formulation="hub", **option)
+        assert solution.objective == pytest.approx(reference, rel=1e-9, abs=1e-12), option
+        assert solution.predicted_latency <= budget
+        assert Constraints.from_options(**option).satisfied(problem, solution.option_index, solution.kept)
+        if solution.solver.get("constraints", {}).get("met_by") != "the latency-only optimum":
+            assert solution.solver["formulation"] == "hub"
+
+
 def test_latency_only_dp_and_pyomo_agree_and_a_loose_cap_changes_nothing():
     from mdp_cli.solve.synthetic import resnet_problem
 
@@ -86,7 +118,7 @@ def test_constraint_errors_are_one_line(tmp_path):
             solve_problem(problem, 0.5, **option)
         assert "\n" not in str(info.value)
     with pytest.raises(MdpError, match="monolithic"):
-        solve_problem(_with_counts(0), 0.5, formulation="hub", max_params=1)
+        solve_problem(_with_counts(0), 0.5, formulation="blocks", max_params=1)
 
 
 def test_counts_round_trip_through_the_problem_file(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import click
@@ -15,6 +14,8 @@ EXAMPLE = "example_problem.json"
 
 
 def example_problem_path() -> Path:
+    from importlib import resources
+
     return Path(str(resources.files("mdp_cli") / "data" / EXAMPLE))
 
 

@@ -1,17 +1,20 @@
 """Constraints beside the latency budget: caps on parameters and FLOPs (counts the problem's terms carry),
 a least fraction of every dim kept, and widths restricted to multiples of a number.
 
-Only the monolithic MILP (Pyomo + HiGHS) takes them; the hub decomposition is latency-only. Every one
-only removes configurations, so when the latency-only optimum happens to satisfy them it is also the
-constrained optimum, and the solver checks that first."""
+Every one only removes configurations, so when the latency-only optimum happens to satisfy them it is
+also the constrained optimum, and the solver checks that first. Otherwise the hub decomposition solves
+them (options restricted, counts carried beside latency, each branch's knapsack a small Pyomo model with
+one row per cap solved by HiGHS) where it applies, else the monolithic Pyomo model."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 
+import numpy as np
+
 from mdp_cli.errors import MdpError
-from mdp_cli.solve.problem import RESOURCES, Problem
+from mdp_cli.solve.problem import RESOURCES, Dim, ImportanceEntry, Problem, Term
 
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgG]?)\s*$")
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
@@ -85,3 +88,19 @@ def _count(name: str, value) -> float | None:
     if not number > 0:
         raise MdpError(f"{name} {value!r}: must be positive")
     return number
+
+
+def restrict(problem: Problem, allowed: dict[str, set[int]]) -> tuple[Problem, dict[str, list[int]]]:
+    """The problem with only the ``allowed`` options of each dim (tables, counts and importance sliced to
+    them), and per dim the original index of each option it keeps."""
+    keep = {d.name: sorted(allowed.get(d.name, range(len(d.options)))) for d in problem.dims}
+
+    def take(table, dims):
+        return np.asarray(table, dtype=float)[np.ix_(*(keep[d] for d in dims))] if dims else np.asarray(table, float)
+
+    dims = [Dim(d.name, tuple(d.options[k] for k in keep[d.name]), d.step) for d in problem.dims]
+    importance = [ImportanceEntry(e.dim, e.values[keep[e.dim]], e.block) for e in problem.importance]
+    terms = [Term(t.name, t.dims, take(t.table, t.dims), t.block, {k: take(v, t.dims) for k, v in t.resources.items()})
+             for t in problem.terms]
+    return Problem(dims, importance, terms, list(problem.blocks), problem.constant_latency, problem.units,
+                   problem.name), keep

@@ -12,12 +12,10 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from mdp_cli.artifacts import library_versions
 from mdp_cli.errors import InfeasibleBudgetError, MdpError
 from mdp_cli.solve.budget import parse_budget
-from mdp_cli.solve.constraints import Constraints
+from mdp_cli.solve.constraints import Constraints, restrict
 from mdp_cli.solve.decompose import BUDGET_SLACK, Incumbent, analyse, solve_decomposed
 from mdp_cli.solve.decompose import minimum_latency as decomposed_minimum_latency
 from mdp_cli.solve.linear import linearize
@@ -118,9 +116,9 @@ class PreparedSolver:
         if self.constraints.active:
             if latency_model != "multidim":
                 raise MdpError("constraints beside the budget need --latency-model multidim")
-            if formulation not in ("auto", "monolithic"):
+            if formulation not in ("auto", "hub", "monolithic"):
                 raise MdpError(f"--formulation {formulation}: constraints beside the budget are solved by the "
-                               f"monolithic MILP; use --formulation auto or monolithic")
+                               f"hub decomposition or the monolithic MILP; use --formulation auto, hub or monolithic")
             self.constraints.check_problem(problem)
         self._latency_only: PreparedSolver | None = None
         self.problem = problem
@@ -164,7 +162,8 @@ class PreparedSolver:
             build_s = self.build_s = time.perf_counter() - started
         outcome = _search_within_budget(self._search, self.latency_problem, budget_value, incumbent)
         if constraints.active:
-            self.info["constraints"] = {"met_by": "the monolithic MILP", **dataclasses.asdict(constraints)}
+            how = "the hub decomposition" if self.info.get("formulation") == "hub" else "the monolithic MILP"
+            self.info["constraints"] = {"met_by": how, **dataclasses.asdict(constraints)}
         self.last_incumbent = outcome.incumbent
         return self._finish(budget_value, outcome.choice, outcome.kept, outcome.status, outcome.bound,
                             {"build_s": build_s, "solve_s": outcome.solve_s})
@@ -204,41 +203,77 @@ class PreparedSolver:
         _raise_infeasible(self.problem, budget_value, self._smallest(), self.latency_model)
 
     def _build(self) -> None:
-        problem, latency_problem, info = self.problem, self.latency_problem, self.info
+        problem, latency_problem = self.problem, self.latency_problem
         formulation = self.formulation
-        structure = (analyse(problem, latency_problem, self.blocks)
-                     if formulation in ("auto", "hub") and not self.constraints.active else None)
+        constraints = self.constraints
+        if constraints.active and (formulation == "hub" or (formulation == "auto" and not constraints.caps())):
+            # The search runs on the problem cut down to the allowed options, its answers mapped back. Caps
+            # go to the monolithic MILP unless the hub search is asked for: the branch and bound with a
+            # HiGHS knapsack per branch is exact with caps too, but its multi-capacity bounds are weak
+            # (ResNet-50 at paper granularity, params and FLOPs capped: hundreds of branches, slower than
+            # the MILP).
+            restricted, keep = restrict(problem, constraints.allowed(problem))
+            structure = analyse(restricted, restricted, self.blocks, tuple(sorted(constraints.caps())))
+        else:
+            keep = None
+            structure = (analyse(problem, latency_problem, self.blocks)
+                         if formulation in ("auto", "hub") and not constraints.active else None)
         if structure is None and formulation == "hub":
             raise MdpError("--formulation hub: the shared dims of this problem have too many joint options to "
                            "branch on; use --formulation auto")
         if structure is not None:
-            self._build_hub(structure)
+            self._build_hub(structure, keep)
         else:
             self._build_monolithic()
 
-    def _build_hub(self, structure) -> None:
+    def _build_hub(self, structure, keep: dict[str, list[int]] | None = None) -> None:
         problem, info, knapsack = self.problem, self.info, self.knapsack
+        search_problem = structure.problem
+        caps = self.constraints.caps()
         info.update(formulation="hub", knapsack=knapsack, engine="dp" if knapsack == "dp" else "highs via pyomo",
                     model_size={"hub_dims": list(structure.hub),
-                                "hub_assignments": int(np.prod(structure.hub_shape)),
+                                "hub_assignments": structure.assignments,
                                 "blocks": len(structure.groups),
-                                "configurations": int(sum(len(g.configs.latency) for g in structure.groups))})
+                                "enumerated_configurations": int(sum(len(g.configs.latency) for g in structure.groups
+                                                                     if g.configs is not None)),
+                                "lazily_enumerated_blocks": sum(g.configs is None for g in structure.groups)})
         self._smallest = lambda: decomposed_minimum_latency(structure)
 
         def search(target: float, incumbent: Incumbent | None, budget_value: float) -> _Outcome:
             t0 = time.perf_counter()
-            result = solve_decomposed(structure, problem, target, self.time_limit, self.threads, self.verbose,
-                                      _run_highs, knapsack, self.latency_problem, incumbent)
-            if result.status == "infeasible":
-                self._raise_infeasible(budget_value)
-            if result.best is None:
-                raise MdpError("the time limit ran out before any configuration within the budget was found; "
-                               "raise --time-limit")
+            limits = dict(caps)
+            for attempt in range(6):  # HiGHS accepts rows within its tolerance: keep the caps exact
+                result = search_once(target, incumbent, budget_value, limits)
+                if keep is not None:  # back to the original option indices
+                    result.choice = {d: keep[d][k] for d, k in result.choice.items()}
+                over = {name: problem.resource(name, result.choice, result.kept) - cap for name, cap in caps.items()}
+                if all(v <= 0 for v in over.values()):
+                    break
+                for name, excess in over.items():
+                    if excess > 0:
+                        limits[name] -= (excess + 1e-9 * caps[name]) * 2 ** attempt
+            else:
+                raise MdpError("could not meet the caps within solver tolerances")
             info["decomposition"] = {"knapsacks_solved": result.solved, "bounded_out": result.pruned,
                                      "warm_start": incumbent is not None,
                                      **{k: round(v, 4) for k, v in result.timings.items()}}
             return _Outcome(result.choice, result.kept, result.status, result.bound, time.perf_counter() - t0,
                             result.incumbent)
+
+        def search_once(target, incumbent, budget_value, limits):
+            result = solve_decomposed(structure, search_problem, target, self.time_limit, self.threads, self.verbose,
+                                      _run_highs, knapsack, search_problem if keep is not None else self.latency_problem,
+                                      incumbent, limits)
+            if result.status == "infeasible":
+                if caps or keep is not None:
+                    raise InfeasibleBudgetError(
+                        f"no configuration meets the budget {budget_value:.4g} {problem.units} together with "
+                        f"{self.constraints.describe()}; raise the budget or relax a constraint")
+                self._raise_infeasible(budget_value)
+            if result.best is None:
+                raise MdpError("the time limit ran out before any configuration within the budget was found; "
+                               "raise --time-limit")
+            return result
 
         self._search = search
 
