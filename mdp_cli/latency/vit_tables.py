@@ -77,6 +77,13 @@ def term_table(space: PruningSpace, term: SpaceTerm, rows: list[Mapping[str, Any
     return _interpolate(axes, values, targets)
 
 
+def term_tables(space: PruningSpace, rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Every term's own interpolated table (``term_table``), keyed by term name: the tables of a space
+    without an attention split (Swin)."""
+    by_sig = {sig: term_table(space, term, rows) for sig, term in unique_terms(space).items()}
+    return {term.name: by_sig[term.signature()] for term in space.terms}
+
+
 def vit_tables(space: PruningSpace, lut: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Full-option latency table (ms) of every term of the space, keyed by term name; ``lut`` is
     ``{"rows": [...]}`` (``rows_from_lut``)."""
@@ -167,12 +174,17 @@ def rows_from_lut(lut, space: PruningSpace, only: set[tuple[str, str]] | None = 
     for op, sig, sizes, ms in zip(f["op"], f["signature"].astype(str), f["sizes"].astype(str), lut.values()):
         if sig not in wanted or (only is not None and (sig, sizes) not in only):
             continue
-        row: dict[str, Any] = {"op": op, "signature": sig, "ms": float(ms)}
-        for part in filter(None, sizes.split(";")):
-            k, v = part.split("=", 1)
-            row[k] = int(v)
-        rows.append(row)
+        rows.append({"op": op, "signature": sig, "ms": float(ms), **parse_sizes(sizes)})
     return rows
+
+
+def parse_sizes(key: str) -> dict[str, int]:
+    """``embed=192;heads=3;qk=64;v=8`` -> {"embed": 192, ...}: the inverse of ``lut_sizes``."""
+    out = {}
+    for part in filter(None, key.split(";")):
+        k, v = part.split("=", 1)
+        out[k] = int(v)
+    return out
 
 
 def split_attention_counts(space: PruningSpace, counts: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
@@ -190,3 +202,4 @@ def split_attention_counts(space: PruningSpace, counts: Mapping[str, Mapping[str
             ref = np.asarray(counts[qk_term.name][resource])[:, :, 0]  # the branch at (qk_ref, v_ref)
             out[term.name][resource] = np.asarray(table) - ref[:, :, None] / 2
     return out
+
