@@ -1,7 +1,8 @@
 """What the transformer families (``vit.py``, ``swin.py``) share: the ``KEY=N`` config mappings, creating a timm
 model at the configured resolution with local weights, and a ``TransformerFamily`` base that plans the
 latency rows (a sub-grid per term, ``latency/vit_plan.py``), builds the problem from the interpolated tables
-(``space/vit.vit_problem``) and scores. A subclass supplies its model, space, tables, importance and export.
+(``space/vit.vit_problem``), scores, and names the rows a configuration reads. A subclass supplies its
+model, space, tables, importance and export.
 """
 
 from __future__ import annotations
@@ -147,6 +148,14 @@ class TransformerFamily(Family):
 
         return plan_measurements(discovered.space, {**self.default_grid, **(grid or {})}, self.unchained,
                                  share_timings=self.share_timings)
+
+    def rows_used(self, discovered: Discovered, grid: Any, choice: Mapping[str, int],
+                  kept: Mapping[str, bool]) -> list[Measurement]:
+        """The bracketing rows of every kept term and, for the ViT attention split, the reference and SDPA
+        rows it subtracts (``latency/vit_tables.rows_used``)."""
+        from mdp_cli.latency.vit_tables import rows_used
+
+        return rows_used(discovered.space, self.measurements(discovered, grid), choice, kept)
 
     def build_problem(self, cfg, discovered, lut, importance, importance_path):
         from mdp_cli.latency.vit_tables import rows_from_lut
