@@ -210,7 +210,7 @@ def split_attention_counts(space: PruningSpace, counts: Mapping[str, Mapping[str
 def rows_used(space: PruningSpace, measurements: Sequence[Measurement], choice: Mapping[str, int],
               kept: Mapping[str, bool]) -> list[Measurement]:
     """The planned rows (of ``measurements``) that the prediction of ``vit_tables`` (or ``term_tables``) for
-    the configuration ``choice``/``kept`` (as ``usage.rows_used``) reads, each once: the rows every kept term
+    the configuration ``choice``/``kept`` (as in ``usage.rows_used``) reads, each once: the rows every kept term
     interpolates (``usage.rows_used``) and what the attention split subtracts from them, i.e. for each kept
     qk or vproj term the reference R(E, H) (the qk slice's rows at the smallest Q, at the E and H that
     bracket the chosen ones), and for each qk or vproj row read, the sdpa rows that bracket its own (H, Q, V)
