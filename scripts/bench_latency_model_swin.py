@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import tempfile
@@ -28,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mdp_cli.latency.timing import sample_in_turns  # noqa: E402
-from mdp_cli.latency.vit_tables import predict_latency, rows_from_lut, term_table, unique_terms  # noqa: E402
+from latency_bench_common import error_summary, random_configs, time_in_rounds  # noqa: E402  (scripts/ is on sys.path)
+from mdp_cli.latency.vit_tables import predict_latency, rows_from_lut, term_tables  # noqa: E402
 from mdp_cli.pipeline import family_of_config, load_config, open_lut, stage_profile  # noqa: E402
 
 
@@ -63,28 +62,18 @@ def main(argv=None) -> int:
         lut = open_lut(cfg)
         planned = {m.key for m in family.measurements(discovered, cfg["profile"]["grid"])}
         rows = rows_from_lut(lut, space, only=planned)
-    by_sig = {sig: term_table(space, term, rows) for sig, term in unique_terms(space).items()}
-    tables = {t.name: by_sig[t.signature()] for t in space.terms}
+    tables = term_tables(space, rows)
     print(f"{args.model} img {args.img_size}: profiled {summary['measured']} configurations in {profile_s:.1f} s",
           flush=True)
 
-    rng = random.Random(args.seed)
     x = torch.randn(1, *space.input_shape)
     dense, _ = family.export(discovered, {}, {}, None)
     dense_pred = predict_latency(space, tables, {})
-    removable = [b.name for b in space.blocks if b.removable]
-    configs = []
-    for _ in range(args.configs):
-        choice = {d.name: rng.choice(d.options) for d in space.dims}
-        kept = {b: rng.random() >= args.remove_prob for b in removable}
-        configs.append((choice, kept, family.export(discovered, choice, kept, None)[0]))
-    samples = {n: ([], []) for n in range(len(configs))}
-    per_round = -(-args.samples // args.rounds)
-    for _ in range(args.rounds):
-        for n, (_, _, pruned) in enumerate(configs):
-            mine, ref = sample_in_turns(pruned, x, dense, x, args.warmup, per_round, "cpu")
-            samples[n][0].extend(mine)
-            samples[n][1].extend(ref)
+    configs = random_configs(space, args.configs, args.remove_prob, args.seed,
+                             [b.name for b in space.blocks if b.removable],
+                             lambda choice, kept: family.export(discovered, choice, kept, None)[0])
+    samples, _ = time_in_rounds([pruned for _, _, pruned in configs], dense, x, args.warmup, args.samples,
+                                args.rounds, "cpu")
     out_rows = []
     for n, (choice, kept, _) in enumerate(configs):
         measured, measured_dense = statistics.median(samples[n][0]), statistics.median(samples[n][1])
@@ -97,9 +86,7 @@ def main(argv=None) -> int:
     result = {"model": args.model, "img_size": args.img_size, "configs": args.configs, "grid": args.grid,
               "profile_seconds": round(profile_s, 1), "dense_predicted_ms": dense_pred}
     for err in ("err", "ratio_err"):
-        errs = [abs(r[err]) for r in out_rows]
-        result[f"{err}_median_abs"] = round(statistics.median(errs), 4)
-        result[f"{err}_worst_abs"] = round(max(errs), 4)
+        result.update(error_summary(out_rows, err))
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps({"summary": result, "rows": out_rows}, indent=2))

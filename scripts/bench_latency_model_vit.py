@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from latency_bench_common import error_summary, random_configs, time_in_rounds  # noqa: E402  (scripts/ is on sys.path)
 from mdp_cli.export.vit import export_vit  # noqa: E402
-from mdp_cli.latency.timing import sample_in_turns  # noqa: E402
 from mdp_cli.latency.vit_plan import profile_vit  # noqa: E402
 from mdp_cli.latency.vit_tables import linear_tables, predict_latency, vit_tables  # noqa: E402
 from mdp_cli.models import canonical_name, create_model  # noqa: E402
@@ -72,26 +70,14 @@ def main(argv=None) -> int:
     print(f"{args.model} img {args.img_size}: profiled {lut['provenance']['configurations']} configurations in "
           f"{profile_s:.1f} s", flush=True)
 
-    rng = random.Random(args.seed)
     x = torch.randn(1, 3, args.img_size, args.img_size)
     dense, _ = export_vit(model, {})
     dense_multi = predict_latency(space, tables, {})
     dense_linear = predict_latency(space, lin, {})
-    configs = []
-    for _ in range(args.configs):
-        choice = {d.name: rng.choice(d.options) for d in space.dims}
-        kept = {b.name: rng.random() >= args.remove_prob for b in space.blocks}
-        configs.append((choice, kept, export_vit(model, choice, kept)[0]))
-    # every configuration is timed in each of --rounds passes (in turns with the dense model), so a change
-    # of the machine's speed during the bench spreads over all of them, as profile rounds do for the rows
-    samples = {n: ([], []) for n in range(len(configs))}
-    per_round = -(-args.samples // args.rounds)
-    for r in range(args.rounds):
-        for n, (_, _, pruned) in enumerate(configs):
-            mine, ref = sample_in_turns(pruned, x, dense, x, args.warmup, per_round, args.device)
-            samples[n][0].extend(mine)
-            samples[n][1].extend(ref)
-        print(f"round {r + 1}/{args.rounds} measured", flush=True)
+    configs = random_configs(space, args.configs, args.remove_prob, args.seed, [b.name for b in space.blocks],
+                             lambda choice, kept: export_vit(model, choice, kept)[0])
+    samples, per_round = time_in_rounds([pruned for _, _, pruned in configs], dense, x, args.warmup, args.samples,
+                                        args.rounds, args.device, log=lambda line: print(line, flush=True))
     rows = []
     for n, (choice, kept, _) in enumerate(configs):
         measured, measured_dense = statistics.median(samples[n][0]), statistics.median(samples[n][1])
@@ -118,10 +104,7 @@ def main(argv=None) -> int:
     summary["dense_measured_ms_range"] = [min(r["dense_measured_ms"] for r in rows), max(r["dense_measured_ms"] for r in rows)]
     for kind in ("multi", "linear"):
         for err in ("err", "ratio_err"):
-            errs = [abs(r[f"{kind}_{err}"]) for r in rows]
-            summary[f"{kind}_{err}_median_abs"] = round(statistics.median(errs), 4)
-            summary[f"{kind}_{err}_worst_abs"] = round(max(errs), 4)
-            summary[f"{kind}_{err}_mean_signed"] = round(statistics.mean(r[f"{kind}_{err}"] for r in rows), 4)
+            summary.update(error_summary(rows, f"{kind}_{err}", signed=True))
     print(json.dumps(summary, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))

@@ -242,3 +242,76 @@ def test_refine_flags_and_one_line_config_errors(tmp_path):
     with pytest.raises(Exception, match="refine.enabled .--refine. measures every export"):
         run_pipeline(cfg, tmp_path / "r2", echo=lambda _: None)
     assert not (tmp_path / "r2" / "state.json").exists()
+
+
+TRANSFORMERS = {  # tiny spaces, small sub-grids: interpolated tables (bracketing rows) without profiling anything
+    "vit": ("deit_tiny", 32, {}, {"embed": 48, "mlp": 192, "qk": 16, "v": 16}, "embed=3,heads=2,qk=2,v=2,hidden=3"),
+    "swin": ("swin_tiny_patch4_window7_224", 56, {"depths": (2, 2, 2, 2)}, {"heads": 2, "qk": 16, "v": 16, "mlp": 192},
+             "heads=2,qk=2,v=2,hidden=2"),
+}
+
+
+@pytest.mark.parametrize("family_name", sorted(TRANSFORMERS))
+def test_transformer_rows_used_include_the_rows_the_attention_split_subtracts(tmp_path, family_name):
+    """ViT: the qk/vproj tables subtract the SDPA kernel at each row's sizes and the reference R(E, H) (the qk
+    slice at the smallest Q), so a configuration reads more rows than the ones bracketing its sizes. Scaling
+    exactly the rows ``rows_used`` names scales the prediction by the same factor (interpolation, the
+    subtraction and the clip at 0 are positively homogeneous); scaling every other row leaves it alone. The
+    bracketing rows alone miss some. Swin has no split: its rows are the bracketing ones."""
+    import torch
+
+    from mdp_cli.families import Discovered
+    from mdp_cli.latency.lut import Lut
+    from mdp_cli.latency.to_problem import predicted_latency
+    from mdp_cli.latency.usage import rows_used as bracketing_rows
+    from mdp_cli.models import create_model
+    from mdp_cli.pipeline import family_of_config
+
+    name, resolution, shallow, steps, grid = TRANSFORMERS[family_name]
+    cfg = resolve_config({"model": name, "resolution": resolution, "random_init": True, "space": {"steps": steps},
+                          "profile": {"grid": grid, "lut_dir": str(tmp_path / "luts")},
+                          "score": {"data": "synthetic", "batches": 1, "batch_size": 2}}, "test")
+    family = family_of_config(cfg)
+    assert family.name == family_name
+    model = create_model(name, img_size=resolution, **shallow).eval()  # as discover() creates it, fewer blocks: faster
+    found = Discovered(model, family._space(model, name, cfg["space"]["steps"], batch=1, dtype="float32"))
+    space, grid = found.space, cfg["profile"]["grid"]
+    plan = {m.key: m for m in family.measurements(found, grid)}
+    importance = family.score(cfg, found, [(torch.randn(2, 3, resolution, resolution), torch.tensor([0, 1]))], "cpu")
+    rng = np.random.default_rng(0)
+    # branch rows well above the kernel's, so that no qk/vproj table value is clipped at 0 (which would hide a row)
+    low, high = {"vit_sdpa": (0.1, 0.2), "vit_qk": (2.0, 3.0), "vit_vproj": (2.0, 3.0)}, (0.1, 1.0)
+    frame = pd.DataFrame([{"op": m.op, "signature": m.signature, "sizes": m.sizes_key, "device": "d",
+                           "dtype": "float32", "batch": 1, "threads": 1, "clock": "thread_cpu",
+                           "median_ms": float(rng.uniform(*low.get(m.op, high))), "spread_ms": 0.0, "p10_ms": 0.1,
+                           "ref_ms": 0.1, "repeats": 1, "warmup": 0, "created": "now"} for m in plan.values()])
+    keys = list(zip(frame["signature"], frame["sizes"]))
+
+    def latency(choice, kept, scaled_keys, factor_scaled, factor_other):
+        scaled = frame.copy()
+        scaled["median_ms"] = frame["median_ms"] * np.where([k in scaled_keys for k in keys], factor_scaled, factor_other)
+        problem = family.build_problem(cfg, found, Lut(tmp_path / "x.csv", "d", "float32", 1, 1, scaled), importance,
+                                       "imp.json")
+        return predicted_latency(problem, choice, kept)
+
+    pick = np.random.default_rng(1)
+    configs = [({}, {}),  # dense; then at the split's reference widths, where S and the qk row cancel out
+               ({d.name: d.options[0] for d in space.dims if d.name.endswith((".qk", ".v"))}, {})]
+    for _ in range(2):
+        configs.append(({d.name: int(pick.choice(d.options)) for d in space.dims},
+                        {b.name: bool(pick.random() < 0.6) for b in space.blocks if b.removable}))
+    missed = []
+    for choice, kept in configs:
+        used = {m.key for m in family.rows_used(found, grid, choice, kept)}
+        assert used and used < set(plan)
+        base = latency(choice, kept, used, 1.0, 1.0)
+        assert latency(choice, kept, used, 1.0, 7.0) == pytest.approx(base, rel=1e-9)
+        assert latency(choice, kept, used, 3.0, 1.0) == pytest.approx(3.0 * base, rel=1e-9)
+        bracketing = {m.key for m in bracketing_rows(space, list(plan.values()), choice, kept)}
+        assert bracketing <= used
+        missed.append(bracketing != used)
+        if bracketing != used:  # scaling the others would change the prediction
+            assert latency(choice, kept, bracketing, 1.0, 7.0) != pytest.approx(base, rel=1e-6)
+    # the ViT split reads rows beyond the bracketing ones except at its reference widths (where the bracketing
+    # rows are the reference rows and the kernel's); Swin's tables read no others
+    assert missed == ([True, False, True, True] if family_name == "vit" else [False] * 4)

@@ -54,13 +54,17 @@ def points(space: PruningSpace, term: SpaceTerm, grid: Mapping[str, int]) -> lis
     return [dict(zip(term.roles, map(int, values))) for values in zip(*(m.ravel() for m in mesh))]
 
 
-def vit_measurements(space: PruningSpace, grid: Mapping[str, int] | None = None,
-                     replicas: int | None = None) -> list[Measurement]:
-    """Every LUT row the ViT tables of ``space`` need."""
-    grid = {**DEFAULT_GRID, **(grid or {})}
+def plan_measurements(space: PruningSpace, grid: Mapping[str, int], unchained: Iterable[str],
+                      replicas: int | None = None, share_timings: bool = True) -> list[Measurement]:
+    """Every LUT row the tables of a transformer space (ViT, Swin) need: each distinct term signature at its
+    ``points``; ops of ``unchained`` timed alone, every other op as a chain of as many copies as terms share
+    its signature (at most ``replicas``). The ViT attention slices carry the other slice's reference width
+    in their sizes. ``share_timings``: give every row a ``share`` key, so that rows of one configuration
+    (the qk and vproj slices at their common reference point) are timed once."""
+    unchained = tuple(unchained)
     copies: dict[str, int] = {}
     for term in space.terms:
-        if term.op not in UNCHAINED:
+        if term.op not in unchained:
             copies[term.signature()] = copies.get(term.signature(), 0) + 1
     out = []
     for sig, term in unique_terms(space).items():
@@ -71,12 +75,20 @@ def vit_measurements(space: PruningSpace, grid: Mapping[str, int] | None = None,
                 row["v"] = term.context["v_ref"]
             elif term.op == "vit_vproj":
                 row["qk"] = term.context["qk_ref"]
-            # the qk and vproj sub-grids share their reference points: time each configuration once
-            share = ("attn" if term.op in ("vit_qk", "vit_vproj") else term.op,
-                     json.dumps(term.context, sort_keys=True), tuple(sorted(row.items())), n)
+            share = None
+            if share_timings:
+                # the qk and vproj sub-grids share their reference points: time each configuration once
+                share = ("attn" if term.op in ("vit_qk", "vit_vproj") else term.op,
+                         json.dumps(term.context, sort_keys=True), tuple(sorted(row.items())), n)
             out.append(Measurement(op=term.op, signature=sig, sizes_key=lut_sizes(row), context=term.context,
                                    sizes=sizes, copies=n, share=share))
     return out
+
+
+def vit_measurements(space: PruningSpace, grid: Mapping[str, int] | None = None,
+                     replicas: int | None = None) -> list[Measurement]:
+    """Every LUT row the ViT tables of ``space`` need."""
+    return plan_measurements(space, {**DEFAULT_GRID, **(grid or {})}, UNCHAINED, replicas)
 
 
 def profile_vit(space: PruningSpace, device: str = "cpu", grid: Mapping[str, int] | None = None, warmup: int = 10,

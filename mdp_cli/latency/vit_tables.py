@@ -27,12 +27,15 @@ and everywhere when P is additive in Q and V, whatever the kernel does.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from mdp_cli.errors import MdpError
+from mdp_cli.latency.engine import Measurement
 from mdp_cli.latency.lut import sizes_key
+from mdp_cli.latency.usage import bracket
+from mdp_cli.latency.usage import rows_used as bracketing_rows
 from mdp_cli.space.core import PruningSpace, SpaceTerm
 
 SIZE_COLUMNS = ("embed", "heads", "qk", "v", "hidden")
@@ -75,6 +78,13 @@ def term_table(space: PruningSpace, term: SpaceTerm, rows: list[Mapping[str, Any
             raise MdpError(f"LUT for {term.name!r} covers {space.dim(term.dims[axis]).name} {grid[0]}..{grid[-1]}, "
                            f"the space needs {target[0]}..{target[-1]}; re-profile")
     return _interpolate(axes, values, targets)
+
+
+def term_tables(space: PruningSpace, rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Every term's own interpolated table (``term_table``), keyed by term name: the tables of a space
+    without an attention split (Swin)."""
+    by_sig = {sig: term_table(space, term, rows) for sig, term in unique_terms(space).items()}
+    return {term.name: by_sig[term.signature()] for term in space.terms}
 
 
 def vit_tables(space: PruningSpace, lut: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -167,12 +177,17 @@ def rows_from_lut(lut, space: PruningSpace, only: set[tuple[str, str]] | None = 
     for op, sig, sizes, ms in zip(f["op"], f["signature"].astype(str), f["sizes"].astype(str), lut.values()):
         if sig not in wanted or (only is not None and (sig, sizes) not in only):
             continue
-        row: dict[str, Any] = {"op": op, "signature": sig, "ms": float(ms)}
-        for part in filter(None, sizes.split(";")):
-            k, v = part.split("=", 1)
-            row[k] = int(v)
-        rows.append(row)
+        rows.append({"op": op, "signature": sig, "ms": float(ms), **parse_sizes(sizes)})
     return rows
+
+
+def parse_sizes(key: str) -> dict[str, int]:
+    """``embed=192;heads=3;qk=64;v=8`` -> {"embed": 192, ...}: the inverse of ``lut_sizes``."""
+    out = {}
+    for part in filter(None, key.split(";")):
+        k, v = part.split("=", 1)
+        out[k] = int(v)
+    return out
 
 
 def split_attention_counts(space: PruningSpace, counts: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
@@ -190,3 +205,47 @@ def split_attention_counts(space: PruningSpace, counts: Mapping[str, Mapping[str
             ref = np.asarray(counts[qk_term.name][resource])[:, :, 0]  # the branch at (qk_ref, v_ref)
             out[term.name][resource] = np.asarray(table) - ref[:, :, None] / 2
     return out
+
+
+def rows_used(space: PruningSpace, measurements: Sequence[Measurement], choice: Mapping[str, int],
+              kept: Mapping[str, bool]) -> list[Measurement]:
+    """The planned rows (of ``measurements``) that the prediction of ``vit_tables`` (or ``term_tables``) for
+    the configuration ``choice``/``kept`` (as in ``usage.rows_used``) reads, each once: the rows every kept term
+    interpolates (``usage.rows_used``) and what the attention split subtracts from them, i.e. for each kept
+    qk or vproj term the reference R(E, H) (the qk slice's rows at the smallest Q, at the E and H that
+    bracket the chosen ones), and for each qk or vproj row read, the sdpa rows that bracket its own (H, Q, V)
+    (S is subtracted from it before interpolation). A space without ``vit_sdpa`` (Swin) has no split: the
+    bracketing rows are all.
+
+    Interpolation, the subtraction and the clip at 0 are positively homogeneous in the rows, so scaling
+    exactly these rows by a factor scales the prediction by it (up to rounding), and no other row changes
+    it. Some rows can cancel out of a sum (at Q = qk_ref and V = v_ref, S and the qk slice's row drop out
+    of qk + vproj + sdpa): listed all the same, re-measuring them is harmless."""
+    out = {m.key: m for m in bracketing_rows(space, measurements, choice, kept)}
+    kernel = next((t for t in space.terms if t.op == "vit_sdpa"), None)
+    if kernel is None:
+        return list(out.values())
+    by_signature: dict[str, list[Measurement]] = {}
+    for m in measurements:
+        by_signature.setdefault(m.signature, []).append(m)
+
+    def add(rows: list[Measurement], sizes: Mapping[str, set[int]]) -> None:
+        for m in rows:
+            if all(int(m.sizes[role]) in wanted for role, wanted in sizes.items()):
+                out.setdefault(m.key, m)
+
+    for term in space.terms:
+        if term.op not in ("vit_qk", "vit_vproj") or (term.block is not None and not kept.get(term.block, True)):
+            continue
+        qk_term = next(t for t in space.terms if t.op == "vit_qk" and t.context == term.context)
+        rows = by_signature.get(qk_term.signature(), [])
+        reads = {role: bracket([m.sizes[role] for m in rows], int(choice.get(dim, space.dim(dim).size)))
+                 for dim, role in zip(term.dims, term.roles) if role in ("embed", "heads")}
+        reads["qk"] = bracket([m.sizes["qk"] for m in rows], space.dim(qk_term.dims[-1]).options[0])
+        add(rows, reads)
+    kernel_rows = by_signature.get(kernel.signature(), [])
+    for m in list(out.values()):
+        if m.op in ("vit_qk", "vit_vproj"):
+            at = parse_sizes(m.sizes_key)  # the slice's sizes with the other slice's reference width
+            add(kernel_rows, {role: bracket([k.sizes[role] for k in kernel_rows], at[role]) for role in kernel.roles})
+    return list(out.values())
