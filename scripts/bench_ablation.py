@@ -185,6 +185,8 @@ def main(argv=None) -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--remeasure", type=int, default=0,
                    help="after the cells: measure every variant again in turns with dense with this many samples")
+    p.add_argument("--prune-stem", action="store_true",
+                   help="let the space prune the stem's channels (CNN space option prune_stem; default off)")
     p.add_argument("--no-calibrate-linear", dest="calibrate_linear", action="store_false",
                    help="solve the linear variants at the budget itself (they may then miss it on the true tables)")
     p.add_argument("--out", type=Path, default=bc.ROOT / "docs" / "bench" / "ablation")
@@ -206,12 +208,13 @@ def main(argv=None) -> None:
     dense = load_model(args.model, str(weights), 10).module.eval()
     config = data_config(dense, args.resolution)
     cfg = bc.mdp_config(args.model, weights, args.resolution, args.batch, bc.data_spec(args.train_subset, None),
-                        args.cache, args.repeats)
-    run_dir = args.cache / "mdp" / f"{args.model}_{args.resolution}px_b{args.batch}"
+                        args.cache, args.repeats, space={"prune_stem": True} if args.prune_stem else None)
+    stem = "_stem" if args.prune_stem else ""
+    run_dir = args.cache / "mdp" / f"{args.model}_{args.resolution}px_b{args.batch}{stem}"
     discovered, problem = bc.prepare_mdp(cfg, run_dir)
     cells, keys = [], []
     for budget in args.budgets:
-        key = (f"ablation{'-cal' if args.calibrate_linear else ''}_{args.model}_{args.resolution}px_b{args.batch}_{budget:g}_s{args.seeds}_e{args.ft_short}_"
+        key = (f"ablation{'-cal' if args.calibrate_linear else ''}{stem}_{args.model}_{args.resolution}px_b{args.batch}_{budget:g}_s{args.seeds}_e{args.ft_short}_"
                f"{args.train_subset}_{args.val_subset}_{'+'.join(args.variants)}")
         cell = bc.cached(args.cache / "cells" / f"{key}.json",
                          lambda: run_cell(args, (cfg, discovered, problem, run_dir), budget, dense, config))
