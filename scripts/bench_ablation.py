@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     p.add_argument("--train-subset", type=int, default=20000)
     p.add_argument("--val-subset", type=int, default=2000)
     p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--remeasure", type=int, default=0,
                    help="after the cells: measure every variant again in turns with dense with this many samples")
