@@ -550,6 +550,53 @@ def _finetune(ctx: Dist, model_spec: str, data: str, out: Path, cfg: FinetuneCon
     return row
 
 
+def finetune_module(model: nn.Module, data: str, cfg: FinetuneConfig, config: dict[str, Any], *,
+                    device: str = "cpu", log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Finetune an in-memory module with ``cfg``'s recipe (the loop of ``finetune``: same loaders, optimiser,
+    schedule, loss and per-epoch seeding), without checkpoints, in one process; ``config`` is the input
+    transform (``data_config``). Lets two pruning methods whose models have no export directory (a
+    benchmark's baseline) be finetuned exactly alike. Distillation is not offered here. Returns one row of
+    metrics per epoch; the module is trained in place."""
+    if cfg.kd != "none":
+        raise MdpError("finetune_module: distillation needs a teacher; use finetune()")
+    ctx = Dist(device=torch.device(device))
+    torch.manual_seed(cfg.seed)
+    model = model.to(ctx.device)
+    train_loader = make_loader(data, "train", config=config, batch_size=cfg.batch_size, train=True,
+                               augment=cfg.augment, limit=cfg.train_limit, seed=cfg.seed)
+    val_loader = make_loader(data, "val", config=config, batch_size=cfg.batch_size, train=False, limit=cfg.val_limit)
+    classes = len(train_loader.dataset.classes)
+    optimizer = make_optimizer(model, cfg)
+    total_steps = len(train_loader) * cfg.epochs
+    warmup_steps = int(round(cfg.warmup_epochs * len(train_loader)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, cfg.schedule, cfg.min_lr_ratio))
+    amp_dtype = _amp_dtype(cfg.amp, ctx)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
+    criterion = DistillationLoss("none", None, 0.0, 1.0, cfg.label_smoothing)
+    parts = _Parts(model, model, optimizer, scheduler, scaler, None, criterion, amp_dtype)
+    rows, step = [], 0
+    for epoch in range(cfg.epochs):
+        losses, hits, seconds, step = _train_epoch(parts, train_loader, cfg, ctx, epoch, step, False,
+                                                   check=lambda out: _check_classes(model, out, classes, str(data)))
+        val = _run_eval(model, val_loader, ctx, amp_dtype, str(data))
+        rows.append({"epoch": epoch + 1, "train_loss": losses.mean().item(),
+                     "train_top1": 100 * hits[0].item() / max(hits[1].item(), 1), "val_loss": val["loss"],
+                     "val_top1": val["top1"], "epoch_seconds": seconds})
+        if log is not None:
+            log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {rows[-1]['train_loss']:.4f} | val top1 "
+                f"{val['top1']:.2f} | {seconds:.1f}s")
+    return rows
+
+
+def evaluate_module(model: nn.Module, data: str, config: dict[str, Any], *, split: str = "val",
+                    batch_size: int = 128, limit: int | None = None, device: str = "cpu") -> dict[str, float]:
+    """Top-1/top-5 and loss of an in-memory module on one split (the metrics of ``evaluate``)."""
+    ctx = Dist(device=torch.device(device))
+    loader = make_loader(data, split, config=config, batch_size=batch_size, train=False, limit=limit)
+    return _run_eval(model.to(ctx.device), loader, ctx, None, str(data))
+
+
 @dataclass
 class _Parts:
     model: nn.Module  # the bare module (checkpoints, EMA, evaluation)

@@ -1,0 +1,64 @@
+"""The accuracy benchmarks end to end at toy scale (slow: they train, profile, prune and finetune)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+TOY = ["--epochs", "1", "--train-subset", "256", "--val-subset", "128", "--seeds", "2", "--ft-short", "1",
+       "--budgets", "0.5", "--repeats", "5"]
+
+
+@pytest.mark.slow
+def test_bench_vs_torch_pruning_toy(tmp_path) -> None:
+    pytest.importorskip("torch_pruning", reason="Torch-Pruning is not installed (pip install -e '.[bench]')")
+    import bench_vs_torch_pruning as bench
+
+    out = tmp_path / "out"
+    bench.main(["--models", "resnet18", "--batches", "1", "--ft-long", "2", "--tp-settings",
+                "magnitude-local,taylor-global", "--out", str(out), "--cache", str(tmp_path / "cache"), *TOY])
+    results = json.loads((out / "results.json").read_text())
+    (cell,) = results["cells"]
+    assert cell["tp_best"] in ("magnitude-local", "taylor-global")
+    for name in ("mdp", "magnitude-local", "taylor-global"):
+        assert 0.05 < cell[name]["latency_fraction"] < 1.5
+        assert 0 <= cell[name]["top1_pruned"] <= 100
+    for setting in ("magnitude-local", "taylor-global"):
+        assert 0 < cell[setting]["ratio"] < 0.95 and cell[setting]["steps"] >= 1
+    best = cell["tp_best"]
+    for stage in ("short", "long"):
+        assert len(cell["mdp"][f"top1_{stage}"]) == len(cell[best][f"top1_{stage}"]) == 2
+        stats = cell[f"stats_{stage}"]
+        assert stats["n"] == 2 and stats["mean_diff"] == pytest.approx(
+            sum(cell["mdp"][f"top1_{stage}"]) / 2 - sum(cell[best][f"top1_{stage}"]) / 2)
+    assert cell[best]["top1_short"][0] == cell[best]["top1_short_seed0"]
+    assert "| resnet18 | 1 | 0.50 | short |" in (out / "results.md").read_text()
+    assert (out / "acc_vs_latency_resnet18_b1_short.png").stat().st_size > 1000
+    # a rerun reads every cell back from the cache: same numbers
+    bench.main(["--models", "resnet18", "--batches", "1", "--ft-long", "2", "--tp-settings",
+                "magnitude-local,taylor-global", "--out", str(out), "--cache", str(tmp_path / "cache"), *TOY])
+    assert json.loads((out / "results.json").read_text())["cells"] == results["cells"]
+
+
+@pytest.mark.slow
+def test_bench_ablation_toy(tmp_path) -> None:
+    import bench_ablation as bench
+
+    out = tmp_path / "out"
+    bench.main(["--model", "resnet18", "--batch", "1", "--out", str(out), "--cache", str(tmp_path / "cache"), *TOY])
+    (cell,) = json.loads((out / "results.json").read_text())["cells"]
+    for name in bench.VARIANTS:
+        assert len(cell[name]["top1_short"]) == 2 and 0 < cell[name]["latency_fraction"] < 1.5
+    # the channel-only variants remove no block; the multi-dimensional ones stay within the budget on the tables
+    assert cell["channels+linear"]["blocks_removed"] == cell["channels+multidim"]["blocks_removed"] == []
+    assert cell["mdp"]["predicted_fraction"] <= 0.5 + 1e-9 and cell["channels+multidim"]["predicted_fraction"] <= 0.5 + 1e-9
+    # full mdp keeps at least the importance of every restriction of it that is solved on the same tables
+    assert cell["mdp"]["importance_kept"] >= cell["channels+multidim"]["importance_kept"] - 1e-9
+    assert "stats_vs_mdp" in cell["channels+linear"] and "stats_vs_mdp" not in cell["mdp"]
+    assert (out / "acc_vs_latency_resnet18_b1.png").stat().st_size > 1000
