@@ -109,10 +109,11 @@ def test_a_pass_disturbed_for_one_row_is_timed_again(tmp_path):
     lut = open_lut(tmp_path / "lut.csv")
     summary = profile_into_lut(lut, wanted, TimingPlan(chunk=2, rounds=3, reference=True, recheck=0.25),
                                warmup=1, repeats=12, progress=False)
-    assert summary["rechecked"] == 1
     frame = pd.read_csv(tmp_path / "lut.csv").set_index("sizes")
-    assert frame.loc["width=2", "rechecked"] == 1 and frame.loc["width=1", "rechecked"] == 0
-    assert frame.loc["width=2", "repeats"] == 16 and frame.loc["width=1", "repeats"] == 12
+    # the disturbed row is always re-timed; on a loaded machine the other one may be too
+    assert frame.loc["width=2", "rechecked"] == 1 and frame.loc["width=2", "repeats"] == 16
+    assert summary["rechecked"] == int(frame["rechecked"].sum())
+    assert frame.loc["width=1", "repeats"] == 12 + 4 * int(frame.loc["width=1", "rechecked"])
     # the median over four passes is not the slow pass's (3x): both rows cost the same work (the margin is
     # for a loaded machine: other processes move a Python loop's CPU time by tens of per cent)
     assert 0.5 < lut.get("spin", "width=2") / lut.get("spin", "width=1") < 2.0
