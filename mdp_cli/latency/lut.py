@@ -239,23 +239,7 @@ class Lut:
         for value in self.frame["median_ms"]:
             if not np.isfinite(float(value)):
                 raise MdpError(f"{self.path}: refusing to write a non-finite latency")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.lock_path):
-            if self.path.is_file():
-                on_disk = Lut(self.path, self.device, self.dtype, self.batch, self.threads, read_rows(self.path),
-                              runtime=self.runtime)
-                on_disk.check(self.device, self.dtype, self.batch, self.threads, self.runtime)
-                self._merge_missing(on_disk.frame)
-            with atomic_path(self.path) as tmp:
-                self.frame.to_csv(tmp, index=False)
-            write_json(self.sidecar, {
-                "schema": SCHEMA, "version": VERSION,
-                "provenance": provenance(device=self.device, dtype=self.dtype, batch=self.batch,
-                                         threads=self.threads, runtime=self.runtime,
-                                         runtime_version=runtime_version(self.runtime), rows=len(self.frame),
-                                         **provenance_fields),
-                "csv": self.path.name,
-            })
+        self._write_merged(lambda: None, provenance_fields)
 
     def replace_rows(self, rows: pd.DataFrame, **provenance_fields: Any) -> int:
         """Overwrite the rows at the (signature, sizes) keys of ``rows`` with ``rows``: the one deliberate way
@@ -270,6 +254,23 @@ class Lut:
         if not np.isfinite(new["median_ms"].astype(float)).all():
             raise MdpError(f"{self.path}: refusing to write a non-finite latency")
         keys = set(zip(new["signature"].astype(str), new["sizes"].fillna("").astype(str)))
+        replaced: list[int] = []
+
+        def replace() -> dict[str, Any]:
+            held = [key in keys for key in zip(self.frame["signature"].astype(str),
+                                                 self.frame["sizes"].fillna("").astype(str))]
+            kept = self.frame[[not h for h in held]]
+            self.frame = new if not len(kept) else pd.concat([kept, new], ignore_index=True)
+            self._reindex()
+            replaced.append(int(sum(held)))
+            return {"replaced_rows": replaced[0]}
+
+        self._write_merged(replace, provenance_fields)
+        return replaced[0]
+
+    def _write_merged(self, edit: Any, provenance_fields: Mapping[str, Any]) -> None:
+        """Under the LUT's lock: merge in the rows another process wrote since, apply ``edit`` (which may
+        return extra provenance), then write the CSV atomically and the sidecar."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(self.lock_path):
             if self.path.is_file():
@@ -277,11 +278,7 @@ class Lut:
                               runtime=self.runtime)
                 on_disk.check(self.device, self.dtype, self.batch, self.threads, self.runtime)
                 self._merge_missing(on_disk.frame)
-            held = [key in keys for key in zip(self.frame["signature"].astype(str),
-                                                 self.frame["sizes"].fillna("").astype(str))]
-            kept = self.frame[[not h for h in held]]
-            self.frame = new if not len(kept) else pd.concat([kept, new], ignore_index=True)
-            self._reindex()
+            extra = edit() or {}
             with atomic_path(self.path) as tmp:
                 self.frame.to_csv(tmp, index=False)
             write_json(self.sidecar, {
@@ -289,10 +286,9 @@ class Lut:
                 "provenance": provenance(device=self.device, dtype=self.dtype, batch=self.batch,
                                          threads=self.threads, runtime=self.runtime,
                                          runtime_version=runtime_version(self.runtime), rows=len(self.frame),
-                                         replaced_rows=int(sum(held)), **provenance_fields),
+                                         **extra, **provenance_fields),
                 "csv": self.path.name,
             })
-        return int(sum(held))
 
     def _merge_missing(self, other: pd.DataFrame) -> None:
         """Append the rows of ``other`` whose (signature, sizes) this LUT lacks."""
