@@ -39,7 +39,7 @@ $(BIN)/mdp: pyproject.toml
 	touch $(BIN)/mdp
 
 # The main job on the embedded default: profile -> score -> solve (budget 0.5) -> export of a random-init
-# ResNet-18 at 64 px scored on real Fashion-MNIST images; ~30 s on 2 cores after set-up.
+# ResNet-18 at 64 px scored on real Fashion-MNIST images; ~1 min on 2 cores after set-up (measured 54 s, with the budget sweep and runs/demo/report.html).
 demo: setup
 	$(BIN)/mdp run configs/demo.yaml --run-dir runs/demo
 	$(BIN)/mdp report runs/demo
