@@ -131,6 +131,7 @@ LAZY_COMMANDS = {
     "profile": "mdp_cli.commands.stages:profile_command",
     "score": "mdp_cli.commands.stages:score_command",
     "problem": "mdp_cli.commands.stages:problem_command",
+    "calibrate": "mdp_cli.commands.stages:calibrate_command",
     "export": "mdp_cli.commands.stages:export_command",
     "run": "mdp_cli.commands.stages:run_command",
     "solve": "mdp_cli.solve.cli:solve_command",

@@ -15,6 +15,7 @@ The resolved config is a plain dict (what ``config.json`` of a run directory hol
               sweep}
     export:  {tolerance, onnx, measure, repeats}
     refine:  {enabled, rounds, tolerance, two_sided, repeats}
+    calibrate: {configs, seed, repeats, file}
 """
 
 import copy
@@ -81,6 +82,18 @@ class ExportSection:
 
 
 @dataclasses.dataclass
+class CalibrateSection:
+    """In-network calibration of the latency table (docs/latency.md, ``latency/calibration.py``): pruned
+    configurations of the model exported and timed in turns with the dense one, a scale per op class and a
+    per-term overhead fitted to them, used where they predict unseen configurations clearly better."""
+
+    configs: int = setting(8, min=0, doc="pruned configurations timed (0: off; else at least 4) (--calibrate-configs)")
+    seed: int = setting(0, min=0, doc="which configurations")
+    repeats: Optional[int] = setting(None, min=1, doc="timed calls per configuration, in turns (default profile.repeats)")
+    file: str = setting("", doc="a calibration JSON to apply to the problem ('mdp problem --calibration')")
+
+
+@dataclasses.dataclass
 class RefineSection:
     """``mdp run --refine``: the closed loop of docs/refine.md (measure the export, re-measure the rows it
     reads, re-solve with a corrected budget, re-export)."""
@@ -95,7 +108,7 @@ class RefineSection:
 
 
 SECTIONS: dict[str, type] = {"profile": ProfileSection, "score": ScoreSection, "solve": SolveSection,
-                             "export": ExportSection, "refine": RefineSection}
+                             "export": ExportSection, "refine": RefineSection, "calibrate": CalibrateSection}
 # Top-level keys every family understands (besides the sections); ``None`` resolution: the family's default.
 TOP_LEVEL = ("model", "family", "resolution", "pretrained", "random_init", "num_classes", "run_dir", "name")
 
@@ -200,6 +213,9 @@ def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
         from mdp_cli.solve.sweep import parse_sweep
 
         parse_sweep(cfg["solve"]["sweep"], f"{where}: solve.sweep (--sweep)")  # a bad range fails before any stage
+    if 0 < cfg["calibrate"]["configs"] < 4:
+        raise MdpError(f"{where}: calibrate.configs (--calibrate-configs) = {cfg['calibrate']['configs']} is not allowed; "
+                       f"expected 0 (off) or at least 4 (the fit is judged on configurations it has not seen)")
     gpu_width_default(cfg, given)
     for key in ("run_dir", "name"):
         if top[key] is not None:

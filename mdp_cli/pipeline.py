@@ -20,6 +20,7 @@ models); profiling only measures rows it lacks.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -152,9 +153,68 @@ def stage_problem(cfg: Mapping[str, Any], importance_path: str | Path | None, ou
     importance = read_importance(importance_path) if importance_path else None
     problem = family.build_problem(cfg, discovered, open_lut(cfg, lut_path), importance,
                                    str(importance_path) if importance_path else None)
+    calibration_file = cfg["calibrate"].get("file")
+    if calibration_file:
+        from mdp_cli.latency.calibration import read_calibration
+
+        problem = read_calibration(calibration_file).apply(problem, str(calibration_file))
     problem.save(out)
     return problem
 
+
+def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered | None = None,
+                    lut_path: str | Path | None = None, echo: Callable[[str], None] = print):
+    """Fit the in-network calibration of the LUT for this model (``latency/calibration.py``): the dense model
+    and ``calibrate.configs`` pruned configurations, each exported as ``mdp export`` would, timed in turns
+    in the profile's device, dtype, batch, threads and runtime; writes ``mdp.calibration`` to ``out``."""
+    import torch
+
+    from mdp_cli.latency.calibration import fit_calibration, random_configurations, term_class
+    from mdp_cli.latency.runtimes import check_runtime, runner
+    from mdp_cli.latency.timing import check_device, sample_calls_round_robin, threads
+
+    c, p = cfg["calibrate"], cfg["profile"]
+    repeats = int(c["repeats"] or p["repeats"])
+    if not c["configs"]:
+        raise MdpError("calibrate.configs (--calibrate-configs) is 0: nothing to calibrate on; give at least 4")
+    family = family_of_config(cfg)
+    discovered = discovered or discover(cfg)
+    lut = open_lut(cfg, lut_path)
+    problem = family.build_problem(cfg, discovered, lut, None, None)
+    configs = random_configurations(problem, int(c["configs"]), seed=int(c["seed"]))
+    device = check_device(p["device"])
+    runtime = check_runtime(p.get("runtime", "eager"), device, p["dtype"])
+    x = torch.randn(int(p["batch"]), *family.input_shape(discovered))
+    calls = []
+    for k, config in enumerate(configs):
+        sizes = {d.name: d.options[config.choice[d.name]] for d in problem.dims if d.name in config.choice}
+        net = family.export_for_timing(discovered, sizes, dict(config.kept))
+        calls.append(runner(net, x, runtime, device, p["dtype"], int(p["threads"])))
+    echo(f"[calibrate] timing the dense model and {len(configs) - 1} pruned configurations in turns "
+         f"({repeats} calls each)")
+    with threads(int(p["threads"]) if device == "cpu" else None):
+        samples = sample_calls_round_robin(calls, device, int(p["warmup"]), repeats)
+    measured = [statistics.median(s) for s in samples]
+    classes = {t.name: term_class(t.op) for t in discovered.space.terms}
+    calibration = fit_calibration(problem, classes, configs, measured)
+    calibration.save(out, model=cfg["model"], lut=str(lut.path), device=lut.device, dtype=lut.dtype,
+                     batch=lut.batch, threads=lut.threads, runtime=runtime, stat=p["stat"],
+                     configs=int(c["configs"]), seed=int(c["seed"]), repeats=repeats)
+    return calibration
+
+
+def calibration_summary(calibration) -> str:
+    """One line: what the fit found and whether it is used."""
+    f = calibration.fit
+    scales = f["fitted_scales"]
+    memory = (f"memory ops x{scales['memory'] / scales['compute']:.2f} of compute, "
+              if "memory" in calibration.term_classes.values() else "")
+    found = f"fit: {memory}{f['fitted_overhead'] * 1000 / scales['compute']:+.1f} us per term"
+    before, held_out = f["median_error_before"], f.get("median_error_held_out")
+    if f["accepted"]:
+        return f"{found}; used: fraction-of-dense error {before:.1%} -> {held_out:.1%} on configurations it did not see"
+    return (f"{found}; not used: the plain table errs {before:.1%} (median), the fit {held_out:.1%} on configurations "
+            f"it did not see (used only above 4 % and when it does clearly better)")
 
 def stage_solve(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Path):
     from mdp_cli.solve import load_problem, solve_problem
@@ -365,7 +425,13 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
     state = read_state(state_path)
     lut = lut_location(cfg)
     paths = {"importance": run_dir / "importance.json", "problem": run_dir / "problem.json",
-             "solution": run_dir / "solution.json", "export": run_dir / "exported" / "arch.json"}
+             "solution": run_dir / "solution.json", "export": run_dir / "exported" / "arch.json",
+             "calibration": run_dir / "calibration.json"}
+    # the run fits its own calibration unless one is given (calibrate.file) or it is off (configs 0)
+    calibrating = bool(cfg["calibrate"]["configs"]) and not cfg["calibrate"]["file"]
+    if calibrating:
+        cfg = merge(cfg, {"calibrate": {"file": str(paths["calibration"])}})
+    calibration_inputs = [Path(cfg["calibrate"]["file"])] if cfg["calibrate"]["file"] else []
     model_key = {k: cfg.get(k) for k in ("model", "resolution", "pretrained", "random_init", "num_classes", "space")}
     if cfg.get("pretrained"):
         from mdp_cli.weights import weights_hash
@@ -415,6 +481,10 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
         stage_score(cfg, paths["importance"], discovered(), progress=progress)
         return str(paths["importance"])
 
+    def do_calibrate():
+        calibration = stage_calibrate(cfg, paths["calibration"], discovered(), echo=echo)
+        return calibration_summary(calibration)
+
     def do_problem():
         stage_problem(cfg, paths["importance"], paths["problem"], discovered())
         return str(paths["problem"])
@@ -434,8 +504,13 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
         """profile, problem, solve: the stages that read the LUT (and score, the first time)."""
         # The LUT is shared by every model and run: its rows are inputs, not this run's outputs.
         step("profile", lambda: _hash_inputs([model_key, cfg["profile"]], [lut]), [lut], do_profile, check_outputs=False)
+        if calibrating:
+            calibrate_key = {k: v for k, v in cfg["calibrate"].items() if k != "file"}
+            step("calibrate", lambda: _hash_inputs([model_key, cfg["profile"], calibrate_key], [lut]),
+                 [paths["calibration"]], do_calibrate)
         step("score", lambda: _hash_inputs([model_key, cfg["score"]], []), [paths["importance"]], do_score)
-        step("problem", lambda: _hash_inputs([model_key, cfg["profile"]["stat"]], [lut, paths["importance"]]),
+        step("problem", lambda: _hash_inputs([model_key, cfg["profile"]["stat"]],
+                                             [lut, paths["importance"], *calibration_inputs]),
              [paths["problem"]], do_problem)
         if last != "problem":
             # the sweep is its own stage: changing the range does not re-solve the budget

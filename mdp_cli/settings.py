@@ -19,7 +19,8 @@ FLAGS = {"space.step": "--step", "space.max_options": "--max-options", "space.mu
          "profile.repeats": "--repeats", "profile.warmup": "--warmup", "score.batches": "--batches",
          "score.batch_size": "--batch-size", "score.seed": "--seed", "score.data": "--data",
          "solve.budget": "--budget", "solve.sweep": "--sweep", "export.tolerance": "--tolerance", "refine.enabled": "--refine",
-         "refine.rounds": "--refine-rounds", "refine.tolerance": "--refine-tolerance", "resolution": "--resolution"}
+         "refine.rounds": "--refine-rounds", "calibrate.configs": "--calibrate-configs",
+         "calibrate.file": "--calibration", "refine.tolerance": "--refine-tolerance", "resolution": "--resolution"}
 
 
 def setting(default: Any, *, min: float | None = None, choices: tuple | None = None, doc: str = "") -> Any:

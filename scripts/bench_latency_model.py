@@ -42,6 +42,7 @@ from mdp_cli.latency.lut import Lut  # noqa: E402
 import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
 from mdp_cli.latency.timing import clock_for, threads, time_round_robin  # noqa: E402
+from mdp_cli.latency.calibration import fit_calibration, random_configurations, term_class  # noqa: E402
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
@@ -80,8 +81,12 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     rng = random.Random(args.seed + 1000 * run)
     x = torch.randn(1, 3, args.resolution, args.resolution)
     rows = []
+    calibration = None
     with threads(1):
         dense_net, _ = prune_cnn(model, analysis, {}, {})  # the exported dense model: same code path as pruned ones
+        if args.calibrate:
+            calibration = calibrate(model, analysis, problems["median"], dense_net, x, args, run)
+            problems["calibrated"] = calibration.apply(problems["median"])
         for k in range(args.configs):
             # every other configuration aims below 40 % of dense: the regime aggressive pruning explores
             ratio = 0.0 if k == 0 else rng.uniform(0.55, 0.95) if k % 2 else rng.uniform(0.05, 0.55)
@@ -100,18 +105,39 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
             row["multidim_err"] = (row["multidim_ms"] - measured) / measured
             rows.append(row)
             print(f"{k:3d} measured {measured:8.3f} ms ({fraction:5.1%} of dense)  relative error: "
-                  + "  ".join(f"{stat} {row[f'multidim_{stat}_rel_err']:+6.1%}" for stat in STATS)
+                  + "  ".join(f"{stat} {row[f'multidim_{stat}_rel_err']:+6.1%}" for stat in problems)
                   + f"  linear {row['linear_rel_err']:+6.1%}", flush=True)
     high = [r for r in rows if r["measured_fraction"] < 0.4]
     result = {"run": run, "profile_seconds": profile_s, "lut": summary["lut"], "rechecked": summary.get("rechecked", 0),
               "dense_measured_ms": rows[0]["dense_now_ms"], "dense_predicted_ms": problems["median"].dense_latency,
               "configs": len(rows), "high_pruning_configs": len(high), "rows": rows}
-    for name in [f"multidim_{stat}" for stat in STATS] + ["linear"]:
+    for name in [f"multidim_{stat}" for stat in problems] + ["linear"]:
         result[name] = summarise([r[f"{name}_rel_err"] for r in rows])
         if high:
             result[f"{name}_high_pruning"] = summarise([r[f"{name}_rel_err"] for r in high])
     result["multidim_absolute"] = summarise([r["multidim_err"] for r in rows])
+    if calibration is not None:
+        result["calibration"] = {"scales": dict(calibration.scales), "overhead_ms": calibration.overhead,
+                                 **calibration.fit}
     return result
+
+
+def calibrate(model, analysis, problem, dense_net, x, args, run):
+    """Fit the in-network calibration (mdp_cli/latency/calibration.py) on ``args.calibrate`` configurations
+    of its own (another seed than the evaluated ones), timed in turns with the dense model."""
+    configs = random_configurations(problem, args.calibrate, seed=args.seed + 7919 + run)
+    nets = [dense_net]
+    for c in configs[1:]:
+        sizes = {d.name: d.options[c.choice[d.name]] for d in problem.dims}
+        nets.append(prune_cnn(model, analysis, sizes, dict(c.kept))[0])
+    measured = [m for m, _, _ in time_round_robin([(n, x) for n in nets], warmup=args.warmup, repeats=args.repeats)]
+    classes = {t.name: term_class(t.op) for t in analysis.space.terms}
+    fitted = fit_calibration(problem, classes, configs, measured)
+    f = fitted.fit
+    print(f"run {run}: calibrated on {len(configs)} configurations: scales {dict(fitted.scales)}, overhead "
+          f"{fitted.overhead * 1000:.1f} us/term; fraction error median {f['median_error_before']:.1%} -> "
+          f"{f['median_error_after']:.1%} (held out {f.get('median_error_held_out', float('nan')):.1%})", flush=True)
+    return fitted
 
 
 STATS = ("median", "ref")
@@ -132,6 +158,9 @@ def main() -> None:
     parser.add_argument("--recheck", type=float, help="re-time rows whose passes differ by more (default: the plan's)")
     parser.add_argument("--lut-dir", help="where the LUTs go (default: a temporary directory per run)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibrate", type=int, default=0,
+                        help="also fit the in-network calibration on this many configurations of its own and report "
+                             "the calibrated table's errors (multidim_calibrated)")
     parser.add_argument("--out", default="bench_latency_model.json")
     args = parser.parse_args()
 
@@ -142,7 +171,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             lut_dir = Path(args.lut_dir) / f"run{run}" if args.lut_dir else Path(tmp)
             runs.append(measure_run(model, analysis, args, lut_dir, run))
-    names = [f"multidim_{stat}" for stat in STATS] + ["linear"]
+    names = [f"multidim_{stat}" for stat in STATS] + (["multidim_calibrated"] if args.calibrate else []) + ["linear"]
     print(f"\n{args.model} @ {args.resolution}px, {args.runs} run(s) x {args.configs} configurations, "
           f"{platform_name()}, 1 thread, {clock_for('cpu', 1)} clock; error of the predicted fraction of dense:")
     for r in runs:

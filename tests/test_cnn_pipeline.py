@@ -32,16 +32,17 @@ def test_run_then_skip_then_rerun_changed_stage(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
     first = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q"])
     assert first.exit_code == 0, first.output
-    for name in ("space.json", "importance.json", "problem.json", "solution.json", "exported/arch.json",
+    for name in ("space.json", "calibration.json", "importance.json", "problem.json", "solution.json", "exported/arch.json",
                  "exported/model.safetensors", "exported/report.json", "state.json"):
         assert (run_dir / name).is_file(), name
     assert "predicted" in first.output and "measured" in first.output
     second = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q"])
     assert second.exit_code == 0, second.output
-    assert second.output.count("skipped") == 5, second.output
+    assert second.output.count("skipped") == 6, second.output  # profile, calibrate, score, problem, solve, export
     third = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q", "--budget", "0.8"])
     assert third.exit_code == 0, third.output
     assert "[profile] unchanged" in third.output and "[problem] unchanged" in third.output
+    assert "[calibrate] unchanged" in third.output
     assert "[solve] done" in third.output and "[export] done" in third.output
 
 

@@ -156,7 +156,7 @@ def test_a_family_defined_in_one_module_runs_through_mdp_run(tmp_path, monkeypat
         torch.testing.assert_close(pruned(x), want)
     # a second run skips every stage
     again = CliRunner().invoke(main, ["run", "toy.yaml"])
-    assert again.exit_code == 0 and again.output.count("unchanged inputs and outputs, skipped") == 5, again.output
+    assert again.exit_code == 0 and again.output.count("unchanged inputs and outputs, skipped") == 6, again.output
 
 
 def test_family_registry_refuses_a_second_family_of_the_same_name(toy_family):

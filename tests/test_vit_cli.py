@@ -114,7 +114,7 @@ def test_run_then_solve_a_vit(tmp_path, monkeypatch):
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
     # unchanged inputs: every stage skipped; profiling again measures nothing (rows reused from the LUT)
-    assert invoke(["run", "tiny.yaml", "-q"]).count("unchanged inputs and outputs, skipped") == 5
+    assert invoke(["run", "tiny.yaml", "-q"]).count("unchanged inputs and outputs, skipped") == 6
     out = invoke(["profile", "--config", "tiny.yaml", "-q"])
     assert " 0 configurations measured" in out and " 0 reused" not in out
     frame = Lut.open(cnn_lut, *lut_identity(load_config(tmp_path / "tiny.yaml"))).frame

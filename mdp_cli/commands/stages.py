@@ -1,4 +1,4 @@
-"""Click commands for space, profile, score, problem, export and run (thin: each calls mdp_cli.pipeline).
+"""Click commands for space, profile, score, problem, calibrate, export and run (thin: each calls mdp_cli.pipeline).
 
 One command per stage for every model family: ``mdp_cli.pipeline`` asks the model's family
 (``mdp_cli.families``) for the family-specific part; a flag that only another family understands is a
@@ -74,6 +74,9 @@ def _config(config: Path | None, kw: dict[str, Any], weights: bool = False) -> d
     refine = {"enabled": kw.pop("refine", None), "rounds": kw.pop("refine_rounds", None),
               "tolerance": kw.pop("refine_tolerance", None)}
     over["refine"] = {k: v for k, v in refine.items() if v is not None}
+    calibrate = {"configs": kw.pop("calibrate_configs", None), "file": kw.pop("calibration", None),
+                 "seed": kw.pop("calibrate_seed", None), "repeats": kw.pop("calibrate_repeats", None)}
+    over["calibrate"] = {k: str(v) if k == "file" else v for k, v in calibrate.items() if v is not None}
     for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion")), ("solve", ("budget", "sweep")),
                           ("export", ("tolerance", "onnx", "measure"))):
         over[section] = {k: kw.pop(k) for k in keys if kw.get(k) is not None}
@@ -153,6 +156,8 @@ def score_command(config, output, quiet, **kw):
 @click.option("--importance", type=click.Path(dir_okay=False, path_type=Path),
               help="Importance JSON from 'mdp score' (omit for a latency-only problem).")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="LUT CSV (default: lut-dir/<this device>).")
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Calibration JSON from 'mdp calibrate': the in-network correction of the LUT's terms.")
 @click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("problem.json"),
               show_default=True)
 def problem_command(config, importance, lut_path, output, **kw):
@@ -161,6 +166,24 @@ def problem_command(config, importance, lut_path, output, **kw):
     problem = pipeline.stage_problem(cfg, importance, output, lut_path=lut_path)
     click.echo(f"wrote {output}: {len(problem.dims)} dims, {len(problem.terms)} terms, {len(problem.blocks)} blocks, "
                f"dense latency {problem.dense_latency:.3f} ms")
+
+
+@click.command("calibrate")
+@_model_options
+@_profile_options
+@click.option("--warmup", type=int, help="Warm-up calls per model (default 10).")
+@click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="LUT CSV (default: lut-dir/<this device>).")
+@click.option("--configs", "calibrate_configs", type=int,
+              help="Pruned configurations exported and timed in turns with the dense model (default 8, at least 4).")
+@click.option("--seed", "calibrate_seed", type=int, help="Which configurations (default 0).")
+@click.option("--repeats", "calibrate_repeats", type=int, help="Timed calls per model (default: profile.repeats, 30).")
+@click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("calibration.json"), show_default=True)
+def calibrate_command(config, lut_path, output, **kw):
+    """Fit how the LUT's terms, timed one by one, add up inside the whole network (docs/latency.md)."""
+    cfg = _config(config, kw)
+    calibration = pipeline.stage_calibrate(cfg, output, lut_path=lut_path, echo=click.echo)
+    click.echo(f"wrote {output}: {pipeline.calibration_summary(calibration)}")
 
 
 @click.command("export")
@@ -209,6 +232,8 @@ def export_command(config, solution, importance, output, **kw):
 @click.option("--refine-rounds", type=int, help="Most refine rounds, the first export included (default 3).")
 @click.option("--refine-tolerance", type=float,
               help="Refine until the measured fraction of dense is within this of the budget (default 0.1).")
+@click.option("--calibrate-configs", type=int,
+              help="Pruned configurations timed to calibrate the LUT in-network (default 8; 0: off).")
 def run_command(config, run_dir, force, quiet, no_gate, **kw):
     """Run profile -> score -> problem -> solve -> export (--refine: the closed loop) from CONFIG, skipping
     unchanged stages."""
@@ -230,4 +255,5 @@ def families_command():
         click.echo(family.describe())
 
 
-COMMANDS = [families_command, space_command, profile_command, score_command, problem_command, export_command, run_command]
+COMMANDS = [families_command, space_command, profile_command, score_command, problem_command, calibrate_command,
+            export_command, run_command]

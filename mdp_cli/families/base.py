@@ -90,6 +90,12 @@ class Family(abc.ABC):
         (block -> kept); ``importance`` (dim -> record) decides which units are kept."""
 
     # -- optional hooks ---------------------------------------------------------------------------------
+    def export_for_timing(self, discovered: Discovered, choice: Mapping[str, int],
+                          kept: Mapping[str, bool]) -> Any:
+        """A pruned model of a configuration, to be timed only (``mdp calibrate``): which units are kept does
+        not change its latency, so no importance is needed. Default: ``export`` without importance."""
+        return self.export(discovered, choice, kept, None)[0]
+
     def rows_used(self, discovered: Discovered, grid: Any, choice: Mapping[str, int],
                   kept: Mapping[str, bool]) -> list[Measurement]:
         """The rows of ``measurements`` that the predicted latency of a configuration (``choice``: dim ->

@@ -161,8 +161,6 @@ class TransformerFamily(Family):
         from mdp_cli.latency.vit_tables import rows_from_lut
         from mdp_cli.space.vit import vit_problem
 
-        if importance is None:
-            raise MdpError(f"a {self.title} problem needs --importance (from 'mdp score --model {cfg['model']}')")
         space = discovered.space
         planned = {m.key for m in self.measurements(discovered, cfg["profile"]["grid"])}
         tables, extra = self._tables(space, rows_from_lut(lut, space, only=planned))

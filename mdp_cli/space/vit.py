@@ -296,7 +296,7 @@ def space_summary(space: PruningSpace) -> dict[str, Any]:
 def vit_problem(
     space: PruningSpace,
     tables: Mapping[str, Any],
-    importance: Mapping[str, Any],
+    importance: Mapping[str, Any] | None,
     constant_latency: float = 0.0,
     family: str = "vit",
     counts: Mapping[str, Mapping[str, Any]] | None = None,
@@ -307,11 +307,15 @@ def vit_problem(
     branches as removable blocks. The embedding importance is split: its ``base`` part is always
     counted, each branch's share only while that branch is kept (``gated`` of the importance file).
     Importance is rescaled so that the dense total is 100 (as the CNN problem builder does: the optimum
-    does not change, the solver sees O(1) values)."""
+    does not change, the solver sees O(1) values). ``importance`` None: a latency-only problem (a constant
+    importance per kept step, as the CNN builder makes), for timing and calibration."""
     import numpy as np
 
     from mdp_cli.solve.problem import Block, Dim, ImportanceEntry, Term, make_problem
 
+    if importance is None:
+        importance = {d.name: {"options": list(d.options), "cumulative": list(range(1, len(d.options) + 1))}
+                      for d in space.dims}
     idims = importance["dims"] if "dims" in importance else importance
     total = sum(float(idims[d.name]["cumulative"][-1]) for d in space.dims if d.name in idims)
     scale = IMPORTANCE_TOTAL / total if total > 0 else 1.0

@@ -1,0 +1,302 @@
+"""In-network calibration of a latency table: what its terms, timed one by one, cost inside the whole network.
+
+A LUT row times one op alone. Inside the network the same op costs less or more: an activation or a residual
+add timed alone pays a whole call and reads a tensor that the network would have in cache (measured: ~1.7x its
+in-network cost on CPU, docs/latency.md), and ONNX Runtime fuses conv + add + relu in the whole graph but not in
+one op's graph. These biases grow in share as channels are pruned (convs shrink quadratically, elementwise ops
+linearly, a call's fixed cost not at all), which is why a plain sum of LUT rows under-predicts how slow a heavily
+pruned network stays.
+
+The correction is fitted to whole networks: a few pruned configurations of the very model are exported and
+timed in turns with the dense one (``mdp_cli/calibrate.py``), and
+
+    measured(config) ~= sum over kept terms t of  scale[class(t)] * table_t(config) + overhead
+
+is fitted by bounded least squares on relative residuals, with one scale per op class present (``compute``:
+convs, linears, attention, MLPs; ``memory``: elementwise and normalisation ops, pools, concatenation) and one
+per-term ``overhead`` (a kept term's fixed cost, gated with its block like the term). Applied to a problem,
+every table becomes ``scale * table + overhead``: the solver's model stays a sum of terms, and a calibrated
+problem is a plain ``mdp.problem`` (its provenance records the calibration). Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mdp_cli.artifacts import is_finite_number, provenance, read_json, write_json
+from mdp_cli.errors import SchemaError
+from mdp_cli.solve.problem import Problem
+
+SCHEMA = "mdp.calibration"
+VERSION = 1
+CLASSES = ("compute", "memory")
+# Ops whose cost is a pass over memory rather than arithmetic: timed alone they pay what the network amortises.
+MEMORY_OPS = frozenset({"add", "mul", "cat", "bn", "act", "scalar", "maxpool", "avgpool", "adaptive_avgpool", "mean",
+                        "ln2d", "layernorm", "scale", "permute"})
+# A class's scale relative to the first class's outside this range means the table and the network disagree
+# beyond what call cost and fusion explain (a wrong table or a broken measurement): the fit is held at the
+# bound and the report says so.
+SCALE_BOUNDS = (0.05, 4.0)
+# A fit is used only where the plain table errs beyond timing noise (median error of the fraction of dense
+# over NOISE_FLOOR: two LUTs of one machine differ by 2-5 %, docs/latency.md) and the fit, predicting
+# configurations it was not fitted on (leave one out), errs at most ACCEPT_RATIO of that: else the table stands
+# as measured (a fit to noise helps nobody).
+NOISE_FLOOR = 0.04
+ACCEPT_RATIO = 0.7
+
+
+def term_class(op: str) -> str:
+    return "memory" if op in MEMORY_OPS else "compute"
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """A configuration in the problem's terms: option index per dim (missing: full) and kept flag per block."""
+
+    choice: Mapping[str, int]
+    kept: Mapping[str, bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    scales: Mapping[str, float]      # class -> multiplier of the table
+    overhead: float                  # added to every kept term, in the problem's units
+    term_classes: Mapping[str, str]  # term name -> class
+    fit: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the report: errors before/after, configs
+
+    def apply(self, problem: Problem, source: str = "") -> Problem:
+        """The problem with every term's table replaced by ``scale[class] * table + overhead``."""
+        missing = [t.name for t in problem.terms if t.name not in self.term_classes]
+        if missing:
+            raise SchemaError(f"{source or 'calibration'}: no class for term {missing[0]} "
+                              f"(calibrated for another model or space); re-run 'mdp calibrate' for this problem")
+        terms = [dataclasses.replace(t, table=self.scales[self.term_classes[t.name]] * np.asarray(t.table, float)
+                                     + self.overhead) for t in problem.terms]
+        constant = self.scales["compute"] * problem.constant_latency
+        record = {"file": source, "scales": dict(self.scales), "overhead": self.overhead,
+                  "median_error_before": self.fit.get("median_error_before"),
+                  "median_error_after": self.fit.get("median_error_after")}
+        return dataclasses.replace(problem, terms=terms, constant_latency=constant, provenance={**problem.provenance, "calibration": record})
+
+    def to_dict(self, **provenance_fields: Any) -> dict[str, Any]:
+        return {"schema": SCHEMA, "version": VERSION, "provenance": provenance(**provenance_fields),
+                "scales": dict(self.scales), "overhead": self.overhead, "term_classes": dict(self.term_classes),
+                "fit": dict(self.fit)}
+
+    def save(self, path: str | Path, **provenance_fields: Any) -> None:
+        write_json(path, self.to_dict(**provenance_fields))
+
+
+def read_calibration(path: str | Path) -> Calibration:
+    """``mdp.calibration`` v1, validated (docs/schemas.md)."""
+    data = read_json(path, SCHEMA, VERSION)
+
+    def fail(field: str, what: str) -> SchemaError:
+        return SchemaError(f"{path}: field '{field}' {what}; re-run 'mdp calibrate'")
+
+    scales = data.get("scales")
+    if not isinstance(scales, dict) or set(scales) != set(CLASSES):
+        raise fail("scales", f"must map exactly {list(CLASSES)} to numbers")
+    for name, value in scales.items():
+        if not is_finite_number(value) or not value > 0:
+            raise fail(f"scales.{name}", "must be a positive number")
+    if not is_finite_number(data.get("overhead")):
+        raise fail("overhead", "must be a finite number")
+    classes = data.get("term_classes")
+    if not isinstance(classes, dict) or not classes or any(c not in CLASSES for c in classes.values()):
+        raise fail("term_classes", f"must map term names to one of {list(CLASSES)}")
+    fit = data.get("fit", {})
+    if not isinstance(fit, dict):
+        raise fail("fit", "must be an object")
+    return Calibration({k: float(v) for k, v in scales.items()}, float(data["overhead"]), dict(classes), fit)
+
+
+def _full_choice(problem: Problem, config: Configuration) -> dict[str, int]:
+    return {d.name: int(config.choice.get(d.name, d.full_index)) for d in problem.dims}
+
+
+def features(problem: Problem, term_classes: Mapping[str, str], config: Configuration) -> np.ndarray:
+    """[sum of compute tables, sum of memory tables, number of terms] over the terms a configuration keeps (the
+    problem's constant latency, what nothing prunes, counts as compute)."""
+    choice = _full_choice(problem, config)
+    row = np.zeros(len(CLASSES) + 1)
+    row[CLASSES.index("compute")] = problem.constant_latency
+    for term in problem.terms:
+        if term.block is not None and not config.kept.get(term.block, True):
+            continue
+        row[CLASSES.index(term_classes[term.name])] += float(term.table[tuple(choice[d] for d in term.dims)])
+        row[-1] += 1.0
+    return row
+
+
+def _fractions(values: np.ndarray) -> np.ndarray:
+    return values / values[0]
+
+
+def fraction_errors(predicted: Sequence[float], measured: Sequence[float]) -> list[float]:
+    """Predicted fraction of dense over measured fraction of dense, minus 1; configuration 0 is the dense one."""
+    p, m = _fractions(np.asarray(predicted, float)), _fractions(np.asarray(measured, float))
+    return [float(x) for x in p[1:] / m[1:] - 1.0]
+
+
+def _thetas(points: np.ndarray, n_free: int) -> np.ndarray:
+    """Grid points (log-scales of the classes after the first, overhead) as parameter rows (scales, overhead)."""
+    ones = np.ones((len(points), 1))
+    return np.hstack([ones, np.exp(points[:, :n_free]), points[:, n_free:]])
+
+
+def _polish(cost, point: np.ndarray, value: float, limits, steps: int = 20) -> np.ndarray:
+    """Local descent from a grid point: finite-difference Newton steps on the cost, each kept only
+    if it lowers it, within the limits (the grid found the basin; this removes the grid's rounding)."""
+    for _ in range(steps):
+        h = 1e-6 * np.maximum(1.0, np.abs(point))
+        n = len(point)
+        grad, hess = np.zeros(n), np.zeros((n, n))
+        for i in range(n):
+            e_i = np.eye(n)[i] * h[i]
+            grad[i] = (cost(point + e_i) - cost(point - e_i)) / (2 * h[i])
+            for j in range(n):
+                e_j = np.eye(n)[j] * h[j]
+                hess[i, j] = (cost(point + e_i + e_j) - cost(point + e_i - e_j) - cost(point - e_i + e_j)
+                              + cost(point - e_i - e_j)) / (4 * h[i] * h[j])
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            return point
+        candidate = np.clip(point - step, [lo for lo, _ in limits], [hi for _, hi in limits])
+        new = cost(candidate)
+        if not new < value:
+            return point
+        point, value = candidate, new
+    return point
+
+
+def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: Sequence[Configuration],
+                    measured: Sequence[float]) -> Calibration:
+    """Fit scales and overhead to whole-network latencies ``measured`` (problem units, one per configuration;
+    configuration 0 must be the dense one): the relative errors of the predicted fractions of dense are
+    least-squared (``solve`` below). A class with no term keeps scale 1. The fit's report holds the fraction-of-dense errors before and after, and leave-one-out errors
+    (each configuration predicted by a fit without it) when there are enough configurations."""
+    if len(configs) != len(measured) or len(configs) < 3:
+        raise ValueError("calibration needs the dense configuration and at least two more, each measured")
+    if any(not (m > 0 and math.isfinite(m)) for m in measured):
+        raise ValueError(f"measured latencies must be positive numbers, got {list(measured)}")
+    F = np.array([features(problem, term_classes, c) for c in configs])
+    y = np.asarray(measured, float)
+    present = [i for i, name in enumerate(CLASSES) if any(term_classes[t.name] == name for t in problem.terms)]
+    columns = present + [len(CLASSES)]
+    smallest = {name: min((float(np.min(t.table)) for t in problem.terms if term_classes[t.name] == name),
+                          default=math.inf) for name in CLASSES}
+
+    def theta_of(values: np.ndarray) -> tuple[dict[str, float], float]:
+        scales = {name: 1.0 for name in CLASSES}
+        for i, v in zip(present, values[:-1]):
+            scales[CLASSES[i]] = float(v)
+        return scales, float(values[-1])
+
+    def entries_ok(values: np.ndarray) -> bool:  # every calibrated entry stays a positive time
+        scales, overhead = theta_of(values)
+        return all(scales[name] * smallest[name] + overhead > 0 for name in CLASSES if smallest[name] < math.inf)
+
+    G = F[:, columns]
+    ratio = y / y[0]
+    # the overhead's range: from what keeps the smallest entry a positive time up to the mean term
+    count = float(G[0, -1])
+    low, high = -min(smallest[CLASSES[i]] for i in present), float(G[0, :-1].sum()) / max(count, 1.0)
+
+    def fraction_cost(thetas: np.ndarray, pruned: np.ndarray) -> np.ndarray:
+        """Mean squared relative error of the predicted fractions of dense, for each row of ``thetas``."""
+        predicted = G @ thetas.T  # configurations x candidates
+        errors = (predicted[pruned] / predicted[0]) / ratio[pruned, None] - 1.0
+        ok = np.all(predicted > 0, axis=0) & np.array([entries_ok(t) for t in thetas])
+        return np.where(ok, np.mean(errors ** 2, axis=0), np.inf)
+
+    def solve(rows: np.ndarray) -> np.ndarray:
+        """Fit in fractions of dense (what budgets are), where a common factor is invisible: the first class's
+        scale is held at 1, the other's (log-spaced within SCALE_BOUNDS) and the overhead are searched on a grid
+        that zooms in on the best point four times (two parameters at most: exact enough, and it cannot run
+        off like a local method on a flat valley); then everything is scaled so that the dense configuration
+        predicts its measured latency."""
+        pruned = np.array([r for r in rows if r != 0])
+        n_free = len(present) - 1
+        limits = [(math.log(SCALE_BOUNDS[0]), math.log(SCALE_BOUNDS[1]))] * n_free + [(low, high)]
+        ranges = list(limits)
+        best = np.array([0.0] * n_free + [0.0])  # the uncalibrated table: log-scale 0, no overhead
+        best_cost = float(fraction_cost(_thetas(best[None, :], n_free), pruned)[0])
+        for _ in range(5):
+            axes = [np.linspace(lo, hi, 41) for lo, hi in ranges]
+            grid = np.array(list(itertools.product(*axes)))
+            costs = fraction_cost(_thetas(grid, n_free), pruned)
+            k = int(np.argmin(costs))
+            if costs[k] < best_cost:
+                best, best_cost = grid[k], float(costs[k])
+            ranges = [(max(lo0, b - (hi - lo) / 8), min(hi0, b + (hi - lo) / 8))
+                      for b, (lo, hi), (lo0, hi0) in zip(best, ranges, limits)]
+        best = _polish(lambda p: float(fraction_cost(_thetas(p[None, :], n_free), pruned)[0]), best, best_cost, limits)
+        theta = _thetas(best[None, :], n_free)[0]
+        return theta * (y[0] / float(G[0] @ theta))
+
+    every = np.arange(len(configs))
+    theta = solve(every)
+    scales, overhead = theta_of(theta)
+
+    def predict(values: np.ndarray, rows=every) -> np.ndarray:
+        return F[np.ix_(rows, columns)] @ values
+
+    before = fraction_errors(F[:, :len(CLASSES)].sum(axis=1), y)
+    after = fraction_errors(predict(theta), y)
+    fit: dict[str, Any] = {
+        "configurations": len(configs), "measured": [float(v) for v in y],
+        "predicted_before": [float(v) for v in F[:, :len(CLASSES)].sum(axis=1)],
+        "predicted_after": [float(v) for v in predict(theta)],
+        "median_error_before": statistics.median(abs(e) for e in before),
+        "worst_error_before": max(abs(e) for e in before),
+        "median_error_after": statistics.median(abs(e) for e in after),
+        "worst_error_after": max(abs(e) for e in after),
+        "at_bound": [CLASSES[i] for i, v in zip(present[1:], theta[1:-1] / theta[0])
+                     if min(abs(v - b) for b in SCALE_BOUNDS) < 1e-9],
+    }
+    if len(configs) >= 5:
+        # leave one pruned configuration out: how well the fit predicts a configuration it has not seen
+        held_out = []
+        for k in range(1, len(configs)):
+            rows = np.array([i for i in every if i != k])
+            values = solve(rows)
+            dense_now, this = predict(values, np.array([0, k]))
+            held_out.append((this / dense_now) / (y[k] / y[0]) - 1.0)
+        fit["median_error_held_out"] = float(statistics.median(abs(e) for e in held_out))
+        fit["worst_error_held_out"] = float(max(abs(e) for e in held_out))
+    held_out = fit.get("median_error_held_out")
+    fit["accepted"] = bool(held_out is not None and fit["median_error_before"] > NOISE_FLOOR
+                           and held_out <= ACCEPT_RATIO * fit["median_error_before"])
+    fit["fitted_scales"], fit["fitted_overhead"] = dict(scales), overhead
+    if not fit["accepted"]:
+        scales, overhead = {name: 1.0 for name in CLASSES}, 0.0  # the table as measured
+    return Calibration(scales, overhead, dict(term_classes), fit)
+
+
+def random_configurations(problem: Problem, count: int, seed: int = 0) -> list[Configuration]:
+    """The dense configuration and ``count`` pruned ones spread from light to heavy pruning: widths near a
+    target keep ratio (jittered per dim) running from 0.9 down to 0.15, and, at heavier pruning, some
+    removable blocks removed."""
+    import random
+
+    rng = random.Random(seed)
+    configs = [Configuration({}, {})]
+    for k in range(count):
+        keep = 0.9 - 0.75 * (k / max(1, count - 1))
+        choice = {}
+        for dim in problem.dims:
+            n = len(dim.options)
+            target = keep * n + rng.uniform(-1.0, 1.0)
+            choice[dim.name] = min(n - 1, max(0, round(target) - 1))
+        kept = {b.name: rng.random() >= (1 - keep) / 3 for b in problem.blocks if b.removable}
+        configs.append(Configuration(choice, kept))
+    return configs

@@ -1,0 +1,125 @@
+"""In-network calibration (mdp_cli/latency/calibration.py): the fit recovers a known scale per op class and a
+per-term overhead from whole-network latencies, respects its bounds, and a calibrated problem predicts them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mdp_cli.errors import SchemaError
+from mdp_cli.latency.calibration import (Configuration, fit_calibration, random_configurations, read_calibration,
+                                         term_class)
+from mdp_cli.solve.synthetic import resnet_problem
+
+
+def _classes(problem):
+    # every third term is an elementwise op: enough of each class to identify both scales
+    return {t.name: ("memory" if i % 3 == 0 else "compute") for i, t in enumerate(problem.terms)}
+
+
+def _network_latency(problem, classes, config, scales, overhead):
+    choice = {d.name: config.choice.get(d.name, d.full_index) for d in problem.dims}
+    total = scales["compute"] * problem.constant_latency
+    for t in problem.terms:
+        if t.block is not None and not config.kept.get(t.block, True):
+            continue
+        total += scales[classes[t.name]] * float(t.table[tuple(choice[d] for d in t.dims)]) + overhead
+    return total
+
+
+def test_term_classes() -> None:
+    assert term_class("add") == term_class("act") == term_class("permute") == "memory"
+    assert term_class("conv_bn_act") == term_class("linear") == term_class("vit_qk") == "compute"
+
+
+def test_fit_recovers_scales_and_overhead_exactly() -> None:
+    problem = resnet_problem(paper_granularity=True, seed=3)
+    classes = _classes(problem)
+    configs = random_configurations(problem, 8, seed=1)
+    assert configs[0] == Configuration({}, {})
+    assert any(not k for c in configs for k in c.kept.values())  # some blocks removed
+    truth = {"compute": 0.8, "memory": 0.55}
+    measured = [_network_latency(problem, classes, c, truth, 0.004) for c in configs]
+    fitted = fit_calibration(problem, classes, configs, measured)
+    assert fitted.scales["compute"] == pytest.approx(0.8, rel=1e-6)
+    assert fitted.scales["memory"] == pytest.approx(0.55, rel=1e-6)
+    assert fitted.overhead == pytest.approx(0.004, rel=1e-5)
+    assert fitted.fit["median_error_after"] < 1e-9 < fitted.fit["median_error_before"]
+    assert fitted.fit["median_error_held_out"] < 1e-9
+    # the calibrated problem predicts every configuration the network ran
+    calibrated = fitted.apply(problem, "calib.json")
+    for c, m in zip(configs, measured):
+        choice = {d.name: c.choice.get(d.name, d.full_index) for d in problem.dims}
+        assert calibrated.latency(choice, c.kept) == pytest.approx(m, rel=1e-9)
+    assert calibrated.provenance["calibration"]["file"] == "calib.json"
+    assert problem.dense_latency != pytest.approx(calibrated.dense_latency)  # the input problem is untouched
+
+
+def test_fit_holds_a_scale_at_its_bound_and_says_so() -> None:
+    problem = resnet_problem(paper_granularity=True, seed=4)
+    classes = _classes(problem)
+    configs = random_configurations(problem, 6, seed=2)
+    measured = [_network_latency(problem, classes, c, {"compute": 1.0, "memory": 9.0}, 0.0) for c in configs]
+    fitted = fit_calibration(problem, classes, configs, measured)
+    assert fitted.scales["memory"] / fitted.scales["compute"] == pytest.approx(4.0)
+    assert fitted.fit["at_bound"] == ["memory"]
+    assert fitted.fit["median_error_after"] < fitted.fit["median_error_before"]
+    assert fitted.fit["accepted"]
+
+
+def test_a_fit_that_does_not_predict_unseen_configurations_is_not_used() -> None:
+    """Measurements the table already predicts, up to noise: fitting would only fit the noise."""
+    problem = resnet_problem(paper_granularity=True, seed=8)
+    classes = _classes(problem)
+    configs = random_configurations(problem, 8, seed=6)
+    rng = np.random.default_rng(0)
+    measured = [_network_latency(problem, classes, c, {"compute": 1.0, "memory": 1.0}, 0.0)
+                * (1 + 0.02 * rng.standard_normal()) for c in configs]
+    fitted = fit_calibration(problem, classes, configs, measured)
+    assert not fitted.fit["accepted"]
+    assert fitted.scales == {"compute": 1.0, "memory": 1.0} and fitted.overhead == 0.0
+    assert fitted.apply(problem).dense_latency == pytest.approx(problem.dense_latency)
+
+
+def test_a_class_without_terms_keeps_scale_one() -> None:
+    problem = resnet_problem(paper_granularity=True, seed=5)
+    classes = {t.name: "compute" for t in problem.terms}
+    configs = random_configurations(problem, 5, seed=3)
+    measured = [_network_latency(problem, classes, c, {"compute": 1.3, "memory": 1.0}, 0.5) for c in configs]
+    fitted = fit_calibration(problem, classes, configs, measured)
+    assert fitted.fit["accepted"]
+    assert fitted.scales == {"compute": pytest.approx(1.3, rel=1e-6), "memory": 1.0}
+
+
+def test_save_read_and_refusals(tmp_path) -> None:
+    problem = resnet_problem(paper_granularity=True, seed=6)
+    classes = _classes(problem)
+    configs = random_configurations(problem, 4, seed=4)
+    measured = [_network_latency(problem, classes, c, {"compute": 0.9, "memory": 0.7}, 0.001) for c in configs]
+    fitted = fit_calibration(problem, classes, configs, measured)
+    path = tmp_path / "calibration.json"
+    fitted.save(path, model="synthetic")
+    back = read_calibration(path)
+    assert back.scales == pytest.approx(fitted.scales) and back.overhead == pytest.approx(fitted.overhead)
+    data = json.loads(path.read_text())
+    data["scales"]["memory"] = -0.5
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchemaError, match=r"scales\.memory.*re-run 'mdp calibrate'"):
+        read_calibration(path)
+    other = resnet_problem(paper_granularity=True, seed=6, depths=(2, 2, 2, 2))
+    renamed = type(fitted)(fitted.scales, fitted.overhead, {"x": "compute"}, fitted.fit)
+    with pytest.raises(SchemaError, match="no class for term"):
+        renamed.apply(other)
+
+
+def test_fit_needs_dense_and_positive_measurements() -> None:
+    problem = resnet_problem(paper_granularity=True, seed=7)
+    classes = _classes(problem)
+    configs = random_configurations(problem, 3, seed=5)
+    with pytest.raises(ValueError, match="positive"):
+        fit_calibration(problem, classes, configs, [1.0, 0.5, float("nan"), 0.2])
+    with pytest.raises(ValueError, match="at least two"):
+        fit_calibration(problem, classes, configs[:2], [1.0, 0.5])
+    assert np.isfinite(problem.dense_latency)
