@@ -36,6 +36,8 @@ $(BIN)/mdp: pyproject.toml
 	# torch/torchvision are pinned to the builds that lie on this machine's disk (see README).
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test]'
+	# bytecode for the editable package too (an installed one has it): `mdp solve` starts without compiling
+	$(BIN)/python -m compileall -q mdp_cli
 	touch $(BIN)/mdp
 
 # The main job on the embedded default: profile -> score -> solve (budget 0.5) -> export of a random-init

@@ -211,10 +211,12 @@ def calibration_summary(calibration) -> str:
               if "memory" in calibration.term_classes.values() else "")
     found = f"fit: {memory}{f['fitted_overhead'] * 1000 / scales['compute']:+.1f} us per term"
     before, held_out = f["median_error_before"], f.get("median_error_held_out")
+    level = f"the whole dense network runs x{f['level']:.2f} its terms' sum"
     if f["accepted"]:
-        return f"{found}; used: fraction-of-dense error {before:.1%} -> {held_out:.1%} on configurations it did not see"
-    return (f"{found}; not used: the plain table errs {before:.1%} (median), the fit {held_out:.1%} on configurations "
-            f"it did not see (used only above 4 % and when it does clearly better)")
+        return (f"{found}; used: fraction-of-dense error {before:.1%} -> {held_out:.1%} on configurations it did "
+                f"not see; {level}")
+    return (f"{found}; not used (the plain table errs {before:.1%} median, the fit {held_out:.1%} on configurations "
+            f"it did not see: used only above 4 % and when clearly better); {level}: tables scaled to it")
 
 def stage_solve(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Path):
     from mdp_cli.solve import load_problem, solve_problem

@@ -51,6 +51,11 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict:
     print(f"{model}: profiled {profiled['measured']} rows ({profiled['reused']} reused) in "
           f"{time.perf_counter() - t0:.1f} s -> {profiled['lut']}", flush=True)
     # which channels are kept does not change the latency: synthetic scores only order them
+    calibration = None
+    if args.calibrate:
+        calibration = pipeline.stage_calibrate(cfg, work / f"{model}.calibration.json", discovered)
+        print(f"  calibration: {pipeline.calibration_summary(calibration)}", flush=True)
+        cfg = pipeline.merge(cfg, {"calibrate": {"file": str(work / f"{model}.calibration.json")}})
     importance = work / f"{model}.importance.json"
     pipeline.stage_score(cfg, importance, discovered, progress=False)
     problem_path = work / f"{model}.problem.json"
@@ -76,6 +81,7 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict:
     if not rows:
         raise SystemExit(f"{model}: no budget of {args.budgets} is reachable; pass higher --budgets")
     return {"model": model, "dense_predicted_ms": problem.dense_latency, "lut": profiled["lut"],
+            "calibration": calibration.fit if calibration else None,
             "relative_to_dense": summarise([r["fraction_error"] for r in rows]),
             "absolute": summarise([r["prediction_error"] for r in rows]), "rows": rows}
 
@@ -93,6 +99,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--export-repeats", type=int, default=60)
     parser.add_argument("--lut-dir", default="luts")
+    parser.add_argument("--calibrate", type=int, default=0,
+                        help="fit the in-network calibration on this many configurations (mdp calibrate) and solve "
+                             "the calibrated problem")
     parser.add_argument("--tiny", action="store_true",
                         help="Prove the script runs: resolution 32, 2 options per dim, 3 repeats (numbers meaningless).")
     parser.add_argument("--out", default="bench_runtime_onnx.json")

@@ -79,8 +79,15 @@ def test_a_fit_that_does_not_predict_unseen_configurations_is_not_used() -> None
                 * (1 + 0.02 * rng.standard_normal()) for c in configs]
     fitted = fit_calibration(problem, classes, configs, measured)
     assert not fitted.fit["accepted"]
-    assert fitted.scales == {"compute": 1.0, "memory": 1.0} and fitted.overhead == 0.0
-    assert fitted.apply(problem).dense_latency == pytest.approx(problem.dense_latency)
+    # the table's shape at the level the dense network measured: fractions of dense as the table has them
+    level = measured[0] / problem.dense_latency
+    assert fitted.scales == {"compute": pytest.approx(level), "memory": pytest.approx(level)} and fitted.overhead == 0.0
+    calibrated = fitted.apply(problem)
+    assert calibrated.dense_latency == pytest.approx(measured[0])
+    for c in configs:
+        choice = {d.name: c.choice.get(d.name, d.full_index) for d in problem.dims}
+        assert calibrated.latency(choice, c.kept) / calibrated.dense_latency == \
+            pytest.approx(problem.latency(choice, c.kept) / problem.dense_latency)
 
 
 def test_a_class_without_terms_keeps_scale_one() -> None:
