@@ -139,6 +139,9 @@ def test_numbers_on_the_page_are_those_of_the_artifacts(run_dir, page):
             assert number(found[f"refine.{r['round']}.{field}"]) == r[field]
         assert found[f"refine.{r['round']}.met"][0] == str(r["met"])
     assert refine["reason"] in page
+    calibration = json.loads((run_dir / "calibration.json").read_text())["fit"]
+    for field in ("median_error_before", "median_error_held_out", "level"):
+        assert number(found[f"calibration.{field}"]) == calibration[field]
     # which model each accuracy belongs to, from what was evaluated
     for stage, name in (("dense (before pruning)", "eval_dense.json"), ("pruned (before finetuning)", "eval_pruned.json"),
                         ("pruned + finetuned", "eval_finetuned.json")):
@@ -149,7 +152,7 @@ def test_every_plot_is_an_embedded_png_and_nothing_is_external(page):
     from PIL import Image
 
     sources = re.findall(r'<img [^>]*src="([^"]*)"', page)
-    assert len(sources) == 5  # Pareto front, widths, latency, accuracy, refinement
+    assert len(sources) == 6  # Pareto front, widths, latency, calibration, accuracy, refinement
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1], validate=True)
@@ -266,6 +269,6 @@ def test_headless_chromium_renders_every_image(run_dir, tmp_path):
                             capture_output=True, text=True, timeout=60)
     body = re.search(r"<body[^>]*>", result.stdout)
     assert body, result.stderr[-2000:]
-    # the page's own script counted its images once loaded: all 5 decoded with a non-zero width (a corrupted
+    # the page's own script counted its images once loaded: all 6 decoded with a non-zero width (a corrupted
     # image makes it say "broken": checked by hand, 2026-12-02)
-    assert 'data-images="5"' in body.group(0), body.group(0)
+    assert 'data-images="6"' in body.group(0), body.group(0)

@@ -7,6 +7,7 @@ run directory may hold, and where each part comes from::
     problem.json, solution.json, exported/report.json mdp run (or the stage commands)
     sweep.json                                       mdp solve RUN_DIR --sweep ..., or solve.sweep in the config
     refine.json                                      mdp run --refine
+    calibration.json                                 mdp run (the calibrate stage), or mdp calibrate -o
     *.json with schema mdp.eval (any depth <= 2)     mdp eval ... -o RUN_DIR/NAME.json
     DIR/run.json + DIR/metrics.csv (mdp.finetune)    mdp finetune RUN_DIR/exported -o RUN_DIR/DIR
 """
@@ -24,6 +25,8 @@ from mdp_cli.errors import MdpError, SchemaError
 
 # The part of `mdp run --refine`'s artifact the report reads (the contract with refine.py).
 REFINE_SCHEMA, REFINE_VERSION = "mdp.refine", 1
+# ... and of the calibrate stage's (the contract with latency/calibration.py, which is a layer above this one)
+CALIBRATION_SCHEMA, CALIBRATION_VERSION = "mdp.calibration", 1
 _SCAN_DEPTH = 2  # eval JSONs and finetune runs are looked for this deep under the run directory
 
 
@@ -53,6 +56,7 @@ class RunArtifacts:
     sweep: dict[str, Any] | None = None
     exports: list[tuple[Path, dict[str, Any]]] = dataclasses.field(default_factory=list)
     refine: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # calibration.json: scales, overhead, fit
     evals: list[Eval] = dataclasses.field(default_factory=list)
     finetunes: list[Finetune] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -81,12 +85,30 @@ def gather(run_dir: str | Path) -> RunArtifacts:
     found.exports = _read_exports(run_dir)
     if (run_dir / "refine.json").is_file():
         found.refine = read_refine(run_dir / "refine.json")
+    if (run_dir / "calibration.json").is_file():
+        found.calibration = read_calibration_record(run_dir / "calibration.json")
     found.evals = _read_evals(run_dir)
     found.finetunes = _read_finetunes(run_dir)
     if not any((found.config, found.problem, found.solution, found.sweep, found.exports)):
         raise MdpError(f"{run_dir}: not a run directory (no config.json, problem.json, solution.json, sweep.json or "
                        f"exported/report.json); run 'mdp run CONFIG --run-dir {run_dir}' first")
     return found
+
+
+def read_calibration_record(path: Path) -> dict[str, Any]:
+    """The fields of ``calibration.json`` the report shows, validated."""
+    data = read_json(path, CALIBRATION_SCHEMA, CALIBRATION_VERSION)
+    scales = data.get("scales")
+    if not isinstance(scales, dict) or not all(is_finite_number(scales.get(k)) for k in ("compute", "memory")):
+        raise SchemaError(f"{path}: field 'scales' must give numbers for compute and memory; re-run 'mdp calibrate'")
+    if not is_finite_number(data.get("overhead")):
+        raise SchemaError(f"{path}: field 'overhead' must be a finite number; re-run 'mdp calibrate'")
+    fit = _dict_field(data, "fit", path)
+    for key in ("measured", "predicted_before", "predicted_after"):
+        values = fit.get(key)
+        if values is not None and not (isinstance(values, list) and all(is_finite_number(v) for v in values)):
+            raise SchemaError(f"{path}: field 'fit.{key}' must be a list of numbers; re-run 'mdp calibrate'")
+    return {"scales": scales, "overhead": float(data["overhead"]), "fit": fit}
 
 
 def _dict_field(data: dict[str, Any], field: str, path: Path) -> dict[str, Any]:

@@ -96,6 +96,26 @@ def latency_plot(labels: Sequence[str], predicted: Sequence[float | None], measu
     return _encode(fig)
 
 
+def calibration_plot(measured: Sequence[float], plain: Sequence[float], calibrated: Sequence[float] | None) -> str:
+    """Predicted against measured fraction of dense for the calibration's configurations: the plain table and,
+    where the fit is used, the calibrated one; on the diagonal a prediction is exact."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    top = max([*measured, *plain, *(calibrated or [])]) * 1.08
+    ax.plot([0, top], [0, top], color="0.6", lw=1, ls="--", label="exact")
+    ax.scatter(measured, plain, label="plain table", marker="o")
+    if calibrated is not None:
+        ax.scatter(measured, calibrated, label="calibrated", marker="x")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("measured latency / dense (in turns)")
+    ax.set_ylabel("predicted latency / dense")
+    ax.set_title("Latency table inside the network")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return _encode(fig)
+
+
 def accuracy_plot(labels: Sequence[str], top1: Sequence[float], curves: Sequence[tuple[str, list, list]]) -> str:
     """Top-1 of each evaluated model (bars) and, beside them, the validation top-1 per finetuning epoch."""
     plt = _pyplot()

@@ -70,7 +70,7 @@ def render(found: RunArtifacts, report_path: Path | None = None) -> str:
     parts = [f"<h1>{_e(title)}</h1>", _header(found)]
     if found.notes:
         parts.append("".join(f'<p class="note">{_e(n)}</p>' for n in found.notes))
-    parts += [_pareto(found), _widths(found), _latency(found), _accuracy(found), _refine(found),
+    parts += [_pareto(found), _widths(found), _latency(found), _calibration(found), _accuracy(found), _refine(found),
               _commands(found, report_path)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n" + "\n".join(parts)
@@ -259,6 +259,35 @@ def _latency(found: RunArtifacts) -> str:
         if any(r.get(key) is not None for r in reports):
             rows.append(f"<tr><th>{_e(name)}</th>" + "".join(f"<td>{_e(r.get(key, ''))}</td>" for r in reports) + "</tr>")
     out.append(_table(head, rows))
+    return "\n".join(out)
+
+
+def _calibration(found: RunArtifacts) -> str:
+    out = ["<h2>The latency table inside the network (calibration)</h2>"]
+    calibration = found.calibration
+    if calibration is None:
+        out.append(_absent("No calibration.json in this run (<code>calibrate.configs: 0</code>, or a run from before "
+                           "the stage): <code>mdp run</code> times the dense model and 8 pruned configurations in turns "
+                           "and fits how the table's terms add up inside the network (docs/latency.md)."))
+        return "\n".join(out)
+    f = calibration["fit"]
+    measured, plain, after = f.get("measured"), f.get("predicted_before"), f.get("predicted_after")
+    if measured and plain and after and len(measured) == len(plain) == len(after) and measured[0] > 0:
+        fractions = [[v / series[0] for v in series[1:]] for series in (measured, plain, after)]
+        out.append(_img(plots.calibration_plot(fractions[0], fractions[1], fractions[2] if f.get("accepted") else None),
+                        "predicted vs measured fraction of dense of the calibration's configurations"))
+    verdict = ("used: the problem's tables are the calibrated ones" if f.get("accepted") else
+               "not used: the plain table's shape was kept (within timing noise, or the fit was not clearly better)")
+    rows = [f"<tr><th>{_e(name)}</th>{_num(value, fmt, 'calibration.' + key)}</tr>" for key, name, value, fmt in (
+        ("median_error_before", "plain table: median error of the fraction of dense", f.get("median_error_before"), ".1%"),
+        ("median_error_held_out", "fit, on configurations it did not see", f.get("median_error_held_out"), ".1%"),
+        ("level", "dense network / sum of its terms (tables scaled to it)", f.get("level"), ".2f"),
+    ) if value is not None]
+    scales = calibration["scales"]
+    rows.append(f"<tr><th>scales (compute, memory); overhead per term</th><td>{scales['compute']:.3g}, "
+                f"{scales['memory']:.3g}; {calibration['overhead'] * 1000:+.1f} µs</td></tr>")
+    rows.append(f"<tr><th>fit</th><td>{_e(verdict)}</td></tr>")
+    out.append(_table(["", ""], rows))
     return "\n".join(out)
 
 
