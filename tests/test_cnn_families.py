@@ -135,3 +135,13 @@ def test_shufflenet_is_refused_in_one_line_naming_the_shuffle():
         discover_space("shufflenet_v2_x0_5", RES)
     message = str(err.value)
     assert "\n" not in message and "channel shuffle" in message
+
+
+def test_a_fixed_size_model_at_another_resolution_names_its_native_size():
+    """LeViT's attention biases are sized for 224 px: at 64 px the traced graph cannot run; the refusal says why
+    in one line (not the module-stack dump torch.fx wraps it in) and which resolution works."""
+    with pytest.raises(MdpError) as err:
+        discover_space("levit_128s", 64)
+    message = str(err.value)
+    assert "\n" not in message and "nn_module_stack" not in message
+    assert "fixed input size 224" in message and "--resolution 224" in message

@@ -183,8 +183,15 @@ def trace_cnn(model: nn.Module, input_shape: tuple[int, int, int]) -> CnnGraph:
         with torch.no_grad():
             ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
     except Exception as exc:
+        cause = exc.__cause__ or exc  # ShapeProp wraps the error in a message that dumps the module stack
+        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        timm_cfg = getattr(model, "pretrained_cfg", None) or {}
+        native = list(timm_cfg.get("input_size") or [])[-2:]
+        hint = (f"; {type(model).__name__} has a fixed input size {native[-1]} (timm's config): use --resolution "
+                f"{native[-1]}" if timm_cfg.get("fixed_input_size") and native and native != list(input_shape[-2:])
+                else "")
         raise MdpError(f"{type(model).__name__}: running the traced graph at input {list(input_shape)} failed: "
-                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                       f"{detail}{hint}") from None
     finally:
         model.train(was_training)
 
