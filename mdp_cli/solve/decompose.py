@@ -388,7 +388,8 @@ def _front_slopes(structure: HubStructure) -> np.ndarray:
             same = np.ones(max(0, latency.size - 1), bool)
         d_lat, d_imp = np.diff(latency), np.diff(importance)
         step = same & (d_lat > 0)
-        slopes += [d_imp[step] / d_lat[step], importance / np.maximum(latency, 1e-12)]
+        positive = latency > 0  # (the linear model's tables hold negative latencies: no slope there)
+        slopes += [d_imp[step] / d_lat[step], importance[positive] / latency[positive]]
     slopes = np.concatenate(slopes)
     # Quantiles of an evenly strided sample are as good for placing the multipliers, and cheaper.
     return slopes[:: max(1, slopes.size // 200_000)]
@@ -570,10 +571,8 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
 
     def exact_bound(assignment: tuple[int, ...]) -> float:
         base_latency, base_importance = structure.base_at(assignment)
-        residual = limit - base_latency
-        if residual < 0:
-            return -math.inf
-        return base_importance + lp_bound([f.knapsack for f in _fronts(structure, assignment)], residual)
+        # A negative residual may still fit (blocks with negative latencies, linear model): lp_bound decides.
+        return base_importance + lp_bound([f.knapsack for f in _fronts(structure, assignment)], limit - base_latency)
 
     def fits(assignment, picks) -> bool:
         choice, kept = _configuration(structure, problem, assignment, picks)
