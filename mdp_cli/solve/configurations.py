@@ -40,9 +40,11 @@ class BlockConfigs:
 
 
 def enumerate_block(gate: str, interface: tuple[str, ...], private: tuple[str, ...], terms, entries,
-                    problem: Problem, resources: tuple[str, ...] = ()) -> BlockConfigs:
+                    problem: Problem, resources: tuple[str, ...] = (), pareto: bool = True) -> BlockConfigs:
     """``resources`` (counts such as "params" the terms carry): also total them per configuration, and
-    keep a configuration unless another is at least as good in latency, importance and every count."""
+    keep a configuration unless another is at least as good in latency, importance and every count
+    (``pareto=False``: keep every configuration, latency ascending per interface value; the filter is
+    quadratic in the configurations per interface value)."""
     grid_dims = interface + private
     shape = [len(problem.dim(d).options) for d in grid_dims]
     latency = np.zeros(shape)
@@ -58,6 +60,16 @@ def enumerate_block(gate: str, interface: tuple[str, ...], private: tuple[str, .
     n_interface = math.prod(shape[: len(interface)])
     latency = np.broadcast_to(latency, shape).reshape(n_interface, -1)
     importance = np.broadcast_to(importance, shape).reshape(n_interface, -1)
+    if resources and not pareto:
+        order = np.argsort(latency, axis=-1, kind="stable")
+        rows = np.repeat(np.arange(n_interface), latency.shape[1])
+        flat_private = order.ravel()
+        private_index = (np.stack(np.unravel_index(flat_private, shape[len(interface):]), axis=-1) if private
+                         else np.zeros((len(rows), 0), int))
+        return BlockConfigs(gate, interface, private, rows, private_index, latency[rows, flat_private],
+                            importance[rows, flat_private], tuple(shape[: len(interface)]),
+                            resources={name: np.broadcast_to(counts[name], shape).reshape(n_interface, -1)[rows, flat_private]
+                                       for name in sorted(counts)})
     if resources:
         return _enumerate_with_counts(gate, interface, private, shape, latency, importance,
                                       {k: np.broadcast_to(v, shape).reshape(n_interface, -1) for k, v in counts.items()})

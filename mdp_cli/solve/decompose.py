@@ -142,9 +142,10 @@ def _hub_rank(table: np.ndarray, dims: tuple[str, ...], hub: tuple[str, ...]) ->
 
 
 def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool,
-            resources: tuple[str, ...] = ()) -> HubStructure | None:
+            resources: tuple[str, ...] = (), pareto: bool = True) -> HubStructure | None:
     """Return the hub structure if the problem decomposes into shared dims plus per-block choices whose
-    bound tables stay small, else None. ``resources``: counts to carry beside latency (for caps)."""
+    bound tables stay small, else None. ``resources``: counts to carry beside latency (for caps);
+    ``pareto=False``: with counts, keep every configuration (for bounds only: no Pareto filter)."""
     removable = {b.name for b in problem.blocks if b.removable and blocks_enabled}
     users: dict[str, set] = defaultdict(set)  # dim -> groups (block names, None for ungated)
     for term in latency_problem.terms:
@@ -178,7 +179,7 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool,
         grid = math.prod(len(problem.dim(d).options) for d in dims_used)
         configs = None
         if grid <= MAX_ENUMERATED_CELLS:
-            configs = enumerate_block(name, interface, private, terms, entries, problem, resources)
+            configs = enumerate_block(name, interface, private, terms, entries, problem, resources, pareto)
         elif resources:
             return None
         elif math.prod(len(problem.dim(d).options) for d in private) > MAX_FRONT_CELLS or \
@@ -203,9 +204,11 @@ def analyse(problem: Problem, latency_problem: Problem, blocks_enabled: bool,
             for name in resources:
                 if name in term.resources:
                     base_resources[name].append(_hub_rank(np.asarray(term.resources[name]), term.dims, hub))
+    part_dims = {d for _, dims in parts for d in dims}
     for entry in problem.importance:
-        if entry.block is None and entry.dim not in fixed_only:
-            # ungated importance of a dim nothing else uses is constant: take it whole
+        if entry.block is None and entry.dim not in part_dims:
+            # ungated importance of a dim nothing else uses is constant: take it whole (a dim that only
+            # this entry uses is left at its full size, so the structure's objective is the problem's)
             if entry.dim in hub:
                 base_importance.append(_hub_rank(entry.values, (entry.dim,), hub))
             else:
@@ -388,7 +391,8 @@ def _front_slopes(structure: HubStructure) -> np.ndarray:
             same = np.ones(max(0, latency.size - 1), bool)
         d_lat, d_imp = np.diff(latency), np.diff(importance)
         step = same & (d_lat > 0)
-        slopes += [d_imp[step] / d_lat[step], importance / np.maximum(latency, 1e-12)]
+        positive = latency > 0  # (the linear model's tables hold negative latencies: no slope there)
+        slopes += [d_imp[step] / d_lat[step], importance[positive] / latency[positive]]
     slopes = np.concatenate(slopes)
     # Quantiles of an evenly strided sample are as good for placing the multipliers, and cheaper.
     return slopes[:: max(1, slopes.size // 200_000)]
@@ -570,10 +574,8 @@ def solve_decomposed(structure: HubStructure, problem: Problem, budget: float, t
 
     def exact_bound(assignment: tuple[int, ...]) -> float:
         base_latency, base_importance = structure.base_at(assignment)
-        residual = limit - base_latency
-        if residual < 0:
-            return -math.inf
-        return base_importance + lp_bound([f.knapsack for f in _fronts(structure, assignment)], residual)
+        # A negative residual may still fit (blocks with negative latencies, linear model): lp_bound decides.
+        return base_importance + lp_bound([f.knapsack for f in _fronts(structure, assignment)], limit - base_latency)
 
     def fits(assignment, picks) -> bool:
         choice, kept = _configuration(structure, problem, assignment, picks)

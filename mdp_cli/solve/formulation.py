@@ -164,8 +164,6 @@ def build_formulation(
     latency_problem = latency_problem or problem
     resource_constants: dict[str, float] = {}
     merged, latency_constant = merge_terms(latency_problem, blocks_enabled, resources, resource_constants)
-    if resources and enumerate_blocks:
-        raise ValueError("resource constraints are built on the joint (hull) formulation only")
     removable = [b.name for b in problem.blocks if b.removable] if blocks_enabled else []
     entries = [(e, e.block if e.block in removable else None) for e in problem.importance]
 
@@ -187,7 +185,10 @@ def build_formulation(
             interface = tuple(sorted(dims_used - set(private)))
             cells = math.prod(len(problem.dim(d).options) for d in dims_used)
             if len(interface) <= MAX_INTERFACE_DIMS and cells <= MAX_ENUMERATED_CELLS:
-                enumerated[gate] = enumerate_block(gate, interface, private, gate_terms, gate_entries, problem)
+                # With counts, a configuration stays unless another is no worse in latency, importance and
+                # every count (a slower one may be the one that fits a cap).
+                enumerated[gate] = enumerate_block(gate, interface, private, gate_terms, gate_entries, problem,
+                                                   resources)
 
     model = pyo.ConcreteModel(name=problem.name or "mdp")
     rows = _Rows(model)
@@ -281,6 +282,8 @@ def build_formulation(
         counts["config_variables"] += len(variables)
         latency_coefs.extend(configs.latency.tolist())
         latency_vars.extend(variables)
+        for k in resources:
+            resource_coefs[k].extend(configs.resources[k].tolist())
         importance_coefs.extend(configs.importance.tolist())
         importance_vars.extend(variables)
         rows.equal([1.0] * len(variables) + [-1.0], variables + [kappa[gate]])

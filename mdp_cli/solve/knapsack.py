@@ -111,11 +111,17 @@ class _SuffixBound:
         bases = np.concatenate([np.cumsum([h[1] for h in hulls][::-1])[::-1], [0.0]])
         return [_SuffixBound(None, float(minima[k]), float(bases[k]), xs[k], ys[k]) for k in range(len(groups) + 1)]
 
+    def fits(self, budget_left: np.ndarray) -> np.ndarray:
+        """Whether the cheapest completion fits in ``budget_left``, lenient by rounding error (relative):
+        an infeasibility test may let a state through, never drop one that fits. The least latency may be
+        negative (the linear latency model's tables hold negative entries), so a partial selection over the
+        budget can still be completed within it."""
+        return budget_left - self.minimum >= -1e-11 * np.maximum(1.0, np.abs(budget_left) + abs(self.minimum))
+
     def __call__(self, budget_left: np.ndarray) -> np.ndarray:
         slack = budget_left - self.minimum
         value = self.base + np.interp(slack, self.x, self.y)
-        # Lenient by rounding error (relative): an upper bound may be loose, never too tight.
-        return np.where(slack >= -1e-11 * np.maximum(1.0, np.abs(budget_left) + self.minimum), value, -np.inf)
+        return np.where(self.fits(budget_left), value, -np.inf)
 
 
 def lp_bound(groups: list[KnapsackGroup], capacity: float) -> float:
@@ -175,7 +181,8 @@ def solve_mckp(groups: list[KnapsackGroup], capacity: float, lower_bound: float 
         total_val = (value_states[:, None] + imp[None, :]).ravel()
         parent = np.repeat(np.arange(latency_states.size), lat.size)
         item = np.tile(np.arange(lat.size), latency_states.size)
-        keep = total_lat <= limit
+        # Not ``total_lat <= limit``: later groups may have negative latencies (linear latency model).
+        keep = suffix[k + 1].fits(limit - total_lat)
         optimistic = total_val + suffix[k + 1](limit - total_lat)
         keep &= optimistic >= lower_bound - tolerance
         total_lat, total_val, parent, item = total_lat[keep], total_val[keep], parent[keep], item[keep]

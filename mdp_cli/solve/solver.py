@@ -31,6 +31,11 @@ LATENCY_MODELS = ("multidim", "linear")
 FORMULATIONS = ("auto", "hub", "monolithic", "blocks")
 # Per-branch knapsacks of the hub decomposition: Pareto-state DP (exact, fast on near-ties) or HiGHS.
 KNAPSACK_ENGINES = ("dp", "highs")
+# With caps, options that the Lagrangian bounds at the LP's duals rule out are fixed out of HiGHS's model
+# (fixing.py): first against a target this far (relative) below the LP bound, then, if the reduced model's
+# optimum falls short of it, against that optimum (exact either way).
+LAGRANGIAN_FIXING = True
+FIXING_TARGET_GAP = 2e-4
 
 
 @dataclasses.dataclass
@@ -116,9 +121,6 @@ class PreparedSolver:
         if self.constraints.active:
             if latency_model != "multidim":
                 raise MdpError("constraints beside the budget need --latency-model multidim")
-            if formulation not in ("auto", "hub", "monolithic"):
-                raise MdpError(f"--formulation {formulation}: constraints beside the budget are solved by the "
-                               f"hub decomposition or the monolithic MILP; use --formulation auto, hub or monolithic")
             self.constraints.check_problem(problem)
         self._latency_only: PreparedSolver | None = None
         self.problem = problem
@@ -302,7 +304,7 @@ class PreparedSolver:
         def search(target: float, incumbent: Incumbent | None, budget_value: float) -> _Outcome:
             model.budget.set_value(target)
             for attempt in range(6):  # HiGHS accepts rows within its tolerance: keep the caps exact
-                outcome = solve_once(budget_value)
+                outcome = solve_with_bounds(budget_value)
                 over = {name: problem.resource(name, outcome.choice, outcome.kept) - cap for name, cap in caps.items()}
                 if all(v <= 0 for v in over.values()):
                     break
@@ -315,10 +317,90 @@ class PreparedSolver:
                 model.cap[name].set_value(cap)
             return outcome
 
-        def solve_once(budget_value: float) -> _Outcome:
-            result, solve_s = _run_highs(model, self.time_limit, self.rel_gap, self.threads, self.verbose)
+        fixing_hub: dict = {}  # the hub structure with counts, built on the first capped solve
+
+        def solve_with_bounds(budget_value: float) -> _Outcome:
+            """With caps: the hub Lagrangian (latency and every count relaxed) bounds, per option, every
+            configuration that uses it (fixing.py), at multipliers that minimise its dual value. Options
+            below a target just under that bound are fixed out and HiGHS solves what is left; an optimum
+            there that reaches the target is the optimum (every better configuration was left in).
+            Otherwise that optimum, a configuration that fits, is the value to fix against, and HiGHS
+            solves again from it."""
+            import numpy as np
+
+            from mdp_cli.solve.fixing import fit_multipliers, fix_by_bounds, hub_for_fixing
+
+            if not caps or not LAGRANGIAN_FIXING:
+                return solve_once(budget_value)
+            if "hub" not in fixing_hub:
+                fixing_hub["hub"] = hub_for_fixing(problem, tuple(caps), self.blocks)
+            hub = fixing_hub["hub"]
+            if hub is None:  # no hub to bound with
+                return solve_once(budget_value)
+            limit, current = pyo.value(model.budget), {name: pyo.value(model.cap[name]) for name in caps}
+            upper, duals = fit_multipliers(hub, np.array([limit * (1 + BUDGET_SLACK)] +
+                                                         [current[name] for name in hub.resources]))
+            target = upper - FIXING_TARGET_GAP * max(1.0, abs(upper))
+            rounds, start = [], None
+            highs = _persistent_highs()  # the rounds share one HiGHS model: only which options are fixed changes
+            for _ in range(3):
+                fixing = fix_by_bounds(hub, limit, current, target, duals)
+                rounds.append({"target": target, "options_fixed": None if fixing is None else fixing.removed_options(problem)})
+                info["fixing"] = {"dual_bound": upper, "rounds": rounds}
+                outcome = solve_once(budget_value, fixing, start, highs)
+                if outcome is None:  # nothing at or above the target: fix against less
+                    target = upper - 10 * (upper - target)
+                    continue
+                if outcome.status != "optimal":  # stopped early: whatever was fixed out is below the target
+                    outcome.bound = max(outcome.bound if outcome.bound is not None else -math.inf, target)
+                    return outcome
+                value = problem.objective(outcome.choice, outcome.kept)
+                if value >= target or fixing is None:
+                    return outcome
+                if latency_problem.latency(outcome.choice, outcome.kept) > limit or any(
+                        problem.resource(name, outcome.choice, outcome.kept) > cap for name, cap in current.items()):
+                    break  # (over a row by HiGHS's tolerance: not a value to fix against)
+                target, start = value, (outcome.choice, outcome.kept)  # every better one is left in
+            return solve_once(budget_value)
+
+        def start_values(start) -> list | None:
+            if start is None:
+                return None
+            choice, kept = start
+            values = [(var, float(k == choice[dim])) for dim, variables in form.x.items()
+                      for k, var in enumerate(variables) if not var.fixed]
+            values += [(var, float(kept.get(block, True))) for block, var in form.kappa.items() if not var.fixed]
+            return values
+
+        def fix_out(fixing) -> list:
+            """Fix to 0 the options ruled out (and to 1 or 0 the blocks that must stay or go)."""
+            fixed = []
+            for dim, options in fixing.allowed.items():
+                for k, var in enumerate(form.x[dim]):
+                    if k not in options and not var.fixed:
+                        var.fix(0)
+                        fixed.append(var)
+            for block, keep in fixing.kept.items():
+                var = form.kappa.get(block)
+                if var is not None and not var.fixed:
+                    var.fix(1 if keep else 0)
+                    fixed.append(var)
+            return fixed
+
+        def solve_once(budget_value: float, fixing=None, start=None, highs=None) -> _Outcome | None:
+            """HiGHS on the model (with ``fixing``'s options fixed out: then None if nothing is left)."""
+            fixed = fix_out(fixing) if fixing is not None else []
+            try:
+                values = start_values(start)
+                result, solve_s = _run_highs(model, self.time_limit, self.rel_gap, self.threads, self.verbose,
+                                             start=values, solver=highs)
+            finally:
+                for var in fixed:
+                    var.unfix()
             condition = result.termination_condition
             if condition in (TerminationCondition.provenInfeasible, TerminationCondition.infeasibleOrUnbounded):
+                if fixing is not None:
+                    return None
                 if constraints.active:
                     raise InfeasibleBudgetError(
                         f"no configuration meets the budget {budget_value:.4g} {problem.units} together with "
@@ -389,24 +471,80 @@ def _raise_infeasible(problem: Problem, budget_value: float, smallest: float, la
     )
 
 
-def _run_highs(model, time_limit, rel_gap, threads, verbose,
-               extra_options: dict[str, Any] | None = None) -> tuple[Any, float]:
-    from pyomo.contrib.solver.solvers.highs import Highs
-
-    solver = Highs()
-    if not solver.available():
-        raise MdpError("HiGHS is not available: pip install highspy")
-    options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0, **(extra_options or {})}
+def _run_highs(model, time_limit, rel_gap, threads, verbose, extra_options: dict[str, Any] | None = None,
+               start: list | None = None, solver=None) -> tuple[Any, float]:
+    """Solve ``model`` by HiGHS. ``start`` ((Pyomo variable, value) pairs: the binaries of a configuration
+    known to be feasible): HiGHS's first incumbent (it completes the continuous variables by one LP).
+    ``solver``: a persistent one (_persistent_highs) that has the model already, else a new one."""
+    solver = solver or _new_highs()
+    # Options persist in a reused solver: every one set anywhere is set on every call.
+    options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0, "solve_relaxation": False,
+                               "time_limit": math.inf if time_limit is None else time_limit, **(extra_options or {})}
     started = time.perf_counter()
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet, _interruptible(solver) as interrupted, _quiet_unhandled_status():
-        result = solver.solve(model, tee=verbose, time_limit=time_limit, threads=threads, load_solutions=False,
+    with quiet, _interruptible(solver) as interrupted, _quiet_unhandled_status(), _started_from(solver, start):
+        result = solver.solve(model, tee=verbose, threads=threads, load_solutions=False,
                               raise_exception_on_nonoptimal_result=False, solver_options=options)
     if interrupted:
         # HiGHS stops at Ctrl-C and reports a status like a time limit; the user asked to stop, not for
         # a partial answer, so the interrupt goes on (the CLI exits 130 and writes nothing).
         raise KeyboardInterrupt
     return result, time.perf_counter() - started
+
+
+def _new_highs():
+    from pyomo.contrib.solver.solvers.highs import Highs
+
+    solver = Highs()
+    if not solver.available():
+        raise MdpError("HiGHS is not available: pip install highspy")
+    return solver
+
+
+def _persistent_highs():
+    """A HiGHS solver to keep one model in across the rounds of one capped solve: passing a model to
+    HiGHS through Pyomo takes seconds on a ViT. Between the rounds only which variables are fixed changes
+    (bounds: fixed variables stay columns), so only variables are checked. (Budgets and caps are set
+    anew by a fresh solver: one reused across the budgets of a sweep gave a wrong optimum, cause not
+    pinned down.)"""
+    from pyomo.contrib.solver.solvers.highs import Highs
+
+    solver = Highs(treat_fixed_vars_as_params=False)
+    updates = solver.config.auto_updates
+    for name in ("check_for_new_or_removed_constraints", "check_for_new_or_removed_vars",
+                 "check_for_new_or_removed_params", "check_for_new_objective", "update_constraints",
+                 "update_named_expressions", "update_objective"):
+        setattr(updates, name, False)
+    updates.update_vars = True
+    updates.update_parameters = False
+    return solver
+
+
+@contextlib.contextmanager
+def _started_from(solver, start: list | None):
+    """Hand HiGHS a MIP start once Pyomo has passed it the model (right before it runs). Pyomo's HiGHS
+    interface has no option for it, so its run step is wrapped for this call; variables that are not
+    columns are skipped."""
+    if not start:
+        yield
+        return
+    import numpy as np
+
+    run = solver._solve
+
+    def run_from_start():
+        columns = solver._pyomo_var_to_solver_var_map
+        pairs = [(columns[id(var)], value) for var, value in start if id(var) in columns]
+        if pairs:
+            index, values = zip(*pairs)
+            solver._solver_model.setSolution(len(index), np.array(index, dtype=np.int32), np.array(values, dtype=float))
+        return run()
+
+    solver._solve = run_from_start
+    try:
+        yield
+    finally:
+        del solver._solve  # back to the class's
 
 
 @contextlib.contextmanager
