@@ -188,6 +188,7 @@ def test_builtin_families_and_their_sections():
     ("profile: {batch: 1.5}", "expected an integer"),
     ("profile: {stat: mean}", "expected one of median, p10"),
     ("score: {batches: -1}", "score.batches (--batches) = -1 is out of range"),
+    ("score: {coupled: median}", "score.coupled (--coupled) = 'median' is not allowed; expected one of sum, mean, sqrt"),
     ("solve: {budget: [1, 2]}", "solve.budget (--budget) = [1, 2] is not allowed"),
     ("export: {onnx: 1}", "export.onnx = 1 is not allowed; expected true or false"),
     ("resolution: 0", "resolution (--resolution) = 0 is out of range"),
