@@ -61,6 +61,7 @@ def run_cell(args, prepared, budget: float, dense, config) -> dict:
         true_ratio = solution.latency_ratio  # under the measured tables, also for the linear variants
         row = {"predicted_fraction": true_ratio, "solved_at_budget": solve_budget, "latency_fraction": lat["ratio"], "ms": lat["ms"],
                "blocks_removed": sorted(b for b, k in solution.kept.items() if not k),
+               "choice": dict(solution.choice),
                "importance_kept": solution.objective / solution.dense_objective if solution.dense_objective else None,
                "top1_pruned": bc.top1(module, data, config, args.val_subset), "top1_short": []}
         for seed in range(args.seeds):
@@ -150,7 +151,8 @@ def report(cells: list[dict], args) -> None:
     lines = [f"# Ablation (paper Fig. 4) in accuracy: {args.model}, batch {args.batch}, {args.resolution} px", "",
              f"Command: `python scripts/bench_ablation.py {' '.join(sys.argv[1:])}`", "",
              f"builtin:fashion-mnist train subset {args.train_subset}, val subset {args.val_subset}; dense trained "
-             f"{args.epochs} epochs; finetune SGD lr {args.ft_lr}, cosine, {args.ft_short} epoch(s); {args.seeds} "
+             f"{args.epochs} epochs; mdp space prune_stem {str(args.prune_stem).lower()}, score.coupled "
+             f"{args.coupled}; finetune SGD lr {args.ft_lr}, cosine, {args.ft_short} epoch(s); {args.seeds} "
              "finetune seeds, paired against full mdp (paired t-test; the sign-flip test beside it cannot go below 2/2^n). Measured latency: in turns with dense, one "
              "thread, median of " + (f"{cells[0]['remeasured_samples']} samples (re-measured after the run)"
                                       if cells and cells[0].get("remeasured_samples") else f"{args.repeats} samples")
@@ -185,8 +187,13 @@ def main(argv=None) -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--remeasure", type=int, default=0,
                    help="after the cells: measure every variant again in turns with dense with this many samples")
-    p.add_argument("--prune-stem", action="store_true",
-                   help="let the space prune the stem's channels (CNN space option prune_stem; default off)")
+    p.add_argument("--prune-stem", dest="prune_stem", action="store_true", default=None,
+                   help="let the space prune the stem's channels (CNN space option prune_stem; default: the "
+                        "family's)")
+    p.add_argument("--keep-stem", dest="prune_stem", action="store_false", help="keep the stem's channels")
+    p.add_argument("--coupled", choices=("sum", "mean", "sqrt"),
+                   help="score.coupled: how a residual (shared) dim combines its layers' scores (default: the "
+                        "model family's)")
     p.add_argument("--no-calibrate-linear", dest="calibrate_linear", action="store_false",
                    help="solve the linear variants at the budget itself (they may then miss it on the true tables)")
     p.add_argument("--out", type=Path, default=bc.ROOT / "docs" / "bench" / "ablation")
@@ -208,8 +215,13 @@ def main(argv=None) -> None:
     dense = load_model(args.model, str(weights), 10).module.eval()
     config = data_config(dense, args.resolution)
     cfg = bc.mdp_config(args.model, weights, args.resolution, args.batch, bc.data_spec(args.train_subset, None),
-                        args.cache, args.repeats, space={"prune_stem": True} if args.prune_stem else None)
-    stem = "_stem" if args.prune_stem else ""
+                        args.cache, args.repeats,
+                        space=None if args.prune_stem is None else {"prune_stem": args.prune_stem},
+                        coupled=args.coupled)
+    # resolved: the family's defaults where not given
+    args.coupled, args.prune_stem = cfg["score"]["coupled"], bool(cfg["space"].get("prune_stem"))
+    # the cache names of summed importance (the only mode before --coupled) stay as they were
+    stem = ("_stem" if args.prune_stem else "") + ("" if args.coupled == "sum" else f"_{args.coupled}")
     run_dir = args.cache / "mdp" / f"{args.model}_{args.resolution}px_b{args.batch}{stem}"
     discovered, problem = bc.prepare_mdp(cfg, run_dir)
     cells, keys = [], []

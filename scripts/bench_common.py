@@ -164,13 +164,14 @@ def top1(module, data: str, config: Mapping[str, Any], limit: int | None = None)
 
 def mdp_config(model: str, weights: Path, resolution: int, batch: int, score_data: str, cache: Path,
                repeats: int = 30, num_classes: int = 10, space: Mapping[str, Any] | None = None,
-               grid: Any = None) -> dict[str, Any]:
+               grid: Any = None, coupled: str | None = None) -> dict[str, Any]:
+    """The mdp config of a benchmark; ``coupled``: ``score.coupled`` (None: the model family's default)."""
     from mdp_cli.config import load_config
 
     overrides: dict[str, Any] = {
         "model": model, "resolution": resolution, "pretrained": str(weights), "num_classes": num_classes,
         "profile": {"batch": batch, "threads": 1, "repeats": repeats, "lut_dir": str(cache / "luts")},
-        "score": {"data": score_data, "batches": 8, "batch_size": 32, "seed": 0},
+        "score": {"data": score_data, "batches": 8, "batch_size": 32, "seed": 0, "coupled": coupled},
         "export": {"tolerance": 10.0, "measure": True, "repeats": repeats, "onnx": False},
     }
     if space:
