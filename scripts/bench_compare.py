@@ -28,7 +28,8 @@ DENSE_KEYS = ("train_subset", "val_subset", "epochs", "resolution", "seeds", "ft
 def load_run(path: Path) -> dict:
     data = json.loads((path / "results.json").read_text())
     s = data["settings"]
-    label = f"{'stem' if s.get('prune_stem') else 'keep stem'}, {s.get('coupled') or 'sum'}"
+    label = (f"{'stem' if s.get('prune_stem') else 'keep stem'}, {s.get('coupled') or 'sum'}"
+             + (f", min_keep {s['min_keep']:g}" if s.get("min_keep") else ""))
     cells = {c["budget"]: c["mdp"] for c in data["cells"] if "top1_short" in c.get("mdp", {})}
     return {"dir": str(path), "label": label, "settings": s, "cells": cells}
 
@@ -88,7 +89,7 @@ def main(argv=None) -> None:
                                               "tp_top1_short": {str(b): c["top1_short"] for b, c in tp.items()},
                                               "rows": rows})
     s = ref["settings"]
-    columns = [("budget", "budget"), ("setting", "mdp setting (stem, coupled)"), ("pred", "tables lat/dense"),
+    columns = [("budget", "budget"), ("setting", "mdp setting (stem, coupled, floor)"), ("pred", "tables lat/dense"),
                ("lat", "measured lat/dense"), ("blocks", "blocks removed"), ("pruned", "top-1 pruned"),
                ("short", "top-1 short ft"), ("d_ref", f"− {ref['label']}"), ("won_ref", "seeds ahead"),
                ("p_ref", "p (paired t)"), ("ps_ref", "p (sign-flip)")]
