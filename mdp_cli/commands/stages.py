@@ -34,7 +34,7 @@ def _model_options(fn: Callable) -> Callable:
         click.option("--step", type=int, help="CNN: channels per option step (default: size / max-options)."),
         click.option("--max-options", type=int, help="CNN: options per dim when --step is not given."),
         click.option("--multiple", type=int, help="CNN: restrict widths to multiples of this (e.g. 8)."),
-        click.option("--prune-stem/--keep-stem", default=None, help="CNN: let the stem's output width be pruned (default: keep)."),
+        click.option("--prune-stem/--keep-stem", default=None, help="CNN: let the stem's output width be pruned (default), or keep it (the paper's rule)."),
         click.option("--steps", help="ViT: units per option step, e.g. embed=16,heads=1,qk=8,v=8,mlp=64."),
     ]
     for option in reversed(options):

@@ -24,7 +24,7 @@ class CnnSpaceSection:
     step: Optional[int] = setting(None, min=1, doc="channels per option step (default: size / max_options)")
     max_options: int = setting(8, min=1, doc="options per dim when step is not given")
     multiple: int = setting(1, min=1, doc="widths restricted to multiples of this (e.g. 8)")
-    prune_stem: bool = setting(False, doc="let the stem's output width be pruned")
+    prune_stem: bool = setting(True, doc="let the stem's output width be pruned (false: the paper's rule)")
 
 
 @register_family
