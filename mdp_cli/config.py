@@ -10,7 +10,7 @@ The resolved config is a plain dict (what ``config.json`` of a run directory hol
     model, family, resolution, pretrained, random_init, num_classes,
     space:   the family's section (CNN: step, max_options, multiple, prune_stem; ViT: steps)
     profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat, runtime}
-    score:   {data, batches, batch_size, seed, objective, criterion}
+    score:   {data, batches, batch_size, seed, objective, criterion, coupled}
     solve:   {budget, latency_model, time_limit, formulation, knapsack, max_params, max_flops, min_keep, multiple,
               sweep}
     export:  {tolerance, onnx, measure, repeats}
@@ -55,6 +55,10 @@ class ScoreSection:
     criterion: str = setting("taylor", choices=("taylor", "fisher"),
                              doc="first-order Taylor |g*w|, or the squared-gradient (Fisher / Hessian diagonal) "
                                  "criterion of NViT")
+    coupled: Optional[str] = setting(None, choices=("sum", "mean", "sqrt"),
+                                     doc="how a dim shared by several layers (a residual width, a ViT embedding) "
+                                         "combines their scores: sum, mean, or sum / sqrt(count); unset: the "
+                                         "model family's default (importance/coupled.py)")
 
 
 @dataclasses.dataclass
@@ -209,6 +213,8 @@ def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
         **{name: dataclasses.asdict(section) for name, section in sections.items()},
     }
     cfg["profile"]["grid"] = family.parse_grid(cfg["profile"]["grid"], where)
+    if cfg["score"]["coupled"] is None:
+        cfg["score"]["coupled"] = family.default_coupled
     if cfg["solve"]["sweep"] is not None:
         from mdp_cli.solve.sweep import parse_sweep
 

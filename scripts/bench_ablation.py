@@ -52,7 +52,8 @@ def run_cell(args, prepared, budget: float, dense, config) -> dict:
             if VARIANTS[name]["latency_model"] == "linear" and args.calibrate_linear:
                 solve_budget = calibrated_budget(problem, budget, **VARIANTS[name])
             module, solution = bc.mdp_prune(cfg, discovered, problem, run_dir, solve_budget,
-                                            name=f"ablation-{name}", **VARIANTS[name])
+                                            name=f"ablation-{name}{args.floor_tag}", min_keep=args.min_keep,
+                                            **VARIANTS[name])
         except MdpError as exc:  # e.g. channels alone cannot reach the budget: a result, not a crash
             cell[name] = {"infeasible": str(exc)}
             bc.log(f"{args.model} budget {budget} {name}: {exc}")
@@ -61,6 +62,7 @@ def run_cell(args, prepared, budget: float, dense, config) -> dict:
         true_ratio = solution.latency_ratio  # under the measured tables, also for the linear variants
         row = {"predicted_fraction": true_ratio, "solved_at_budget": solve_budget, "latency_fraction": lat["ratio"], "ms": lat["ms"],
                "blocks_removed": sorted(b for b, k in solution.kept.items() if not k),
+               "choice": dict(solution.choice),
                "importance_kept": solution.objective / solution.dense_objective if solution.dense_objective else None,
                "top1_pruned": bc.top1(module, data, config, args.val_subset), "top1_short": []}
         for seed in range(args.seeds):
@@ -119,7 +121,7 @@ def remeasure(cells: list[dict], args, run_dir: Path, dense) -> None:
             r = c.get(name, {})
             if "top1_short" not in r:
                 continue
-            module = load_exported(run_dir / f"ablation-{name}_{r['solved_at_budget']:g}" / "exported")
+            module = load_exported(run_dir / f"ablation-{name}{args.floor_tag}_{r['solved_at_budget']:g}" / "exported")
             r["latency_fraction_remeasured"] = bc.ratio_in_turns(module, dense, args.batch, args.resolution,
                                                                  args.remeasure)["ratio"]
             bc.log(f"remeasured {c['budget']} {name}: {r['latency_fraction_remeasured']:.3f} of dense")
@@ -150,7 +152,8 @@ def report(cells: list[dict], args) -> None:
     lines = [f"# Ablation (paper Fig. 4) in accuracy: {args.model}, batch {args.batch}, {args.resolution} px", "",
              f"Command: `python scripts/bench_ablation.py {' '.join(sys.argv[1:])}`", "",
              f"builtin:fashion-mnist train subset {args.train_subset}, val subset {args.val_subset}; dense trained "
-             f"{args.epochs} epochs; finetune SGD lr {args.ft_lr}, cosine, {args.ft_short} epoch(s); {args.seeds} "
+             f"{args.epochs} epochs; mdp space prune_stem {str(args.prune_stem).lower()}, score.coupled "
+             f"{args.coupled}, solve.min_keep {args.min_keep}; finetune SGD lr {args.ft_lr}, cosine, {args.ft_short} epoch(s); {args.seeds} "
              "finetune seeds, paired against full mdp (paired t-test; the sign-flip test beside it cannot go below 2/2^n). Measured latency: in turns with dense, one "
              "thread, median of " + (f"{cells[0]['remeasured_samples']} samples (re-measured after the run)"
                                       if cells and cells[0].get("remeasured_samples") else f"{args.repeats} samples")
@@ -185,8 +188,15 @@ def main(argv=None) -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--remeasure", type=int, default=0,
                    help="after the cells: measure every variant again in turns with dense with this many samples")
-    p.add_argument("--prune-stem", action="store_true",
-                   help="let the space prune the stem's channels (CNN space option prune_stem; default off)")
+    p.add_argument("--prune-stem", dest="prune_stem", action="store_true", default=None,
+                   help="let the space prune the stem's channels (CNN space option prune_stem; default: the "
+                        "family's)")
+    p.add_argument("--keep-stem", dest="prune_stem", action="store_false", help="keep the stem's channels")
+    p.add_argument("--coupled", choices=("sum", "mean", "sqrt"),
+                   help="score.coupled: how a residual (shared) dim combines its layers' scores (default: the "
+                        "model family's)")
+    p.add_argument("--min-keep", type=float,
+                   help="solve.min_keep: every dim keeps at least this fraction of its width (default: no floor)")
     p.add_argument("--no-calibrate-linear", dest="calibrate_linear", action="store_false",
                    help="solve the linear variants at the budget itself (they may then miss it on the true tables)")
     p.add_argument("--out", type=Path, default=bc.ROOT / "docs" / "bench" / "ablation")
@@ -208,13 +218,19 @@ def main(argv=None) -> None:
     dense = load_model(args.model, str(weights), 10).module.eval()
     config = data_config(dense, args.resolution)
     cfg = bc.mdp_config(args.model, weights, args.resolution, args.batch, bc.data_spec(args.train_subset, None),
-                        args.cache, args.repeats, space={"prune_stem": True} if args.prune_stem else None)
-    stem = "_stem" if args.prune_stem else ""
+                        args.cache, args.repeats,
+                        space=None if args.prune_stem is None else {"prune_stem": args.prune_stem},
+                        coupled=args.coupled)
+    # resolved: the family's defaults where not given
+    args.coupled, args.prune_stem = cfg["score"]["coupled"], bool(cfg["space"].get("prune_stem"))
+    # the cache names of summed importance (the only mode before --coupled) stay as they were
+    stem = bc.mdp_run_suffix(cfg)
+    args.floor_tag = f"_mk{args.min_keep:g}" if args.min_keep else ""
     run_dir = args.cache / "mdp" / f"{args.model}_{args.resolution}px_b{args.batch}{stem}"
     discovered, problem = bc.prepare_mdp(cfg, run_dir)
     cells, keys = [], []
     for budget in args.budgets:
-        key = (f"ablation{'-cal' if args.calibrate_linear else ''}{stem}_{args.model}_{args.resolution}px_b{args.batch}_{budget:g}_s{args.seeds}_e{args.ft_short}_"
+        key = (f"ablation{'-cal' if args.calibrate_linear else ''}{stem}{args.floor_tag}_{args.model}_{args.resolution}px_b{args.batch}_{budget:g}_s{args.seeds}_e{args.ft_short}_"
                f"{args.train_subset}_{args.val_subset}_{'+'.join(args.variants)}")
         cell = bc.cached(args.cache / "cells" / f"{key}.json",
                          lambda: run_cell(args, (cfg, discovered, problem, run_dir), budget, dense, config))

@@ -164,13 +164,14 @@ def top1(module, data: str, config: Mapping[str, Any], limit: int | None = None)
 
 def mdp_config(model: str, weights: Path, resolution: int, batch: int, score_data: str, cache: Path,
                repeats: int = 30, num_classes: int = 10, space: Mapping[str, Any] | None = None,
-               grid: Any = None) -> dict[str, Any]:
+               grid: Any = None, coupled: str | None = None) -> dict[str, Any]:
+    """The mdp config of a benchmark; ``coupled``: ``score.coupled`` (None: the model family's default)."""
     from mdp_cli.config import load_config
 
     overrides: dict[str, Any] = {
         "model": model, "resolution": resolution, "pretrained": str(weights), "num_classes": num_classes,
         "profile": {"batch": batch, "threads": 1, "repeats": repeats, "lut_dir": str(cache / "luts")},
-        "score": {"data": score_data, "batches": 8, "batch_size": 32, "seed": 0},
+        "score": {"data": score_data, "batches": 8, "batch_size": 32, "seed": 0, "coupled": coupled},
         "export": {"tolerance": 10.0, "measure": True, "repeats": repeats, "onnx": False},
     }
     if space:
@@ -178,6 +179,13 @@ def mdp_config(model: str, weights: Path, resolution: int, batch: int, score_dat
     if grid is not None:
         overrides["profile"]["grid"] = grid
     return load_config(None, overrides)
+
+
+def mdp_run_suffix(cfg: Mapping[str, Any]) -> str:
+    """What a benchmark's cache names add for mdp settings other than the ones it first ran with (stem kept,
+    summed importance), so that earlier caches keep their names."""
+    return (("_stem" if cfg["space"].get("prune_stem") else "")
+            + ("" if cfg["score"].get("coupled", "sum") == "sum" else f"_{cfg['score']['coupled']}"))
 
 
 def prepare_mdp(cfg: Mapping[str, Any], run_dir: Path):
@@ -190,7 +198,7 @@ def prepare_mdp(cfg: Mapping[str, Any], run_dir: Path):
 
 
 def mdp_prune(cfg: Mapping[str, Any], discovered, problem, run_dir: Path, budget: float, name: str = "mdp",
-              latency_model: str = "multidim", blocks: bool = True):
+              latency_model: str = "multidim", blocks: bool = True, min_keep: float | None = None):
     """Solve at ``budget`` (one of the solver's variants) and export; returns (pruned module, solution).
     The linear latency model is solved by the monolithic MILP: its tables hold negative entries, on which the
     hub decomposition (mdp 0.1.0) reports feasible budgets as infeasible (see docs/results.md)."""
@@ -200,7 +208,7 @@ def mdp_prune(cfg: Mapping[str, Any], discovered, problem, run_dir: Path, budget
 
     out = run_dir / f"{name}_{budget:g}"
     solution = solve_problem(problem, budget=budget, latency_model=latency_model, blocks=blocks,
-                             time_limit=cfg["solve"].get("time_limit"),
+                             time_limit=cfg["solve"].get("time_limit"), min_keep=min_keep,
                              formulation="monolithic" if latency_model == "linear" else "auto")
     solution.save(out / "solution.json", problem=str(run_dir / "problem.json"))
     stage_export(cfg, out / "solution.json", out / "exported", run_dir / "importance.json", discovered,

@@ -128,7 +128,9 @@ def run_cell(args, model_name: str, weights: Path, batch: int, budget: float, pr
     """mdp vs every Torch-Pruning setting at one (model, batch, budget): latencies, accuracies, statistics."""
     cfg, discovered, problem, run_dir = prepared
     data = bc.data_spec(args.train_subset, args.val_subset)
-    mdp_model, solution = bc.mdp_prune(cfg, discovered, problem, run_dir, budget)
+    floor = f"_mk{args.min_keep:g}" if args.min_keep else ""
+    mdp_model, solution = bc.mdp_prune(cfg, discovered, problem, run_dir, budget, name=f"mdp{floor}",
+                                       min_keep=args.min_keep)
     mdp_lat = bc.ratio_in_turns(mdp_model, dense, batch, args.resolution, args.repeats)
     bc.log(f"{model_name} b{batch} budget {budget}: mdp predicted {solution.latency_ratio:.3f}, measured "
            f"{mdp_lat['ratio']:.3f} of dense; blocks removed {sum(not k for k in solution.kept.values())}")
@@ -190,8 +192,8 @@ def remeasure(cells: list[dict], args, dense, config, weights_for: dict) -> None
     for c in cells:
         if c.get("remeasured_samples") == args.remeasure or c["model"] not in weights_for:
             continue
-        run_dir = args.cache / "mdp" / f"{c['model']}_{args.resolution}px_b{c['batch']}"
-        mdp_model = load_exported(run_dir / f"mdp_{c['budget']:g}" / "exported")
+        run_dir = args.cache / "mdp" / f"{c['model']}_{args.resolution}px_b{c['batch']}{c.get('mdp_suffix', '')}"
+        mdp_model = load_exported(run_dir / f"mdp{c.get('mdp_floor', '')}_{c['budget']:g}" / "exported")
         tp = c["tp_best"]
         taylor = scoring_batches(bc.data_spec(args.train_subset, None), config)
         tp_model = tp_prune(dense, tp, c[tp]["ratio"], args.resolution, taylor)
@@ -249,9 +251,10 @@ def fidelity(args, cache: Path) -> dict:
                              "profile": {"batch": 1, "threads": 1, "repeats": args.repeats,
                                          "lut_dir": str(cache / "luts")},
                              "score": {"data": "builtin:fashion-mnist?train=512", "batches": 4, "batch_size": 16,
-                                       "seed": 0, "objective": "pseudo_labels"},
-                             "export": {"tolerance": 10.0, "measure": True, "repeats": args.repeats}})
-    run_dir = cache / f"fidelity_{model}_{res}"
+                                       "seed": 0, "objective": "pseudo_labels", "coupled": args.coupled},
+                             "export": {"tolerance": 10.0, "measure": True, "repeats": args.repeats},
+                             "space": {"prune_stem": args.prune_stem}})
+    run_dir = cache / f"fidelity_{model}_{res}{bc.mdp_run_suffix(cfg)}"
     discovered, problem = bc.prepare_mdp(cfg, run_dir)
     dense = copy.deepcopy(discovered.model).eval()
     photos = real_photos(dense)
@@ -384,6 +387,14 @@ def main(argv=None) -> None:
                    help="timed calls per model in each in-turns measurement (30 varied by 10-20 %% on a loaded machine)")
     p.add_argument("--match", type=float, default=0.02, help="relative latency match of the bisection")
     p.add_argument("--tp-settings", default=",".join(TP_SETTINGS))
+    p.add_argument("--prune-stem", dest="prune_stem", action="store_true", default=None,
+                   help="mdp: let the CNN space prune the stem's channels (default: the family's)")
+    p.add_argument("--keep-stem", dest="prune_stem", action="store_false", help="mdp: keep the stem's channels")
+    p.add_argument("--min-keep", type=float,
+                   help="mdp: solve.min_keep, every dim keeps at least this fraction of its width (default: no floor)")
+    p.add_argument("--coupled", choices=("sum", "mean", "sqrt"),
+                   help="mdp: score.coupled, how a residual (shared) dim combines its layers' scores (default: the "
+                        "model family's)")
     p.add_argument("--remeasure", type=int, default=0,
                    help="after the cells: measure mdp's and the best Torch-Pruning model again with this many samples")
     p.add_argument("--fidelity", action="store_true", help="also the EfficientNet-Lite0 fidelity check")
@@ -409,22 +420,29 @@ def main(argv=None) -> None:
         train_data = bc.data_spec(args.train_subset, args.val_subset)
         weights = bc.train_dense(model_name, train_data, args.resolution, args.epochs, args.cache)
         from mdp_cli.data import data_config
+        from mdp_cli.families import family_of
         from mdp_cli.train.engine import load_model
 
         dense = load_model(model_name, str(weights), 10).module.eval()
         config = data_config(dense, args.resolution)
         for batch in args.batches:
+            cnn = family_of(model_name) == "cnn"  # prune_stem is a CNN space option
+            space = {"prune_stem": args.prune_stem} if args.prune_stem is not None and cnn else None
             cfg = bc.mdp_config(model_name, weights, args.resolution, batch, bc.data_spec(args.train_subset, None),
-                                args.cache, args.repeats)
-            run_dir = args.cache / "mdp" / f"{model_name}_{args.resolution}px_b{batch}"
+                                args.cache, args.repeats, space=space, coupled=args.coupled)
+            suffix = bc.mdp_run_suffix(cfg)
+            floor = f"_mk{args.min_keep:g}" if args.min_keep else ""
+            run_dir = args.cache / "mdp" / f"{model_name}_{args.resolution}px_b{batch}{suffix}"
             discovered, problem = bc.prepare_mdp(cfg, run_dir)
             for budget in args.budgets:
-                key = (f"{model_name}_{args.resolution}px_b{batch}_{budget:g}_s{args.seeds}_e{args.ft_short}-"
+                key = (f"{model_name}{suffix}{floor}_{args.resolution}px_b{batch}_{budget:g}_s{args.seeds}_e{args.ft_short}-"
                        f"{args.ft_long}_{args.train_subset}_{args.val_subset}_{'+'.join(args.tp_settings)}")
                 cell = bc.cached(args.cache / "cells" / f"{key}.json",
                                  lambda: run_cell(args, model_name, weights, batch, budget,
                                                   (cfg, discovered, problem, run_dir), dense, config))
-                cell["cache_key"] = key
+                cell["cache_key"], cell["mdp_suffix"], cell["mdp_floor"] = key, suffix, floor
+                cell["mdp_settings"] = {"prune_stem": cfg["space"].get("prune_stem"), "coupled": cfg["score"]["coupled"],
+                                       "min_keep": args.min_keep}
                 cells.append(cell)
                 report(cells, args, args.out)
     if args.remeasure:

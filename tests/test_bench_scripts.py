@@ -62,3 +62,33 @@ def test_bench_ablation_toy(tmp_path) -> None:
     assert cell["mdp"]["importance_kept"] >= cell["channels+multidim"]["importance_kept"] - 1e-9
     assert "stats_vs_mdp" in cell["channels+linear"] and "stats_vs_mdp" not in cell["mdp"]
     assert (out / "acc_vs_latency_resnet18_b1.png").stat().st_size > 1000
+
+
+def _ablation_dir(path: Path, coupled: str, top1: list[float], **settings) -> Path:
+    cell = {"budget": 0.5, "mdp": {"predicted_fraction": 0.49, "latency_fraction": 0.6, "blocks_removed": [],
+                                   "top1_pruned": 40.0, "top1_short": top1, "choice": {"layer2.res": 64}}}
+    base = {"model": "resnet18", "batch": 1, "resolution": 32, "train_subset": 3000, "val_subset": 1000,
+            "epochs": 6, "seeds": 3, "ft_short": 1, "ft_lr": 0.01, "prune_stem": True, "coupled": coupled}
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"settings": {**base, **settings}, "cells": [cell]}))
+    return path
+
+
+def test_bench_compare_pairs_runs_by_seed(tmp_path) -> None:
+    import bench_compare
+
+    ref = _ablation_dir(tmp_path / "sum", "sum", [78.0, 78.5, 77.5])
+    mean = _ablation_dir(tmp_path / "mean", "mean", [79.0, 79.0, 78.5])
+    tp = tmp_path / "tp.json"
+    tp.write_text(json.dumps({"settings": {"train_subset": 3000, "val_subset": 1000, "epochs": 6, "resolution": 32,
+                                           "seeds": 3, "ft_short": 1, "ft_lr": 0.01},
+                              "cells": [{"budget": 0.5, "taylor-global": {"top1_short": [79.0, 78.0, 78.0]}}]}))
+    bench_compare.main([str(mean), "--ref", str(ref), "--tp", str(tp), "--out", str(tmp_path / "out")])
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["rows"]}
+    assert rows["stem, mean"]["d_ref"] == pytest.approx((1.0 + 0.5 + 1.0) / 3)
+    assert rows["stem, mean"]["won_ref"] == "3/3" and "d_ref" not in rows["stem, sum"]
+    assert rows["stem, mean"]["d_tp"] == pytest.approx((0.0 + 1.0 + 0.5) / 3) and rows["stem, mean"]["won_tp"] == "2/3"
+    assert "| 0.50 | stem, mean |" in (tmp_path / "out" / "results.md").read_text()
+    other = _ablation_dir(tmp_path / "other", "sqrt", [1.0, 2.0, 3.0], epochs=4)  # another dense model
+    with pytest.raises(SystemExit, match="epochs"):
+        bench_compare.main([str(other), "--ref", str(ref), "--tp", str(tp), "--out", str(tmp_path / "out2")])

@@ -44,6 +44,19 @@ def test_run_then_skip_then_rerun_changed_stage(tiny_config, tmp_path):
     assert "[profile] unchanged" in third.output and "[problem] unchanged" in third.output
     assert "[calibrate] unchanged" in third.output
     assert "[solve] done" in third.output and "[export] done" in third.output
+    # score.coupled: the default sums a residual width's norms; --coupled mean re-scores (and only what
+    # follows), dividing by their count (layer2.res: layer2.0's shortcut BN and both blocks' bn2)
+    summed = json.loads((run_dir / "importance.json").read_text())
+    assert summed["provenance"]["coupled"] == "sum" and summed["dims"]["layer2.res"]["layers"] == 3
+    fourth = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q", "--coupled", "mean"])
+    assert fourth.exit_code == 0, fourth.output
+    assert "[profile] unchanged" in fourth.output and "[score] done" in fourth.output
+    averaged = json.loads((run_dir / "importance.json").read_text())
+    assert averaged["provenance"]["coupled"] == "mean"
+    assert averaged["dims"]["layer2.res"]["scores"] == pytest.approx(
+        [v / 3 for v in summed["dims"]["layer2.res"]["scores"]], rel=1e-12)
+    assert averaged["dims"]["layer2.0.conv1"] == summed["dims"]["layer2.0.conv1"]
+    assert json.loads((run_dir / "problem.json").read_text())["provenance"]["coupled"] == "mean"
 
 
 

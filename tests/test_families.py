@@ -172,8 +172,10 @@ def test_builtin_families_and_their_sections():
     names = [f.name for f in all_families()]
     assert names[-1] == "cnn" and "vit" in names  # the CNN tracer is the catch-all, asked last
     cfg = load_config(None, {"model": "resnet18"})
+    # prune_stem defaults to true for CNNs (docs/results.md, "Coupled importance": +1.05 points at budget 0.3)
     assert cfg["family"] == "cnn" and cfg["space"] == {"step": None, "max_options": 8, "multiple": 1,
-                                                       "prune_stem": False}
+                                                       "prune_stem": True}
+    assert cfg["score"]["coupled"] == "sum"  # unset: the family's default
     assert cfg["resolution"] == 64 and cfg["profile"]["grid"] == 1
     vit = load_config(None, {"model": "deit_tiny", "profile": {"grid": "embed=3,mlp=4"}})
     assert vit["family"] == "vit" and vit["resolution"] is None and vit["profile"]["grid"] == {"embed": 3, "hidden": 4}
@@ -188,6 +190,7 @@ def test_builtin_families_and_their_sections():
     ("profile: {batch: 1.5}", "expected an integer"),
     ("profile: {stat: mean}", "expected one of median, p10"),
     ("score: {batches: -1}", "score.batches (--batches) = -1 is out of range"),
+    ("score: {coupled: median}", "score.coupled (--coupled) = 'median' is not allowed; expected one of sum, mean, sqrt"),
     ("solve: {budget: [1, 2]}", "solve.budget (--budget) = [1, 2] is not allowed"),
     ("export: {onnx: 1}", "export.onnx = 1 is not allowed; expected true or false"),
     ("resolution: 0", "resolution (--resolution) = 0 is out of range"),

@@ -15,6 +15,9 @@ import click
 
 from mdp_cli import pipeline
 
+COUPLED_HELP = ("How a dim shared by several layers (a residual width, a ViT embedding) combines their scores: "
+                "sum, mean, or sum / sqrt(count) (default: the model family's, see docs/results.md).")
+
 
 def _model_options(fn: Callable) -> Callable:
     options = [
@@ -31,7 +34,7 @@ def _model_options(fn: Callable) -> Callable:
         click.option("--step", type=int, help="CNN: channels per option step (default: size / max-options)."),
         click.option("--max-options", type=int, help="CNN: options per dim when --step is not given."),
         click.option("--multiple", type=int, help="CNN: restrict widths to multiples of this (e.g. 8)."),
-        click.option("--prune-stem/--keep-stem", default=None, help="CNN: let the stem's output width be pruned (default: keep)."),
+        click.option("--prune-stem/--keep-stem", default=None, help="CNN: let the stem's output width be pruned (default), or keep it (the paper's rule)."),
         click.option("--steps", help="ViT: units per option step, e.g. embed=16,heads=1,qk=8,v=8,mlp=64."),
     ]
     for option in reversed(options):
@@ -77,7 +80,7 @@ def _config(config: Path | None, kw: dict[str, Any], weights: bool = False) -> d
     calibrate = {"configs": kw.pop("calibrate_configs", None), "file": kw.pop("calibration", None),
                  "seed": kw.pop("calibrate_seed", None), "repeats": kw.pop("calibrate_repeats", None)}
     over["calibrate"] = {k: str(v) if k == "file" else v for k, v in calibrate.items() if v is not None}
-    for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion")), ("solve", ("budget", "sweep")),
+    for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion", "coupled")), ("solve", ("budget", "sweep")),
                           ("export", ("tolerance", "onnx", "measure"))):
         over[section] = {k: kw.pop(k) for k in keys if kw.get(k) is not None}
     cfg = pipeline.load_config(config, over)
@@ -138,6 +141,7 @@ def profile_command(config, lut_path, shard, quiet, **kw):
 @click.option("--objective", type=click.Choice(["labels", "pseudo_labels", "features"]),
               help="Loss scored: the data's labels, the dense model's own predictions, or its features.")
 @click.option("--criterion", type=click.Choice(["taylor", "fisher"]), help="First-order Taylor or Fisher (squared gradients).")
+@click.option("--coupled", type=click.Choice(["sum", "mean", "sqrt"]), help=COUPLED_HELP)
 @click.option("--device", help="Device for the forward/backward passes.")
 @click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("importance.json"),
               show_default=True)
@@ -223,6 +227,7 @@ def export_command(config, solution, importance, output, **kw):
 @click.option("--random-init", is_flag=True, default=None, help="No weights: a randomly initialised model (seeded).")
 @click.option("--num-classes", type=int, help="Classifier size (default: the model's, or the checkpoint's).")
 @click.option("--data")
+@click.option("--coupled", type=click.Choice(["sum", "mean", "sqrt"]), help=COUPLED_HELP)
 @click.option("--device")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--no-gate", is_flag=True, help="Exit 0 even when the measured latency misses the budget.")

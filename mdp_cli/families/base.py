@@ -50,6 +50,9 @@ class Family(abc.ABC):
     priority: ClassVar[int] = 50
     # (score.objective, score.criterion) pairs ``score`` implements; the pipeline refuses the others.
     score_methods: ClassVar[frozenset] = frozenset({("labels", "taylor")})
+    # score.coupled when the config leaves it unset: how a dim shared by several layers combines their
+    # scores (importance/coupled.py); a family changes it only on measured evidence (docs/results.md).
+    default_coupled: ClassVar[str] = "sum"
 
     # -- models and configuration -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -24,7 +24,7 @@ class CnnSpaceSection:
     step: Optional[int] = setting(None, min=1, doc="channels per option step (default: size / max_options)")
     max_options: int = setting(8, min=1, doc="options per dim when step is not given")
     multiple: int = setting(1, min=1, doc="widths restricted to multiples of this (e.g. 8)")
-    prune_stem: bool = setting(False, doc="let the stem's output width be pruned")
+    prune_stem: bool = setting(True, doc="let the stem's output width be pruned (false: the paper's rule)")
 
 
 @register_family
@@ -71,9 +71,12 @@ class CnnFamily(Family):
 
         grid = int(cfg["profile"]["grid"])
         require_rows(lut, discovered.space, grid)  # interpolate only inside a grid profiled to be interpolated
+        from mdp_cli.importance.coupled import coupled_of
+
         return build_problem(discovered.space, lut, importance, interpolate=grid > 1, source=str(importance_path),
                              resolution=cfg["resolution"], space_options=dict(cfg["space"]),
-                             importance_file=str(importance_path) if importance_path else None)
+                             importance_file=str(importance_path) if importance_path else None,
+                             coupled=coupled_of(importance))
 
     def score(self, cfg, discovered: Discovered, batches: Iterable, device: str) -> dict[str, Any]:
         from mdp_cli.importance.objectives import make_loss
@@ -81,11 +84,12 @@ class CnnFamily(Family):
 
         s = cfg["score"]
         objective, criterion = s.get("objective", "labels"), s.get("criterion", "taylor")
+        coupled = s.get("coupled") or self.default_coupled
         node_scores, count = bn_taylor_scores(discovered.model, discovered.details, batches, device=device,
                                               loss_fn=make_loss(objective, int(s.get("seed", 0))), criterion=criterion)
-        return {"dims": importance_record(discovered.details, node_scores), "batches": count,
+        return {"dims": importance_record(discovered.details, node_scores, coupled=coupled), "batches": count,
                 "method": "taylor_bn" if criterion == "taylor" else "fisher_bn", "objective": objective,
-                "criterion": criterion, "space": dict(cfg["space"])}
+                "criterion": criterion, "coupled": coupled, "space": dict(cfg["space"])}
 
     def export(self, discovered: Discovered, choice, kept, importance):
         from mdp_cli.export.cnn_prune import prune_cnn

@@ -163,19 +163,23 @@ class TransformerFamily(Family):
 
         space = discovered.space
         planned = {m.key for m in self.measurements(discovered, cfg["profile"]["grid"])}
+        from mdp_cli.importance.coupled import coupled_of
+
         tables, extra = self._tables(space, rows_from_lut(lut, space, only=planned))
         return vit_problem(space, tables, importance, family=self.name, lut_file=str(lut.path),
-                           importance_file=str(importance_path), device=lut.device, stat=lut.stat, **extra)
+                           importance_file=str(importance_path), device=lut.device, stat=lut.stat,
+                           coupled=coupled_of(importance), **extra)
 
     def score(self, cfg, discovered: Discovered, batches: Iterable, device: str) -> dict[str, Any]:
         from mdp_cli.importance.objectives import make_loss
 
         s = cfg["score"]
         objective, criterion = s.get("objective", "labels"), s.get("criterion", "taylor")
+        coupled = s.get("coupled") or self.default_coupled
         loss = make_loss(objective, int(s.get("seed", 0)), has_classifier=self._has_classifier(discovered.model))
         record = self._importance(discovered.model, batches, discovered.space, loss_fn=loss, device=device,
-                                  criterion=criterion)
+                                  criterion=criterion, coupled=coupled)
         prov = record["provenance"]
         return {"dims": record["dims"], "batches": prov.get("batches"), "images": prov.get("images"),
                 "method": prov.get("method", "taylor_first_order"), "objective": objective, "criterion": criterion,
-                "steps": cfg["space"].get("steps")}
+                "coupled": coupled, "steps": cfg["space"].get("steps")}

@@ -1,7 +1,8 @@
 """Importance for the dims of a Swin space: per block, the group terms Σ w·∂L/∂w of heads (q, k, v rows
 and biases, proj columns, relative-position bias column), q/k columns, v columns and MLP neurons, as in
 ``importance/vit.py`` (|·| for ``taylor``, (·)² for ``fisher``), summed over batches. The record has the
-ViT/CNN ``mdp.importance`` layout (every dim per block: ``base`` = ``cumulative``)."""
+ViT/CNN ``mdp.importance`` layout (every dim per block: ``base`` = ``cumulative``, one layer, so
+``score.coupled`` changes nothing here and is only recorded)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from torch import nn
 
 from mdp_cli.artifacts import provenance
 from mdp_cli.errors import MdpError
+from mdp_cli.importance.coupled import DEFAULT_COUPLED, coupled_weight
 from mdp_cli.importance.vit import CRITERIA, METHODS, SCHEMA, VERSION, cumulative
 from mdp_cli.space.core import PruningSpace
 from mdp_cli.space.swin import swin_facts
 
 
 def swin_importance(model: nn.Module, batches: Iterable, space: PruningSpace, loss_fn: Callable | None = None,
-                    device: str = "cpu", criterion: str = "taylor", **provenance_fields: Any) -> dict[str, Any]:
+                    device: str = "cpu", criterion: str = "taylor", coupled: str = DEFAULT_COUPLED,
+                    **provenance_fields: Any) -> dict[str, Any]:
     f = swin_facts(model)
     if criterion not in CRITERIA:
         raise MdpError(f"unknown importance criterion {criterion!r} (known: {', '.join(CRITERIA)})")
@@ -68,6 +71,9 @@ def swin_importance(model: nn.Module, batches: Iterable, space: PruningSpace, lo
         order = np.argsort(-scores, kind="stable")
         cum = cumulative(scores, dim.options, order)
         dims[dim.name] = {"scores": scores.tolist(), "step": dim.step, "options": list(dim.options), "align": 1,
-                          "order": order.tolist(), "cumulative": cum, "base": cum, "block": dim.block, "gated": {}}
-    prov = provenance(model=space.model_name, method=METHODS[criterion], batches=count, images=images, **provenance_fields)
+                          "order": order.tolist(), "cumulative": cum, "base": cum, "block": dim.block, "gated": {},
+                          "layers": 1}
+    coupled_weight(coupled, 1)  # an unknown mode is refused here too
+    prov = provenance(model=space.model_name, method=METHODS[criterion], batches=count, images=images,
+                      coupled=coupled, **provenance_fields)
     return {"schema": SCHEMA, "version": VERSION, "model": space.model_name, "provenance": prov, "dims": dims}

@@ -9,10 +9,12 @@ Taylor score of its producing convs/linears (|Σ w·∂L/∂w| per output channe
 Chunking: element scores are summed into units of ``align`` channels (1, or the group size of a grouped
 conv), units are sorted by score, and ``cumulative[k]`` is the sum of the top units that make up option k.
 For a dim shared by several residual blocks the per-block parts are kept apart (``gated``): the part from
-a block's own BN vanishes when the solver removes that block.
+a block's own BN vanishes when the solver removes that block. ``coupled`` (``importance/coupled.py``) says
+how the scores of a dim's several norms are combined (sum, mean or sum / sqrt(count)); ``layers`` counts them.
 
 JSON: ``{"schema": "mdp.importance", "version": 1, "model", "provenance", "dims": {name: {"scores",
-"step", "options", "align", "order", "cumulative", "base", "block", "gated": {block: cumulative}}}}``.
+"step", "options", "align", "order", "cumulative", "base", "block", "gated": {block: cumulative},
+"layers"}}}``; the provenance names the ``coupled`` mode.
 NaN or negative scores, all-zero scores (nothing to rank) and an ``order`` that is not a permutation are
 refused on write and on read, with one line naming the file.
 """
@@ -29,6 +31,7 @@ from torch import nn
 
 from mdp_cli.artifacts import is_finite_number, provenance, read_json, write_json
 from mdp_cli.errors import MdpError, SchemaError
+from mdp_cli.importance.coupled import DEFAULT_COUPLED, aggregate
 from mdp_cli.space.cnn import CnnAnalysis
 
 SCHEMA = "mdp.importance"
@@ -75,8 +78,10 @@ def bn_taylor_scores(model: nn.Module, analysis: CnnAnalysis, batches: Iterable[
     return {k: v.numpy() for k, v in acc.items()}, count
 
 
-def importance_record(analysis: CnnAnalysis, node_scores: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Aggregate node scores into per-dim element scores, order, cumulative and per-block parts."""
+def importance_record(analysis: CnnAnalysis, node_scores: dict[str, np.ndarray],
+                      coupled: str = DEFAULT_COUPLED) -> dict[str, dict[str, Any]]:
+    """Aggregate node scores into per-dim element scores, order, cumulative and per-block parts; a dim on
+    several norms (a residual width) combines their scores as ``coupled`` says (``importance/coupled.py``)."""
     dims: dict[str, dict[str, Any]] = {}
     by_dim = _norm_scores_by_dim(analysis, node_scores)
     for dim in analysis.space.dims:
@@ -103,7 +108,7 @@ def importance_record(analysis: CnnAnalysis, node_scores: dict[str, np.ndarray])
             return list(np.maximum.accumulate(out))  # guard float noise: cumulative is non-decreasing
 
         base = parts.get(None, np.zeros(dim.size))
-        dims[dim.name] = {
+        dims[dim.name] = aggregate({
             "scores": [float(v) for v in total],
             "step": dim.step,
             "options": list(dim.options),
@@ -113,7 +118,7 @@ def importance_record(analysis: CnnAnalysis, node_scores: dict[str, np.ndarray])
             "base": cumulative(base),
             "block": dim.block,
             "gated": {blk: cumulative(v) for blk, v in parts.items() if blk is not None},
-        }
+        }, len(sources), coupled)
     return dims
 
 
@@ -176,6 +181,10 @@ def _check_dims(dims: dict[str, Any], source: str) -> None:
                     or not all(is_finite_number(v) and v >= 0 for v in values)):
                 raise SchemaError(f"{source}: dims.{name}.{field} must be {len(options)} finite non-negative "
                                   "numbers (one per option); re-run 'mdp score'")
+        layers = rec.get("layers", 1)
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
+            raise SchemaError(f"{source}: dims.{name}.layers must be the number of layers sharing the dim (an "
+                              "integer >= 0); re-run 'mdp score'")
         order = rec.get("order")
         if order is not None and (not isinstance(order, list) or sorted(
                 o if isinstance(o, int) and not isinstance(o, bool) else -1 for o in order) != list(range(len(rec["scores"])))):

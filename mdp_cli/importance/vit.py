@@ -16,7 +16,8 @@ the absolute value (Taylor) or the square (Fisher) taken, and the result summed 
 
 The embedding importance is also kept split by block (``gated``): the share from the layers of
 ``blocks.i.attn`` / ``blocks.i.mlp`` vanishes when that branch is removed; ``base`` is the rest (stem,
-final norm, head).
+final norm, head). These 2·depth + 1 shares are the embedding's sharing ``layers``; ``coupled``
+(``importance/coupled.py``) says how they are combined (default: summed).
 
 Output: schema ``mdp.importance`` v1, the same record as the CNN scorer's: ``{"model", "provenance",
 "dims": {name: {"scores", "step", "options", "align": 1, "order", "cumulative", "base", "block",
@@ -35,6 +36,7 @@ from torch import nn
 
 from mdp_cli.artifacts import provenance
 from mdp_cli.errors import MdpError
+from mdp_cli.importance.coupled import DEFAULT_COUPLED, aggregate
 from mdp_cli.space.vit import vit_facts
 from mdp_cli.space.core import PruningSpace
 
@@ -134,11 +136,13 @@ def vit_importance(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     criterion: str = "taylor",
+    coupled: str = DEFAULT_COUPLED,
     **provenance_fields: Any,
 ) -> dict[str, Any]:
     """Importance of every dim of ``space`` over batches ``(images, labels)`` of ``data_loader``:
     ``loss_fn(outputs, labels)`` (default cross-entropy; see ``importance/objectives.py`` for label-free
-    losses), ``criterion`` ``taylor`` or ``fisher`` (see ``_Accumulator``)."""
+    losses), ``criterion`` ``taylor`` or ``fisher`` (see ``_Accumulator``), ``coupled``: how the embedding's
+    shares are combined (``importance/coupled.py``)."""
     f = vit_facts(model)
     loss_fn = loss_fn or nn.functional.cross_entropy
     model = model.to(device)
@@ -168,26 +172,31 @@ def vit_importance(
         model.train(was_training)
     if batches == 0:
         raise MdpError("the data loader gave no batches; importance needs at least one")
-    return importance_dict(space, acc, method=METHODS[criterion], batches=batches, images=images_seen,
-                           **provenance_fields)
+    return importance_dict(space, acc, coupled=coupled, method=METHODS[criterion], batches=batches,
+                           images=images_seen, **provenance_fields)
 
 
-def importance_dict(space: PruningSpace, acc: _Accumulator, **prov: Any) -> dict[str, Any]:
+def importance_dict(space: PruningSpace, acc: _Accumulator, coupled: str = DEFAULT_COUPLED,
+                    **prov: Any) -> dict[str, Any]:
     dims: dict[str, Any] = {}
     for dim in space.dims:
         if dim.name == "embed":
             total = sum(acc.embed.values()).numpy()
             order = np.argsort(-total, kind="stable")
             parts = {k: cumulative(v.numpy(), dim.options, order) for k, v in acc.embed.items()}
-            dims["embed"] = {"scores": total.tolist(), "step": dim.step, "options": list(dim.options), "align": 1,
-                             "order": order.tolist(), "cumulative": cumulative(total, dim.options, order),
-                             "base": parts.pop("fixed"), "block": None, "gated": parts}
+            layers = len(parts)  # the stem/head share and one per attention and MLP branch
+            dims["embed"] = aggregate({"scores": total.tolist(), "step": dim.step, "options": list(dim.options),
+                                       "align": 1, "order": order.tolist(),
+                                       "cumulative": cumulative(total, dim.options, order),
+                                       "base": parts.pop("fixed"), "block": None, "gated": parts}, layers, coupled)
             continue
         i = int(dim.name.split(".")[1])
         scores = {"heads": acc.heads, "qk": acc.qk, "v": acc.v, "mlp": acc.mlp}[dim.kind][i].numpy()
         order = np.argsort(-scores, kind="stable")
         cum = cumulative(scores, dim.options, order)
         dims[dim.name] = {"scores": scores.tolist(), "step": dim.step, "options": list(dim.options), "align": 1,
-                          "order": order.tolist(), "cumulative": cum, "base": cum, "block": dim.block, "gated": {}}
+                          "order": order.tolist(), "cumulative": cum, "base": cum, "block": dim.block, "gated": {},
+                          "layers": 1}
     return {"schema": SCHEMA, "version": VERSION, "model": space.model_name,
-            "provenance": provenance(model=space.model_name, **{"method": "taylor_first_order", **prov}), "dims": dims}
+            "provenance": provenance(model=space.model_name, **{"method": "taylor_first_order", **prov},
+                                     coupled=coupled), "dims": dims}
