@@ -1,8 +1,8 @@
 """SIGKILL and SIGINT at random points of `mdp run`, then a rerun: the final artifacts equal those of an
 uninterrupted run, and no artifact under its final name is ever half-written.
 
-The interrupted runs start from a copy of the reference run's LUT, so every stage after profiling is
-deterministic (seeded random init, seeded data) and the artifacts must be equal to the byte where they hold
+The interrupted runs start from a copy of the reference run's LUT and apply the reference run's in-network
+calibration (both are timings), so every stage after them is deterministic (seeded random init, seeded data) and the artifacts must be equal to the byte where they hold
 no timing or time stamp. Profiling itself is killed on a fresh LUT: the rerun completes it with the same rows
 (their values are timings, so only the keys are compared)."""
 
@@ -31,7 +31,7 @@ CONFIG = {
     "solve": {"budget": 0.6},
     "export": {"tolerance": 10.0, "repeats": 5},
 }
-JSON_ARTIFACTS = ("space.json", "importance.json", "problem.json", "solution.json", "state.json",
+JSON_ARTIFACTS = ("space.json", "calibration.json", "importance.json", "problem.json", "solution.json", "state.json",
                   "exported/arch.json", "exported/report.json")
 VOLATILE = {"provenance", "created", "measured_ms", "measured_dense_ms", "spread_ms", "prediction_error",
             "measured_fraction", "fraction_error", "within_tolerance", "clock", "exported", "solve_seconds",
@@ -44,9 +44,11 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def write_config(directory: Path, lut_dir: Path) -> Path:
+def write_config(directory: Path, lut_dir: Path, calibration: Path | None = None) -> Path:
     cfg = json.loads(json.dumps(CONFIG))
     cfg["profile"]["lut_dir"] = str(lut_dir)
+    if calibration is not None:
+        cfg["calibrate"] = {"file": str(calibration)}
     path = directory / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -109,14 +111,15 @@ def test_kills_after_profiling_then_rerun_equal_the_uninterrupted_run(reference,
         base = tmp_path / f"try{k}"
         base.mkdir()
         shutil.copytree(reference / "luts", base / "luts")
-        config = write_config(base, base / "luts")
+        shutil.copy(ref / "calibration.json", base / "calibration.json")
+        config = write_config(base, base / "luts", base / "calibration.json")
         interrupt_at(config, base / "run", rng.uniform(2.0, 9.0), sig)
         assert_nothing_half_written(base / "run")
         proc = mdp_run(config, base / "run")
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         for name in JSON_ARTIFACTS:
-            if name == "state.json":
+            if name in ("state.json", "calibration.json"):  # given, not fitted, in the interrupted runs
                 continue
             got, want = json.loads((base / "run" / name).read_text()), json.loads((ref / name).read_text())
             assert strip(got) == strip(want), name
