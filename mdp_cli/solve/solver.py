@@ -289,20 +289,39 @@ class PreparedSolver:
         problem, latency_problem, info, constraints = self.problem, self.latency_problem, self.info, self.constraints
         info.update(formulation="monolithic", engine="highs via pyomo")
         caps = constraints.caps()
-        form = build_formulation(problem, latency_problem, blocks_enabled=self.blocks,
-                                 enumerate_blocks=self.formulation == "blocks", resources=tuple(caps),
-                                 allowed=constraints.allowed(problem) if constraints.active else None)
-        model = form.model
-        model.budget = pyo.Param(mutable=True, initialize=problem.dense_latency)
-        model.latency_budget = pyo.Constraint(expr=form.latency_expression() <= model.budget)
-        model.cap = pyo.Param(list(caps), mutable=True, initialize=caps)
-        model.caps = pyo.Constraint(list(caps), rule=lambda m, name: form.resource_expression(name) <= m.cap[name])
-        model.objective = pyo.Objective(expr=form.importance_expression(), sense=pyo.maximize)
-        info["model_size"] = form.stats
+        base_allowed = constraints.allowed(problem) if constraints.active else {}
+        # The budget and caps the next HiGHS run gets (the search lowers them by solver tolerances).
+        limits: dict[str, Any] = {"budget": problem.dense_latency, "caps": dict(caps)}
+
+        def build(model_problem: Problem, model_latency: Problem, allowed: dict[str, set[int]], kept=None):
+            form = build_formulation(model_problem, model_latency, blocks_enabled=self.blocks,
+                                     enumerate_blocks=self.formulation == "blocks", resources=tuple(caps),
+                                     allowed=allowed or None)
+            model = form.model
+            model.budget = pyo.Param(mutable=True, initialize=model_problem.dense_latency)
+            model.latency_budget = pyo.Constraint(expr=form.latency_expression() <= model.budget)
+            model.cap = pyo.Param(list(caps), mutable=True, initialize=caps)
+            model.caps = pyo.Constraint(list(caps), rule=lambda m, name: form.resource_expression(name) <= m.cap[name])
+            model.objective = pyo.Objective(expr=form.importance_expression(), sense=pyo.maximize)
+            for block, keep in (kept or {}).items():
+                if block in form.kappa:
+                    form.kappa[block].fix(1 if keep else 0)
+            return form
+
+        whole: dict[str, Any] = {}  # the model of the whole problem, built when first needed
+
+        def whole_form():
+            if "form" not in whole:
+                whole["form"] = build(problem, latency_problem, base_allowed)
+                info["model_size"] = whole["form"].stats
+            return whole["form"]
+
+        if not caps or not LAGRANGIAN_FIXING:
+            whole_form()
         self._smallest = lambda: minimum_latency(problem, latency_problem, self.blocks, threads=self.threads)
 
         def search(target: float, incumbent: Incumbent | None, budget_value: float) -> _Outcome:
-            model.budget.set_value(target)
+            limits["budget"] = target
             for attempt in range(6):  # HiGHS accepts rows within its tolerance: keep the caps exact
                 outcome = solve_with_bounds(budget_value)
                 over = {name: problem.resource(name, outcome.choice, outcome.kept) - cap for name, cap in caps.items()}
@@ -310,11 +329,10 @@ class PreparedSolver:
                     break
                 for name, excess in over.items():
                     if excess > 0:
-                        model.cap[name].set_value(pyo.value(model.cap[name]) - (excess + 1e-9 * caps[name]) * 2 ** attempt)
+                        limits["caps"][name] -= (excess + 1e-9 * caps[name]) * 2 ** attempt
             else:
                 raise MdpError("could not meet the caps within solver tolerances")
-            for name, cap in caps.items():
-                model.cap[name].set_value(cap)
+            limits["caps"] = dict(caps)
             return outcome
 
         fixing_hub: dict = {}  # the hub structure with counts, built on the first capped solve
@@ -322,8 +340,8 @@ class PreparedSolver:
         def solve_with_bounds(budget_value: float) -> _Outcome:
             """With caps: the hub Lagrangian (latency and every count relaxed) bounds, per option, every
             configuration that uses it (fixing.py), at multipliers that minimise its dual value. Options
-            below a target just under that bound are fixed out and HiGHS solves what is left; an optimum
-            there that reaches the target is the optimum (every better configuration was left in).
+            below a target just under that bound are left out and HiGHS solves a model of what is left; an
+            optimum there that reaches the target is the optimum (every better configuration was left in).
             Otherwise that optimum, a configuration that fits, is the value to fix against, and HiGHS
             solves again from it."""
             import numpy as np
@@ -331,23 +349,24 @@ class PreparedSolver:
             from mdp_cli.solve.fixing import fit_multipliers, fix_by_bounds, hub_for_fixing
 
             if not caps or not LAGRANGIAN_FIXING:
-                return solve_once(budget_value)
+                return solve_once(whole_form(), budget_value)
             if "hub" not in fixing_hub:
                 fixing_hub["hub"] = hub_for_fixing(problem, tuple(caps), self.blocks)
             hub = fixing_hub["hub"]
             if hub is None:  # no hub to bound with
-                return solve_once(budget_value)
-            limit, current = pyo.value(model.budget), {name: pyo.value(model.cap[name]) for name in caps}
+                return solve_once(whole_form(), budget_value)
+            limit, current = limits["budget"], dict(limits["caps"])
             upper, duals = fit_multipliers(hub, np.array([limit * (1 + BUDGET_SLACK)] +
                                                          [current[name] for name in hub.resources]))
             target = upper - FIXING_TARGET_GAP * max(1.0, abs(upper))
             rounds, start = [], None
-            highs = _persistent_highs()  # the rounds share one HiGHS model: only which options are fixed changes
             for _ in range(3):
                 fixing = fix_by_bounds(hub, limit, current, target, duals)
-                rounds.append({"target": target, "options_fixed": None if fixing is None else fixing.removed_options(problem)})
+                round_info = {"target": target, "options_fixed": None if fixing is None else fixing.removed_options(problem)}
+                rounds.append(round_info)
                 info["fixing"] = {"dual_bound": upper, "rounds": rounds}
-                outcome = solve_once(budget_value, fixing, start, highs)
+                outcome = (solve_once(whole_form(), budget_value, start=start) if fixing is None
+                           else solve_left(fixing, budget_value, start, round_info))
                 if outcome is None:  # nothing at or above the target: fix against less
                     target = upper - 10 * (upper - target)
                     continue
@@ -361,9 +380,40 @@ class PreparedSolver:
                         problem.resource(name, outcome.choice, outcome.kept) > cap for name, cap in current.items()):
                     break  # (over a row by HiGHS's tolerance: not a value to fix against)
                 target, start = value, (outcome.choice, outcome.kept)  # every better one is left in
-            return solve_once(budget_value)
+            return solve_once(whole_form(), budget_value)
 
-        def start_values(start) -> list | None:
+        def solve_left(fixing, budget_value: float, start, round_info: dict) -> _Outcome | None:
+            """HiGHS on a model of only the options ``fixing`` leaves (and the constraints allow), built
+            anew: on a ViT the whole model is 150k joint variables and most of the time goes into building
+            it and passing it to HiGHS. Each dim keeps its full option in the cut-down problem (its size is
+            the last option) but it is fixed out where ruled out. None if nothing is left."""
+            allowed = {}
+            for dim in problem.dims:
+                options = set(range(len(dim.options)))
+                for rule in (fixing.allowed, base_allowed):
+                    if dim.name in rule:
+                        options &= rule[dim.name]
+                if not options:
+                    return None
+                allowed[dim.name] = options
+            cut, keep = restrict(problem, {d: options | {problem.dim(d).full_index} for d, options in allowed.items()})
+            cut_latency = cut if latency_problem is problem else restrict(
+                latency_problem, {d: set(k) for d, k in keep.items()})[0]
+            position = {d: {k: i for i, k in enumerate(indices)} for d, indices in keep.items()}
+            cut_allowed = {d: {position[d][k] for k in options} for d, options in allowed.items()
+                           if len(options) < len(keep[d])}
+            form = build(cut, cut_latency, cut_allowed, fixing.kept)
+            round_info["model_size"] = form.stats
+            info.setdefault("model_size", form.stats)
+            if start is not None:
+                choice, kept = start
+                start = ({d: position[d][k] for d, k in choice.items()}, kept)
+            outcome = solve_once(form, budget_value, start=start, cut=True)
+            if outcome is not None:
+                outcome.choice = {d: keep[d][k] for d, k in outcome.choice.items()}
+            return outcome
+
+        def start_values(form, start) -> list | None:
             if start is None:
                 return None
             choice, kept = start
@@ -372,34 +422,18 @@ class PreparedSolver:
             values += [(var, float(kept.get(block, True))) for block, var in form.kappa.items() if not var.fixed]
             return values
 
-        def fix_out(fixing) -> list:
-            """Fix to 0 the options ruled out (and to 1 or 0 the blocks that must stay or go)."""
-            fixed = []
-            for dim, options in fixing.allowed.items():
-                for k, var in enumerate(form.x[dim]):
-                    if k not in options and not var.fixed:
-                        var.fix(0)
-                        fixed.append(var)
-            for block, keep in fixing.kept.items():
-                var = form.kappa.get(block)
-                if var is not None and not var.fixed:
-                    var.fix(1 if keep else 0)
-                    fixed.append(var)
-            return fixed
-
-        def solve_once(budget_value: float, fixing=None, start=None, highs=None) -> _Outcome | None:
-            """HiGHS on the model (with ``fixing``'s options fixed out: then None if nothing is left)."""
-            fixed = fix_out(fixing) if fixing is not None else []
-            try:
-                values = start_values(start)
-                result, solve_s = _run_highs(model, self.time_limit, self.rel_gap, self.threads, self.verbose,
-                                             start=values, solver=highs)
-            finally:
-                for var in fixed:
-                    var.unfix()
+        def solve_once(form, budget_value: float, start=None, cut: bool = False) -> _Outcome | None:
+            """HiGHS on ``form`` at the current budget and caps (a ``cut`` model with nothing in it that
+            fits: None)."""
+            model = form.model
+            model.budget.set_value(limits["budget"])
+            for name, cap in limits["caps"].items():
+                model.cap[name].set_value(cap)
+            result, solve_s = _run_highs(model, self.time_limit, self.rel_gap, self.threads, self.verbose,
+                                         start=start_values(form, start))
             condition = result.termination_condition
             if condition in (TerminationCondition.provenInfeasible, TerminationCondition.infeasibleOrUnbounded):
-                if fixing is not None:
+                if cut:
                     return None
                 if constraints.active:
                     raise InfeasibleBudgetError(
@@ -475,7 +509,7 @@ def _run_highs(model, time_limit, rel_gap, threads, verbose, extra_options: dict
                start: list | None = None, solver=None) -> tuple[Any, float]:
     """Solve ``model`` by HiGHS. ``start`` ((Pyomo variable, value) pairs: the binaries of a configuration
     known to be feasible): HiGHS's first incumbent (it completes the continuous variables by one LP).
-    ``solver``: a persistent one (_persistent_highs) that has the model already, else a new one."""
+    ``solver``: one to reuse, else a new one."""
     solver = solver or _new_highs()
     # Options persist in a reused solver: every one set anywhere is set on every call.
     options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0, "solve_relaxation": False,
@@ -498,25 +532,6 @@ def _new_highs():
     solver = Highs()
     if not solver.available():
         raise MdpError("HiGHS is not available: pip install highspy")
-    return solver
-
-
-def _persistent_highs():
-    """A HiGHS solver to keep one model in across the rounds of one capped solve: passing a model to
-    HiGHS through Pyomo takes seconds on a ViT. Between the rounds only which variables are fixed changes
-    (bounds: fixed variables stay columns), so only variables are checked. (Budgets and caps are set
-    anew by a fresh solver: one reused across the budgets of a sweep gave a wrong optimum, cause not
-    pinned down.)"""
-    from pyomo.contrib.solver.solvers.highs import Highs
-
-    solver = Highs(treat_fixed_vars_as_params=False)
-    updates = solver.config.auto_updates
-    for name in ("check_for_new_or_removed_constraints", "check_for_new_or_removed_vars",
-                 "check_for_new_or_removed_params", "check_for_new_objective", "update_constraints",
-                 "update_named_expressions", "update_objective"):
-        setattr(updates, name, False)
-    updates.update_vars = True
-    updates.update_parameters = False
     return solver
 
 
