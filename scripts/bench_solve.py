@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mdp_cli.solve import solve_problem  # noqa: E402
+from mdp_cli.solve.solver import solve_budgets  # noqa: E402
 from mdp_cli.solve.solver import FORMULATIONS  # noqa: E402
 from mdp_cli.solve.synthetic import mobilenet_problem, resnet_problem, vit_problem  # noqa: E402
 
@@ -89,6 +90,9 @@ def main() -> None:
                         "(problems with counts only)")
     parser.add_argument("--min-keep", type=float, help="keep at least this fraction of every dim")
     parser.add_argument("--multiple", type=int, help="widths multiples of this")
+    parser.add_argument("--pareto", type=int, default=0, metavar="N",
+                        help="also time a sweep of N budgets from 0.3 to 0.9 (solve_budgets in process, and a "
+                             "whole 'mdp pareto' process) against one solve at 0.5")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     parser.add_argument("--json", type=Path, help="also write rows, start-up and load average as JSON here")
     args = parser.parse_args()
@@ -100,7 +104,7 @@ def main() -> None:
         print(f"start-up (mdp solve --help): median {statistics.median(w for w, _ in runs):.3f} s wall, "
               f"{startup:.3f} s CPU", flush=True)
 
-    rows = []
+    rows, sweeps = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.problems:
             for seed in args.seeds:
@@ -146,6 +150,9 @@ def main() -> None:
                         row.update(process_s=round(wall, 3), process_cpu_s=round(cpu, 3))
                     rows.append(row)
                     print(pd.DataFrame([row]).to_string(index=False, header=len(rows) == 1), flush=True)
+                if args.pareto:
+                    sweeps.append(_time_sweep(name, seed, problem, path, args))
+                    print(sweeps[-1], flush=True)
     table = pd.DataFrame(rows)
     print()
     print(table.to_string(index=False))
@@ -155,9 +162,35 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "command": " ".join(sys.argv[1:]), "startup_cpu_s": startup, "load_average": os.getloadavg(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}, indent=1, default=str) + "\n")
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows, "sweeps": sweeps}, indent=1, default=str) + "\n")
     if args.markdown:
         args.markdown.write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+
+
+def _time_sweep(name: str, seed: int, problem, path: Path, args: argparse.Namespace) -> dict:
+    """CPU seconds of a sweep of ``args.pareto`` budgets against one solve at 0.5: in process (the
+    reused model, warm starts) and as whole processes (``mdp pareto`` vs ``mdp solve``)."""
+    budgets = [round(0.3 + 0.6 * k / (args.pareto - 1), 4) for k in range(args.pareto)] if args.pareto > 1 else [0.5]
+    started = time.process_time()
+    solve_problem(problem, 0.5, time_limit=args.time_limit)
+    one = time.process_time() - started
+    started = time.process_time()
+    solutions = solve_budgets(problem, budgets, time_limit=args.time_limit)
+    sweep = time.process_time() - started
+    assert all(getattr(s, "status", None) == "optimal" for s in solutions), name
+    record = {"problem": name, "seed": seed, "budgets": len(budgets), "one_solve_cpu_s": round(one, 3),
+              "sweep_cpu_s": round(sweep, 3), "ratio": round(sweep / one, 2)}
+    if not args.no_process:
+        _, one_cpu, result = _child_run([sys.executable, "-m", "mdp_cli", "solve", str(path), "--budget", "0.5"])
+        if result.returncode != 0:
+            raise SystemExit(f"mdp solve failed on {name}: {result.stderr.strip()}")
+        _, sweep_cpu, result = _child_run([sys.executable, "-m", "mdp_cli", "pareto", str(path),
+                                           "--budgets", ",".join(map(str, budgets))])
+        if result.returncode != 0:
+            raise SystemExit(f"mdp pareto failed on {name}: {result.stderr.strip()}")
+        record.update(one_solve_process_cpu_s=round(one_cpu, 3), pareto_process_cpu_s=round(sweep_cpu, 3),
+                      process_ratio=round(sweep_cpu / one_cpu, 2))
+    return record
 
 
 def _has_tabulate() -> bool:
