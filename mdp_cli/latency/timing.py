@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from mdp_cli.errors import MdpError
+from mdp_cli.latency.allocator import steady_allocator
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -67,6 +68,7 @@ def cpu_clock() -> Callable[[], float]:
     processes; on a shared, oversubscribed machine wall-clock medians of long calls (a whole network)
     include preemptions that short calls (one op) escape, which biased sum-of-parts predictions by 2x
     here. With more threads the work runs in pool threads and only the wall clock is meaningful."""
+    steady_allocator()  # every CPU timing takes its clock here: the heap is made steady first
     if CLOCK == "thread" or (CLOCK == "auto" and torch.get_num_threads() == 1):
         return time.thread_time
     return time.perf_counter
