@@ -215,7 +215,7 @@ def main(argv=None) -> None:
 
     weights = bc.train_dense(args.model, bc.data_spec(args.train_subset, args.val_subset), args.resolution, args.epochs,
                              args.cache)
-    dense = load_model(args.model, str(weights), 10).module.eval()
+    dense = load_model(args.model, str(weights), 10, img_size=args.resolution).module.eval()
     config = data_config(dense, args.resolution)
     cfg = bc.mdp_config(args.model, weights, args.resolution, args.batch, bc.data_spec(args.train_subset, None),
                         args.cache, args.repeats,

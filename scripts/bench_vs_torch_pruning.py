@@ -423,7 +423,7 @@ def main(argv=None) -> None:
         from mdp_cli.families import family_of
         from mdp_cli.train.engine import load_model
 
-        dense = load_model(model_name, str(weights), 10).module.eval()
+        dense = load_model(model_name, str(weights), 10, img_size=args.resolution).module.eval()
         config = data_config(dense, args.resolution)
         for batch in args.batches:
             cnn = family_of(model_name) == "cnn"  # prune_stem is a CNN space option
@@ -450,7 +450,7 @@ def main(argv=None) -> None:
         for model_name in [m for m in args.models.split(",") if m]:
             weights = bc.train_dense(model_name, bc.data_spec(args.train_subset, args.val_subset), args.resolution,
                                      args.epochs, args.cache)
-            dense = load_model(model_name, str(weights), 10).module.eval()
+            dense = load_model(model_name, str(weights), 10, img_size=args.resolution).module.eval()
             weights_for[model_name] = weights
             remeasure([c for c in cells if c["model"] == model_name], args, dense,
                       data_config(dense, args.resolution), weights_for)
