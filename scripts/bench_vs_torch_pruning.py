@@ -163,12 +163,19 @@ def run_cell(args, model_name: str, weights: Path, batch: int, budget: float, pr
         return bc.finetuned_top1(module, data, cfg_ft, config)
 
     seeds = list(range(args.seeds))
-    # the baseline's setting: the best seed-0 short finetune among Torch-Pruning's settings
+    # the baseline's setting: the best seed-0 short finetune among Torch-Pruning's settings whose model matched
+    # mdp's latency (a slower model is no baseline at this budget); where none could, the closest in latency,
+    # and the cell says so
     for setting in args.tp_settings:
         cell[setting]["top1_short_seed0"] = ft(models[setting], args.ft_short, seeds[0])
         bc.log(f"  {setting}: seed-0 short finetune {cell[setting]['top1_short_seed0']:.2f}")
-    best_tp = max(args.tp_settings, key=lambda s: cell[s]["top1_short_seed0"])
-    cell["tp_best"] = best_tp
+
+    def off(setting: str) -> float:
+        return abs(cell[setting]["latency_vs_mdp_final"] - 1)
+
+    matched = [s for s in args.tp_settings if off(s) <= args.select_tolerance]
+    best_tp = max(matched, key=lambda s: cell[s]["top1_short_seed0"]) if matched else min(args.tp_settings, key=off)
+    cell["tp_best"], cell["tp_matched"] = best_tp, bool(matched)
     for name in ("mdp", best_tp):
         short, long = [], []
         for seed in seeds:
@@ -325,7 +332,8 @@ def report(cells: list[dict], args, out: Path) -> None:
                          "mdp_acc": bc.pm(a), "tp_acc": bc.pm(b), "diff": st["mean_diff"] if st else a[0] - b[0],
                          "p_sign_flip": st["p_sign_flip"] if st else None, "p_t": st["p_t"] if st else None,
                          "seeds_won": f"{st['a_wins']}/{st['n']}" if st else "",
-                         "verdict": bc.verdict(st) if st else "(1 model)"})
+                         "verdict": ((bc.verdict(st) if st else "(1 model)") if c.get("tp_matched", True) else
+                                     f"TP cannot reach mdp's latency: its closest is {c[tp].get('latency_vs_mdp_final', float('nan')):.2f}x")})
     lines.append(bc.markdown_table(rows, [("model", "model"), ("batch", "batch"), ("budget", "budget"),
                                           ("stage", "accuracy"), ("mdp_lat", "mdp lat/dense"),
                                           ("tp", "TP setting"), ("tp_lat", "TP lat/dense"),
@@ -387,6 +395,9 @@ def main(argv=None) -> None:
                    help="timed calls per model in each in-turns measurement (30 varied by 10-20 %% on a loaded machine)")
     p.add_argument("--match", type=float, default=0.02, help="relative latency match of the bisection")
     p.add_argument("--tp-settings", default=",".join(TP_SETTINGS))
+    p.add_argument("--select-tolerance", type=float, default=0.05,
+                   help="the baseline is chosen among Torch-Pruning models within this of mdp's latency (the "
+                        "bisection's --match plus timing noise); none within it: the closest, flagged")
     p.add_argument("--prune-stem", dest="prune_stem", action="store_true", default=None,
                    help="mdp: let the CNN space prune the stem's channels (default: the family's)")
     p.add_argument("--keep-stem", dest="prune_stem", action="store_false", help="mdp: keep the stem's channels")
@@ -436,7 +447,8 @@ def main(argv=None) -> None:
             discovered, problem = bc.prepare_mdp(cfg, run_dir)
             for budget in args.budgets:
                 key = (f"{model_name}{suffix}{floor}_{args.resolution}px_b{batch}_{budget:g}_s{args.seeds}_e{args.ft_short}-"
-                       f"{args.ft_long}_{args.train_subset}_{args.val_subset}_{'+'.join(args.tp_settings)}")
+                       f"{args.ft_long}_{args.train_subset}_{args.val_subset}_{'+'.join(args.tp_settings)}"
+                       f"_sel{args.select_tolerance:g}")  # (cells before the matched-only selection: no suffix)
                 cell = bc.cached(args.cache / "cells" / f"{key}.json",
                                  lambda: run_cell(args, model_name, weights, batch, budget,
                                                   (cfg, discovered, problem, run_dir), dense, config))

@@ -32,6 +32,9 @@ def test_bench_vs_torch_pruning_toy(tmp_path) -> None:
     for setting in ("magnitude-local", "taylor-global"):
         assert 0 < cell[setting]["ratio"] < 0.95 and cell[setting]["steps"] >= 1
     best = cell["tp_best"]
+    # the baseline matched mdp's latency (within --select-tolerance), or is the closest when none could
+    off = {s: abs(cell[s]["latency_vs_mdp_final"] - 1) for s in ("magnitude-local", "taylor-global")}
+    assert off[best] <= 0.05 if cell["tp_matched"] else off[best] == min(off.values())
     for stage in ("short", "long"):
         assert len(cell["mdp"][f"top1_{stage}"]) == len(cell[best][f"top1_{stage}"]) == 2
         stats = cell[f"stats_{stage}"]
