@@ -2,8 +2,8 @@
 uninterrupted run, and no artifact under its final name is ever half-written.
 
 The interrupted runs start from a copy of the reference run's LUT and apply the reference run's in-network
-calibration (both are timings), so every stage after them is deterministic (seeded random init, seeded data) and the artifacts must be equal to the byte where they hold
-no timing or time stamp. Profiling itself is killed on a fresh LUT: the rerun completes it with the same rows
+calibration (both are timings), so every stage after them is deterministic (seeded random init, seeded
+data) and the artifacts must be equal to the byte where they hold no timing or time stamp. Profiling itself is killed on a fresh LUT: the rerun completes it with the same rows
 (their values are timings, so only the keys are compared)."""
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ CONFIG = {
     "solve": {"budget": 0.6},
     "export": {"tolerance": 10.0, "repeats": 5},
 }
-JSON_ARTIFACTS = ("space.json", "calibration.json", "importance.json", "problem.json", "solution.json", "state.json",
-                  "exported/arch.json", "exported/report.json")
+JSON_ARTIFACTS = ("space.json", "calibration.json", "importance.json", "problem.json", "solution.json",
+                  "state.json", "exported/arch.json", "exported/report.json")
 VOLATILE = {"provenance", "created", "measured_ms", "measured_dense_ms", "spread_ms", "prediction_error",
             "measured_fraction", "fraction_error", "within_tolerance", "clock", "exported", "solve_seconds",
             "seconds", "stages", "timings", "solver"}  # timings and solver statistics differ run to run

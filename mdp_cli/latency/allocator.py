@@ -13,7 +13,7 @@ server does. Other C libraries (musl, macOS) are left as they are."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import sys
 
 # mallopt parameters (malloc.h)
@@ -22,27 +22,19 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 1 << 30
 
-_state: dict[str, str] = {}
 
-
+@functools.cache
 def steady_allocator() -> str:
-    """Fix glibc's mmap and trim thresholds once per process; returns what was done (for provenance):
-    'glibc: mmap >= 32 MiB, trim > 1 GiB', or why nothing was."""
-    if "done" in _state:
-        return _state["done"]
-    what = "not glibc: left as is"
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = getattr(libc, "mallopt", None)
-            gnu = getattr(libc, "gnu_get_libc_version", None)
-            if mallopt is not None and gnu is not None:
-                ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-                what = "glibc: mmap >= 32 MiB, trim > 1 GiB" if ok else "glibc: mallopt refused, left as is"
-        except OSError:
-            pass
-    _state["done"] = what
-    return what
+    """Fix glibc's mmap and trim thresholds, once per process; says what was done: 'glibc: mmap >= 32
+    MiB, trim > 1 GiB', or why nothing was."""
+    if not sys.platform.startswith("linux"):
+        return "not glibc: left as is"
+    libc = ctypes.CDLL(None)  # the symbols already loaded into this process, the C library's among them
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+        return "not glibc: left as is"
+    if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
+        return "glibc: mmap >= 32 MiB, trim > 1 GiB"
+    return "glibc: mallopt refused, left as is"
 
 
 __all__ = ["steady_allocator"]

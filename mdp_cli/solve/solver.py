@@ -506,12 +506,11 @@ def _raise_infeasible(problem: Problem, budget_value: float, smallest: float, la
 
 
 def _run_highs(model, time_limit, rel_gap, threads, verbose, extra_options: dict[str, Any] | None = None,
-               start: list | None = None, solver=None) -> tuple[Any, float]:
-    """Solve ``model`` by HiGHS. ``start`` ((Pyomo variable, value) pairs: the binaries of a configuration
-    known to be feasible): HiGHS's first incumbent (it completes the continuous variables by one LP).
-    ``solver``: one to reuse, else a new one."""
-    solver = solver or _new_highs()
-    # Options persist in a reused solver: every one set anywhere is set on every call.
+               start: list | None = None) -> tuple[Any, float]:
+    """Solve ``model`` by a new HiGHS. ``start`` ((Pyomo variable, value) pairs: the binaries of a
+    configuration known to be feasible): HiGHS's first incumbent (it completes the continuous variables
+    by one LP)."""
+    solver = _new_highs()
     options: dict[str, Any] = {"mip_rel_gap": rel_gap, "mip_abs_gap": 0.0, "solve_relaxation": False,
                                "time_limit": math.inf if time_limit is None else time_limit, **(extra_options or {})}
     started = time.perf_counter()
