@@ -10,7 +10,7 @@ The resolved config is a plain dict (what ``config.json`` of a run directory hol
     model, family, resolution, pretrained, random_init, num_classes,
     space:   the family's section (CNN: step, max_options, multiple, prune_stem; ViT: steps)
     profile: {device, dtype, batch, threads, warmup, repeats, grid, lut_dir, stat, runtime}
-    score:   {data, batches, batch_size, seed, objective, criterion, coupled}
+    score:   {data, batches, batch_size, seed, objective, criterion, coupled, normalize}
     solve:   {budget, latency_model, time_limit, formulation, knapsack, max_params, max_flops, min_keep, multiple,
               sweep}
     export:  {tolerance, onnx, measure, repeats}
@@ -48,7 +48,7 @@ class ScoreSection:
     batches: int = setting(4, min=1)
     batch_size: int = setting(16, min=1)
     seed: int = setting(0, min=0)
-    objective: str = setting("labels", choices=("labels", "pseudo_labels", "features"),
+    objective: str = setting("labels", choices=("labels", "pseudo_labels", "distill", "features"),
                              doc="loss the scores are the Taylor terms of: cross-entropy to the data's labels, to "
                                  "the dense model's own predictions (no labels needed), or to its features "
                                  "(headless backbones)")
@@ -59,6 +59,10 @@ class ScoreSection:
                                      doc="how a dim shared by several layers (a residual width, a ViT embedding) "
                                          "combines their scores: sum, mean, or sum / sqrt(count); unset: the "
                                          "model family's default (importance/coupled.py)")
+    normalize: str = setting("none", choices=("none", "sum", "mean"),
+                             doc="scale every dim before the solver weighs dims against each other: none, each "
+                                 "dim's total to 1 (sum), or its mean per unit to 1 (mean) "
+                                 "(importance/normalize.py)")
 
 
 @dataclasses.dataclass

@@ -119,6 +119,7 @@ def stage_profile(cfg: Mapping[str, Any], discovered: Discovered | None = None, 
 def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered | None = None,
                 progress: bool | None = None) -> dict[str, Any]:
     """Importance of every dim's units from batches of ``score.data`` into an importance JSON."""
+    from mdp_cli.importance.normalize import DEFAULT_NORMALIZE, normalize_dims
     from mdp_cli.importance.taylor import scoring_batches, write_importance
     from mdp_cli.latency.timing import check_device
 
@@ -136,10 +137,11 @@ def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered 
     batches = scoring_batches(str(s["data"]), resolution, int(s["batch_size"]), int(s["batches"]), int(s["seed"]),
                               family.num_classes(discovered), progress=progress, model=discovered.model)
     record = family.score(cfg, discovered, batches, check_device(cfg["profile"]["device"]))
-    dims = record.pop("dims")
+    normalize = s.get("normalize", DEFAULT_NORMALIZE)
+    dims = normalize_dims(record.pop("dims"), normalize)
     write_importance(out, cfg["model"], dims, data=str(s["data"]), batch_size=int(s["batch_size"]), resolution=resolution,
                      pretrained=cfg.get("pretrained"), synthetic=str(s["data"]) == "synthetic", family=family.name,
-                     **record)
+                     normalize=normalize, **record)
     return {"importance": str(out), "batches": record.get("batches"), "seconds": time.perf_counter() - t0}
 
 

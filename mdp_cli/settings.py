@@ -17,7 +17,7 @@ FLAGS = {"space.step": "--step", "space.max_options": "--max-options", "space.mu
          "profile.grid": "--grid", "random_init": "--random-init", "pretrained": "--pretrained", "profile.batch": "--batch", "profile.threads": "--threads",
          "profile.dtype": "--dtype", "profile.device": "--device", "profile.stat": "--stat", "profile.runtime": "--runtime",
          "profile.repeats": "--repeats", "profile.warmup": "--warmup", "score.batches": "--batches",
-         "score.batch_size": "--batch-size", "score.seed": "--seed", "score.data": "--data", "score.coupled": "--coupled",
+         "score.batch_size": "--batch-size", "score.seed": "--seed", "score.data": "--data", "score.coupled": "--coupled", "score.normalize": "--normalize",
          "solve.budget": "--budget", "solve.sweep": "--sweep", "export.tolerance": "--tolerance", "refine.enabled": "--refine",
          "refine.rounds": "--refine-rounds", "calibrate.configs": "--calibrate-configs",
          "calibrate.file": "--calibration", "refine.tolerance": "--refine-tolerance", "resolution": "--resolution"}

@@ -152,7 +152,8 @@ def report(cells: list[dict], args) -> None:
     lines = [f"# Ablation (paper Fig. 4) in accuracy: {args.model}, batch {args.batch}, {args.resolution} px", "",
              f"Command: `python scripts/bench_ablation.py {' '.join(sys.argv[1:])}`", "",
              f"builtin:fashion-mnist train subset {args.train_subset}, val subset {args.val_subset}; dense trained "
-             f"{args.epochs} epochs; mdp space prune_stem {str(args.prune_stem).lower()}, score.coupled "
+             f"{args.epochs} epochs; mdp space prune_stem {str(args.prune_stem).lower()}, score.objective "
+             f"{args.objective}, score.criterion {args.criterion}, score.normalize {args.normalize}, score.coupled "
              f"{args.coupled}, solve.min_keep {args.min_keep}; finetune SGD lr {args.ft_lr}, cosine, {args.ft_short} epoch(s); {args.seeds} "
              "finetune seeds, paired against full mdp (paired t-test; the sign-flip test beside it cannot go below 2/2^n). Measured latency: in turns with dense, one "
              "thread, median of " + (f"{cells[0]['remeasured_samples']} samples (re-measured after the run)"
@@ -195,6 +196,11 @@ def main(argv=None) -> None:
     p.add_argument("--coupled", choices=("sum", "mean", "sqrt"),
                    help="score.coupled: how a residual (shared) dim combines its layers' scores (default: the "
                         "model family's)")
+    p.add_argument("--objective", choices=("labels", "pseudo_labels", "distill"),
+                   help="score.objective: the loss the importance is the Taylor/Fisher term of (default labels)")
+    p.add_argument("--criterion", choices=("taylor", "fisher"), help="score.criterion (default taylor)")
+    p.add_argument("--normalize", choices=("none", "sum", "mean"),
+                   help="score.normalize: every dim scaled to one total or one mean per unit (default none)")
     p.add_argument("--min-keep", type=float,
                    help="solve.min_keep: every dim keeps at least this fraction of its width (default: no floor)")
     p.add_argument("--no-calibrate-linear", dest="calibrate_linear", action="store_false",
@@ -220,9 +226,12 @@ def main(argv=None) -> None:
     cfg = bc.mdp_config(args.model, weights, args.resolution, args.batch, bc.data_spec(args.train_subset, None),
                         args.cache, args.repeats,
                         space=None if args.prune_stem is None else {"prune_stem": args.prune_stem},
-                        coupled=args.coupled)
+                        coupled=args.coupled,
+                        score={"objective": args.objective, "criterion": args.criterion, "normalize": args.normalize})
     # resolved: the family's defaults where not given
     args.coupled, args.prune_stem = cfg["score"]["coupled"], bool(cfg["space"].get("prune_stem"))
+    args.objective, args.criterion = cfg["score"]["objective"], cfg["score"]["criterion"]
+    args.normalize = cfg["score"]["normalize"]
     # the cache names of summed importance (the only mode before --coupled) stay as they were
     stem = bc.mdp_run_suffix(cfg)
     args.floor_tag = f"_mk{args.min_keep:g}" if args.min_keep else ""

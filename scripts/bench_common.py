@@ -164,14 +164,17 @@ def top1(module, data: str, config: Mapping[str, Any], limit: int | None = None)
 
 def mdp_config(model: str, weights: Path, resolution: int, batch: int, score_data: str, cache: Path,
                repeats: int = 30, num_classes: int = 10, space: Mapping[str, Any] | None = None,
-               grid: Any = None, coupled: str | None = None) -> dict[str, Any]:
-    """The mdp config of a benchmark; ``coupled``: ``score.coupled`` (None: the model family's default)."""
+               grid: Any = None, coupled: str | None = None,
+               score: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The mdp config of a benchmark; ``coupled``: ``score.coupled`` (None: the model family's default);
+    ``score``: further ``score`` settings (objective, criterion, normalize)."""
     from mdp_cli.config import load_config
 
     overrides: dict[str, Any] = {
         "model": model, "resolution": resolution, "pretrained": str(weights), "num_classes": num_classes,
         "profile": {"batch": batch, "threads": 1, "repeats": repeats, "lut_dir": str(cache / "luts")},
-        "score": {"data": score_data, "batches": 8, "batch_size": 32, "seed": 0, "coupled": coupled},
+        "score": {"data": score_data, "batches": 8, "batch_size": 32, "seed": 0, "coupled": coupled,
+                  **{k: v for k, v in (score or {}).items() if v is not None}},
         "export": {"tolerance": 10.0, "measure": True, "repeats": repeats, "onnx": False},
     }
     if space:
@@ -183,9 +186,13 @@ def mdp_config(model: str, weights: Path, resolution: int, batch: int, score_dat
 
 def mdp_run_suffix(cfg: Mapping[str, Any]) -> str:
     """What a benchmark's cache names add for mdp settings other than the ones it first ran with (stem kept,
-    summed importance), so that earlier caches keep their names."""
+    summed Taylor importance of the labels, not normalised), so that earlier caches keep their names."""
+    s = cfg["score"]
     return (("_stem" if cfg["space"].get("prune_stem") else "")
-            + ("" if cfg["score"].get("coupled", "sum") == "sum" else f"_{cfg['score']['coupled']}"))
+            + ("" if s.get("coupled", "sum") == "sum" else f"_{s['coupled']}")
+            + ("" if s.get("objective", "labels") == "labels" else f"_{s['objective']}")
+            + ("" if s.get("criterion", "taylor") == "taylor" else f"_{s['criterion']}")
+            + ("" if s.get("normalize", "none") == "none" else f"_norm{s['normalize']}"))
 
 
 def prepare_mdp(cfg: Mapping[str, Any], run_dir: Path):
@@ -214,6 +221,36 @@ def mdp_prune(cfg: Mapping[str, Any], discovered, problem, run_dir: Path, budget
     stage_export(cfg, out / "solution.json", out / "exported", run_dir / "importance.json", discovered,
                  check_budget=False)
     return load_exported(out / "exported"), solution
+
+
+# ------------------------------------------------------------------------------------------------ real photos
+
+def real_photos(model):
+    """scikit-image's bundled real photographs (no download), in ``model``'s eval transform, each also
+    flipped horizontally: twice the photos."""
+    import torch
+    from PIL import Image
+    from skimage import data as skdata
+
+    from mdp_cli.data import data_config, make_transform
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
+             "retina", "colorwheel", "logo", "motorcycle_left", "page", "camera", "moon"]
+    transform = make_transform(data_config(model), train=False)
+    images = []
+    for name in names:
+        fn = getattr(skdata, name, None)
+        if fn is None:
+            continue
+        try:
+            array = fn()
+        except Exception:  # some need an optional download (pooch): skipped
+            continue
+        if array.ndim == 3 and array.shape[2] == 4:
+            array = array[:, :, :3]
+        tensor = transform(Image.fromarray(array).convert("RGB"))
+        images += [tensor, torch.flip(tensor, dims=[2])]
+    return torch.stack(images)
 
 
 # ------------------------------------------------------------------------------------------------ latency

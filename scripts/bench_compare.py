@@ -29,6 +29,9 @@ def load_run(path: Path) -> dict:
     data = json.loads((path / "results.json").read_text())
     s = data["settings"]
     label = (f"{'stem' if s.get('prune_stem') else 'keep stem'}, {s.get('coupled') or 'sum'}"
+             + "".join(f", {s[k]}" for k, default in (("objective", "labels"), ("criterion", "taylor"))
+                       if s.get(k) not in (None, default))
+             + (f", normalize {s['normalize']}" if s.get("normalize") not in (None, "none") else "")
              + (f", min_keep {s['min_keep']:g}" if s.get("min_keep") else ""))
     cells = {c["budget"]: c["mdp"] for c in data["cells"] if "top1_short" in c.get("mdp", {})}
     return {"dir": str(path), "label": label, "settings": s, "cells": cells}
@@ -89,7 +92,7 @@ def main(argv=None) -> None:
                                               "tp_top1_short": {str(b): c["top1_short"] for b, c in tp.items()},
                                               "rows": rows})
     s = ref["settings"]
-    columns = [("budget", "budget"), ("setting", "mdp setting (stem, coupled, floor)"), ("pred", "tables lat/dense"),
+    columns = [("budget", "budget"), ("setting", "mdp setting (stem, coupled, objective, criterion, normalize, floor)"), ("pred", "tables lat/dense"),
                ("lat", "measured lat/dense"), ("blocks", "blocks removed"), ("pruned", "top-1 pruned"),
                ("short", "top-1 short ft"), ("d_ref", f"− {ref['label']}"), ("won_ref", "seeds ahead"),
                ("p_ref", "p (paired t)"), ("ps_ref", "p (sign-flip)")]

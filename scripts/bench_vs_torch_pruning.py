@@ -216,34 +216,6 @@ def remeasure(cells: list[dict], args, dense, config, weights_for: dict) -> None
 
 # ------------------------------------------------------------------------------------------------ fidelity
 
-def real_photos(model):
-    """scikit-image's bundled real photographs (no download), in ``model``'s eval transform, each also
-    flipped horizontally: twice the photos."""
-    import torch
-    from PIL import Image
-    from skimage import data as skdata
-
-    from mdp_cli.data import data_config, make_transform
-
-    names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
-             "retina", "colorwheel", "logo", "motorcycle_left", "page", "camera", "moon"]
-    transform = make_transform(data_config(model), train=False)
-    images = []
-    for name in names:
-        fn = getattr(skdata, name, None)
-        if fn is None:
-            continue
-        try:
-            array = fn()
-        except Exception:  # some need an optional download (pooch): skipped
-            continue
-        if array.ndim == 3 and array.shape[2] == 4:
-            array = array[:, :, :3]
-        tensor = transform(Image.fromarray(array).convert("RGB"))
-        images += [tensor, torch.flip(tensor, dims=[2])]
-    return torch.stack(images)
-
-
 def fidelity(args, cache: Path) -> dict:
     """EfficientNet-Lite0 (real ImageNet weights) pruned by mdp and by Torch-Pruning at equal measured latency:
     agreement with the dense model's top-1 and KL(dense || pruned) on real photos, no finetuning."""
@@ -264,7 +236,7 @@ def fidelity(args, cache: Path) -> dict:
     run_dir = cache / f"fidelity_{model}_{res}{bc.mdp_run_suffix(cfg)}"
     discovered, problem = bc.prepare_mdp(cfg, run_dir)
     dense = copy.deepcopy(discovered.model).eval()
-    photos = real_photos(dense)
+    photos = bc.real_photos(dense)
     with torch.no_grad():
         dense_logits = dense(photos)
     # Taylor on the dense model's own predictions for the photos' neighbours is not available without labels:

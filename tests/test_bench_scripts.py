@@ -92,6 +92,14 @@ def test_bench_compare_pairs_runs_by_seed(tmp_path) -> None:
     assert rows["stem, mean"]["won_ref"] == "3/3" and "d_ref" not in rows["stem, sum"]
     assert rows["stem, mean"]["d_tp"] == pytest.approx((0.0 + 1.0 + 0.5) / 3) and rows["stem, mean"]["won_tp"] == "2/3"
     assert "| 0.50 | stem, mean |" in (tmp_path / "out" / "results.md").read_text()
+    # scoring settings other than the defaults name themselves in the label
+    distill = _ablation_dir(tmp_path / "distill", "sum", [78.0, 78.0, 78.0], objective="distill", criterion="fisher",
+                            normalize="sum", min_keep=0.25)
+    plain = _ablation_dir(tmp_path / "plain", "sum", [78.0, 78.0, 78.0], objective="labels", criterion="taylor",
+                          normalize="none")
+    bench_compare.main([str(distill), str(plain), "--ref", str(ref), "--out", str(tmp_path / "out3")])
+    labels = [r["setting"] for r in json.loads((tmp_path / "out3" / "results.json").read_text())["rows"]]
+    assert labels == ["stem, sum", "stem, sum, distill, fisher, normalize sum, min_keep 0.25", "stem, sum"]
     other = _ablation_dir(tmp_path / "other", "sqrt", [1.0, 2.0, 3.0], epochs=4)  # another dense model
     with pytest.raises(SystemExit, match="epochs"):
         bench_compare.main([str(other), "--ref", str(ref), "--tp", str(tp), "--out", str(tmp_path / "out2")])

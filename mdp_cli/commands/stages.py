@@ -15,6 +15,9 @@ import click
 
 from mdp_cli import pipeline
 
+NORMALIZE_HELP = ("Scale every dim's scores before the solver weighs dims against each other: none, each dim's total "
+                  "to 1 (sum: a narrow layer weighs like a wide one), or its mean per unit to 1 (mean); "
+                  "see docs/results.md.")
 COUPLED_HELP = ("How a dim shared by several layers (a residual width, a ViT embedding) combines their scores: "
                 "sum, mean, or sum / sqrt(count) (default: the model family's, see docs/results.md).")
 
@@ -80,7 +83,7 @@ def _config(config: Path | None, kw: dict[str, Any], weights: bool = False) -> d
     calibrate = {"configs": kw.pop("calibrate_configs", None), "file": kw.pop("calibration", None),
                  "seed": kw.pop("calibrate_seed", None), "repeats": kw.pop("calibrate_repeats", None)}
     over["calibrate"] = {k: str(v) if k == "file" else v for k, v in calibrate.items() if v is not None}
-    for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion", "coupled")), ("solve", ("budget", "sweep")),
+    for section, keys in (("score", ("data", "batches", "batch_size", "seed", "objective", "criterion", "coupled", "normalize")), ("solve", ("budget", "sweep")),
                           ("export", ("tolerance", "onnx", "measure"))):
         over[section] = {k: kw.pop(k) for k in keys if kw.get(k) is not None}
     cfg = pipeline.load_config(config, over)
@@ -138,10 +141,12 @@ def profile_command(config, lut_path, shard, quiet, **kw):
 @click.option("--batches", type=int, help="Number of batches to accumulate scores over.")
 @click.option("--batch-size", type=int, help="Images per batch.")
 @click.option("--seed", type=int)
-@click.option("--objective", type=click.Choice(["labels", "pseudo_labels", "features"]),
-              help="Loss scored: the data's labels, the dense model's own predictions, or its features.")
+@click.option("--objective", type=click.Choice(["labels", "pseudo_labels", "distill", "features"]),
+              help="Loss scored: the data's labels, the dense model's own predictions (argmax), the KL to its "
+                   "output distribution (distill, label-free), or its features.")
 @click.option("--criterion", type=click.Choice(["taylor", "fisher"]), help="First-order Taylor or Fisher (squared gradients).")
 @click.option("--coupled", type=click.Choice(["sum", "mean", "sqrt"]), help=COUPLED_HELP)
+@click.option("--normalize", type=click.Choice(["none", "sum", "mean"]), help=NORMALIZE_HELP)
 @click.option("--device", help="Device for the forward/backward passes.")
 @click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("importance.json"),
               show_default=True)
@@ -228,6 +233,7 @@ def export_command(config, solution, importance, output, **kw):
 @click.option("--num-classes", type=int, help="Classifier size (default: the model's, or the checkpoint's).")
 @click.option("--data")
 @click.option("--coupled", type=click.Choice(["sum", "mean", "sqrt"]), help=COUPLED_HELP)
+@click.option("--normalize", type=click.Choice(["none", "sum", "mean"]), help=NORMALIZE_HELP)
 @click.option("--device")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--no-gate", is_flag=True, help="Exit 0 even when the measured latency misses the budget.")

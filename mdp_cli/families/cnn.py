@@ -37,7 +37,7 @@ class CnnFamily(Family):
     default_resolution = 64
     from mdp_cli.latency.profile import GRID_TIMING as timing  # noqa: E402  (a class attribute)
     priority = 90  # the catch-all: asked after every family with a narrower rule
-    score_methods = frozenset((o, c) for o in ("labels", "pseudo_labels", "features") for c in ("taylor", "fisher"))
+    score_methods = frozenset((o, c) for o in ("labels", "pseudo_labels", "distill", "features") for c in ("taylor", "fisher"))
 
     def recognises(self, model: str) -> bool:
         return True

@@ -98,7 +98,7 @@ class TransformerFamily(Family):
     unchained: ClassVar[tuple[str, ...]]  # ops timed alone (once per model, or weight-free), not as chains of copies
     share_timings: ClassVar[bool] = True  # rows at one configuration of the same op and context: one timing
     timing = VIT_TIMING
-    score_methods = frozenset((o, c) for o in ("labels", "pseudo_labels", "features") for c in ("taylor", "fisher"))
+    score_methods = frozenset((o, c) for o in ("labels", "pseudo_labels", "distill", "features") for c in ("taylor", "fisher"))
 
     # -- what differs per family ------------------------------------------------------------------------
     def _model_name(self, cfg: Mapping[str, Any]) -> str:

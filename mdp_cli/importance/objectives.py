@@ -19,6 +19,15 @@ Each builder returns ``loss(outputs, labels) -> scalar`` for the dense model's o
   constant. The noise scale only multiplies every score by the same constant (gradient ∝ 1/σ), so σ = 1:
   the ranking does not depend on it. The samples come from a generator seeded by ``score.seed``, so
   scores are reproducible.
+- ``distill``: label-free, the loss change a pruned model's outputs would show against the dense model's,
+  KL(dense ‖ pruned). That KL has a zero gradient at the dense point, but its Hessian there is the Fisher
+  information of the model's predictive distribution, F = E_{x, y ~ p(·|x)}[g gᵀ] with g = ∇ log p(y|x).
+  The loss is therefore the cross-entropy to labels *sampled* from the dense model's own softmax (one per
+  image, seeded by ``score.seed``): with ``criterion=fisher`` the squared group term (Σ w·∂L/∂w)² of a
+  batch estimates δᵀFδ for δ = −w (the unit removed), i.e. twice the second-order KL(dense ‖ pruned) of
+  removing that unit alone — within-unit correlations included, no diagonal approximation; ``taylor``
+  takes its square root's noisy estimate. Unlike ``pseudo_labels`` (the argmax), it weighs every class the
+  model considers plausible, so it keeps what the network's full output distribution depends on.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import torch.nn.functional as F
 from mdp_cli.errors import MdpError
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-OBJECTIVES = ("labels", "pseudo_labels", "features")
+OBJECTIVES = ("labels", "pseudo_labels", "distill", "features")
 
 
 def labels_loss() -> Loss:
@@ -59,6 +68,17 @@ def features_loss(seed: int = 0) -> Loss:
     return loss
 
 
+def distill_loss(seed: int = 0) -> Loss:
+    generator = torch.Generator().manual_seed(int(seed))
+
+    def loss(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(out.detach().float(), dim=1).cpu()
+        sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(out.device)
+        return F.cross_entropy(out, sampled)
+
+    return loss
+
+
 def make_loss(objective: str, seed: int = 0, has_classifier: bool = True, where: str = "score.objective") -> Loss:
     """The loss of ``objective``; a classification objective on a model without a classifier is refused."""
     if objective not in OBJECTIVES:
@@ -70,4 +90,6 @@ def make_loss(objective: str, seed: int = 0, has_classifier: bool = True, where:
         return labels_loss()
     if objective == "pseudo_labels":
         return pseudo_labels_loss()
+    if objective == "distill":
+        return distill_loss(seed)
     return features_loss(seed)

@@ -1,0 +1,158 @@
+"""Importance criteria on a real pretrained network: the built-in EfficientNet-Lite0 (ImageNet weights) pruned by
+mdp at several budgets with each scoring setting, and how much of the dense network's function each keeps
+without finetuning: top-1 agreement with the dense model and KL(dense ‖ pruned) on real photographs.
+
+    python scripts/bench_criteria_lite0.py --budgets 0.5,0.7,0.9 --out docs/bench/criteria/lite0
+
+No ImageNet here: every setting scores on the same Fashion-MNIST images (out of domain, no usable labels, so
+only label-free objectives: ``pseudo_labels``, ``distill``); the photos are scikit-image's bundled ones (each
+also flipped), never used for scoring. All latencies are measured in turns with the dense model in this
+process, one thread. Output: results.json, results.md, agreement_vs_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common as bc  # noqa: E402
+
+MODEL = "tf_efficientnet_lite0"
+SETTINGS = {  # score settings (and the solver's floor) per named setting
+    "pseudo_labels": {"objective": "pseudo_labels"},
+    "pseudo_labels+fisher": {"objective": "pseudo_labels", "criterion": "fisher"},
+    "distill+fisher": {"objective": "distill", "criterion": "fisher"},
+    "distill": {"objective": "distill"},
+    "pseudo_labels+norm-sum": {"objective": "pseudo_labels", "normalize": "sum"},
+    "distill+fisher+norm-sum": {"objective": "distill", "criterion": "fisher", "normalize": "sum"},
+    "pseudo_labels+norm-mean": {"objective": "pseudo_labels", "normalize": "mean"},
+    "pseudo_labels+min_keep0.25": {"objective": "pseudo_labels", "min_keep": 0.25},
+}
+
+
+def run_setting(name: str, args, dense, photos, dense_logits) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from mdp_cli.config import load_config
+    from mdp_cli.errors import MdpError
+
+    setting = dict(SETTINGS[name])
+    min_keep = setting.pop("min_keep", None)
+    cfg = load_config(None, {"model": MODEL, "resolution": args.resolution, "pretrained": "builtin:efficientnet-lite0",
+                             "profile": {"batch": 1, "threads": 1, "repeats": args.repeats,
+                                         "lut_dir": str(args.cache / "luts")},
+                             "score": {"data": args.score_data, "batches": args.score_batches, "batch_size": 32,
+                                       "seed": 0, **setting},
+                             "export": {"tolerance": 10.0, "measure": True, "repeats": args.repeats}})
+    run_dir = args.cache / f"criteria_{MODEL}_{args.resolution}{bc.mdp_run_suffix(cfg)}"
+    discovered, problem = bc.prepare_mdp(cfg, run_dir)
+    rows = []
+    for budget in args.budgets:
+        try:
+            module, solution = bc.mdp_prune(cfg, discovered, problem, run_dir, budget,
+                                            name="mdp" + (f"_mk{min_keep:g}" if min_keep else ""), min_keep=min_keep)
+        except MdpError as exc:
+            rows.append({"setting": name, "budget": budget, "infeasible": str(exc)})
+            continue
+        lat = bc.ratio_in_turns(module, dense, 1, args.resolution, args.repeats)
+        with torch.no_grad():
+            logits = module.eval()(photos)
+        agree = (logits.argmax(-1) == dense_logits.argmax(-1)).float().mean().item() * 100
+        top5 = (dense_logits.argmax(-1, keepdim=True) == logits.topk(5, -1).indices).any(-1).float().mean().item() * 100
+        kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(dense_logits, -1), log_target=True,
+                      reduction="batchmean").item()
+        thin = sorted(solution.choice.items(), key=lambda kv: kv[1])[:3]
+        rows.append({"setting": name, "budget": budget, "predicted_fraction": solution.latency_ratio,
+                     "latency_fraction": lat["ratio"], "top1_agreement": agree, "dense_top1_in_top5": top5, "kl": kl,
+                     "importance_kept": solution.objective / solution.dense_objective,
+                     "blocks_removed": sorted(b for b, k in solution.kept.items() if not k),
+                     "choice": dict(solution.choice), "images": len(photos)})
+        bc.log(f"{name} {budget}: {lat['ratio']:.3f} of dense, agreement {agree:.1f} %, top-5 {top5:.1f} %, "
+               f"KL {kl:.3f}, thinnest {thin}")
+    return rows
+
+
+def report(rows: list[dict], args) -> None:
+    out = args.out
+    bc.write_json(out / "results.json", {"settings": {k: str(v) if isinstance(v, Path) else v
+                                                      for k, v in vars(args).items()},
+                                         "model": MODEL, "rows": rows})
+    table = [r | {"blocks": len(r.get("blocks_removed", []))} for r in rows if "infeasible" not in r]
+    lines = [f"# Importance criteria on {MODEL} (real ImageNet weights), no finetuning", "",
+             f"Command: `python scripts/bench_criteria_lite0.py {' '.join(sys.argv[1:])}`", "",
+             f"{args.resolution} px, batch 1, one thread; scored on {args.score_batches} x 32 images of "
+             f"`{args.score_data}` (out of domain: label-free objectives only); evaluated on "
+             f"{table[0]['images'] if table else 0} real photos (scikit-image's, each also flipped), never scored on. "
+             "Agreement: the pruned model's top-1 equals the dense model's; top-5: the dense top-1 is in the pruned "
+             "top-5; KL = KL(dense ‖ pruned) of the softmax outputs, mean over the photos. Latency measured in turns "
+             "with dense.", "",
+             bc.markdown_table(table, [("budget", "budget"), ("setting", "setting"), ("predicted_fraction", "tables"),
+                                       ("latency_fraction", "measured lat/dense"), ("blocks", "blocks removed"),
+                                       ("importance_kept", "importance kept"), ("top1_agreement", "top-1 agreement %"),
+                                       ("dense_top1_in_top5", "dense top-1 in top-5 %"), ("kl", "KL")])]
+    infeasible = [r for r in rows if "infeasible" in r]
+    if infeasible:
+        lines += ["", "Not reachable: " + "; ".join(f"{r['setting']} at {r['budget']}: {r['infeasible']}"
+                                                   for r in infeasible)]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["setting"] for r in table):
+        pts = sorted((r["latency_fraction"], r["top1_agreement"]) for r in table if r["setting"] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xlabel("measured latency / dense (in turns)")
+    ax.set_ylabel("top-1 agreement with dense (%)")
+    ax.set_title(f"{MODEL}, {args.resolution} px, no finetuning", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "agreement_vs_latency.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budgets", default="0.5,0.7,0.9")
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"known: {', '.join(SETTINGS)}")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--score-data", default="builtin:fashion-mnist?train=512")
+    p.add_argument("--score-batches", type=int, default=8)
+    p.add_argument("--out", type=Path, default=bc.ROOT / "docs" / "bench" / "criteria" / "lite0")
+    p.add_argument("--cache", type=Path, default=bc.ROOT / "runs" / "bench_cache")
+    args = p.parse_args(argv)
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.settings = [s for s in args.settings.split(",") if s]
+    unknown = set(args.settings) - set(SETTINGS)
+    if unknown:
+        sys.exit(f"--settings: unknown {sorted(unknown)} (known: {', '.join(SETTINGS)})")
+    import torch
+
+    from mdp_cli.train.engine import load_model
+
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dense = load_model(MODEL, "builtin:efficientnet-lite0", img_size=args.resolution).module.eval()
+    photos = bc.real_photos(dense)
+    with torch.no_grad():
+        dense_logits = copy.deepcopy(dense)(photos)
+    rows: list[dict] = []
+    for name in args.settings:
+        key = (f"criteria_lite0_{args.resolution}px_{name}_{'+'.join(f'{b:g}' for b in args.budgets)}_"
+               f"{args.score_batches}_{args.score_data}".replace("/", "_").replace("?", "_"))
+        rows += bc.cached(args.cache / "cells" / f"{key}.json", lambda: run_setting(name, args, dense, photos, dense_logits))
+        report(rows, args)
+    bc.log(f"written {args.out}/results.md")
+
+
+if __name__ == "__main__":
+    main()
