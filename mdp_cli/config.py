@@ -48,13 +48,16 @@ class ScoreSection:
     batches: int = setting(4, min=1)
     batch_size: int = setting(16, min=1)
     seed: int = setting(0, min=0)
-    objective: str = setting("labels", choices=("labels", "pseudo_labels", "distill", "features"),
-                             doc="loss the scores are the Taylor terms of: cross-entropy to the data's labels, to "
-                                 "the dense model's own predictions (no labels needed), or to its features "
-                                 "(headless backbones)")
-    criterion: str = setting("taylor", choices=("taylor", "fisher"),
-                             doc="first-order Taylor |g*w|, or the squared-gradient (Fisher / Hessian diagonal) "
-                                 "criterion of NViT")
+    objective: Optional[str] = setting(None, choices=("labels", "pseudo_labels", "distill", "features"),
+                                       doc="loss the scores are the Taylor terms of: cross-entropy to the data's "
+                                           "labels, to the dense model's own predictions (no labels needed), to "
+                                           "labels sampled from its output distribution (distill: the KL to it, "
+                                           "no labels needed), or to its features (headless backbones); unset: "
+                                           "the model family's default")
+    criterion: Optional[str] = setting(None, choices=("taylor", "fisher"),
+                                       doc="first-order Taylor |g*w|, or the squared group term (Fisher: the "
+                                           "second-order loss change, NViT's criterion); unset: the model "
+                                           "family's default")
     coupled: Optional[str] = setting(None, choices=("sum", "mean", "sqrt"),
                                      doc="how a dim shared by several layers (a residual width, a ViT embedding) "
                                          "combines their scores: sum, mean, or sum / sqrt(count); unset: the "
@@ -217,8 +220,9 @@ def resolve_config(given: Mapping[str, Any], where: str) -> dict[str, Any]:
         **{name: dataclasses.asdict(section) for name, section in sections.items()},
     }
     cfg["profile"]["grid"] = family.parse_grid(cfg["profile"]["grid"], where)
-    if cfg["score"]["coupled"] is None:
-        cfg["score"]["coupled"] = family.default_coupled
+    for key in ("objective", "criterion", "coupled"):  # unset: the family's measured default
+        if cfg["score"][key] is None:
+            cfg["score"][key] = getattr(family, f"default_{key}")
     if cfg["solve"]["sweep"] is not None:
         from mdp_cli.solve.sweep import parse_sweep
 

@@ -127,7 +127,7 @@ def stage_score(cfg: Mapping[str, Any], out: str | Path, discovered: Discovered 
     family = family_of_config(cfg)
     discovered = discovered or discover(cfg)
     s = cfg["score"]
-    method = (s.get("objective", "labels"), s.get("criterion", "taylor"))
+    method = (s.get("objective") or family.default_objective, s.get("criterion") or family.default_criterion)
     if method not in family.score_methods:
         known = ", ".join(f"objective={o} criterion={c}" for o, c in sorted(family.score_methods))
         raise MdpError(f"score.objective={method[0]} with score.criterion={method[1]} is not implemented for "

@@ -204,7 +204,7 @@ def test_resolution_and_pretrained_weights_at_another_size(tmp_path):
 @pytest.mark.slow  # ~25 s: a 12-block DINOv2-S is created four times
 def test_headless_dinov2_through_the_commands(tmp_path):
     """mdp space / score (label-free: score.objective features) / export (ONNX: features out) for a DINOv2
-    backbone at 28 px; the default objective (labels) is refused in one line for a model without classifier."""
+    backbone at 28 px; the default objective (distill) is refused in one line for a model without classifier."""
     import json
 
     import yaml

@@ -156,7 +156,10 @@ def score_command(config, output, quiet, **kw):
     cfg = _config(config, kw, weights=True)
     summary = pipeline.stage_score(cfg, output, progress=False if quiet else None)
     note = " (synthetic data: scores are meaningless)" if cfg["score"]["data"] == "synthetic" else ""
-    click.echo(f"wrote {output}: {summary['batches']} batches in {summary['seconds']:.1f} s{note}")
+    sc = cfg["score"]
+    click.echo(f"wrote {output}: {summary['batches']} batches in {summary['seconds']:.1f} s (objective "
+               f"{sc['objective']}, criterion {sc['criterion']}, coupled {sc['coupled']}, normalize "
+               f"{sc['normalize']}){note}")
 
 
 @click.command("problem")

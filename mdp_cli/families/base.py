@@ -53,6 +53,9 @@ class Family(abc.ABC):
     # score.coupled when the config leaves it unset: how a dim shared by several layers combines their
     # scores (importance/coupled.py); a family changes it only on measured evidence (docs/results.md).
     default_coupled: ClassVar[str] = "sum"
+    # score.objective and score.criterion when the config leaves them unset (the same rule)
+    default_objective: ClassVar[str] = "labels"
+    default_criterion: ClassVar[str] = "taylor"
 
     # -- models and configuration -------------------------------------------------------------------------
     @abc.abstractmethod
