@@ -24,15 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 
 MODEL = "tf_efficientnet_lite0"
-SETTINGS = {  # score settings (and the solver's floor) per named setting
-    "pseudo_labels": {"objective": "pseudo_labels"},
+SETTINGS = {  # score settings (and the solver's floor) per named setting, every key explicit (not the family's default)
+    "pseudo_labels": {"objective": "pseudo_labels", "criterion": "taylor"},
     "pseudo_labels+fisher": {"objective": "pseudo_labels", "criterion": "fisher"},
     "distill+fisher": {"objective": "distill", "criterion": "fisher"},
-    "distill": {"objective": "distill"},
-    "pseudo_labels+norm-sum": {"objective": "pseudo_labels", "normalize": "sum"},
+    "distill": {"objective": "distill", "criterion": "taylor"},
+    "pseudo_labels+norm-sum": {"objective": "pseudo_labels", "criterion": "taylor", "normalize": "sum"},
     "distill+fisher+norm-sum": {"objective": "distill", "criterion": "fisher", "normalize": "sum"},
-    "pseudo_labels+norm-mean": {"objective": "pseudo_labels", "normalize": "mean"},
-    "pseudo_labels+min_keep0.25": {"objective": "pseudo_labels", "min_keep": 0.25},
+    "pseudo_labels+norm-mean": {"objective": "pseudo_labels", "criterion": "taylor", "normalize": "mean"},
+    "pseudo_labels+min_keep0.25": {"objective": "pseudo_labels", "criterion": "taylor", "min_keep": 0.25},
 }
 
 

@@ -28,7 +28,7 @@ import bench_common as bc  # noqa: E402
 
 def load_points(dirs: list[Path]) -> list[dict]:
     """Every cell of the runs: measured latency (re-measured where the run did), accuracies."""
-    points = {}
+    points = {}  # a later directory replaces an earlier one at the same budget (e.g. a 10-seed re-run)
     for d in dirs:
         data = json.loads((d / "results.json").read_text())
         for cell in data["cells"]:
