@@ -426,7 +426,8 @@ def main(argv=None) -> None:
                                                   (cfg, discovered, problem, run_dir), dense, config))
                 cell["cache_key"], cell["mdp_suffix"], cell["mdp_floor"] = key, suffix, floor
                 cell["mdp_settings"] = {"prune_stem": cfg["space"].get("prune_stem"), "coupled": cfg["score"]["coupled"],
-                                       "min_keep": args.min_keep}
+                                       "objective": cfg["score"]["objective"],
+                                       "criterion": cfg["score"]["criterion"], "min_keep": args.min_keep}
                 cells.append(cell)
                 report(cells, args, args.out)
     if args.remeasure:
