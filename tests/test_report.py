@@ -203,7 +203,8 @@ def test_removed_blocks_and_their_dims_are_marked(run_dir, tmp_path):
     solution = json.loads((copy / "solution.json").read_text())
     problem = json.loads((copy / "problem.json").read_text())
     block = next(b["name"] for b in problem["blocks"] if b["removable"])
-    solution["blocks"][block] = False
+    # exactly one block removed, whatever the run's own solution removed (it depends on this CPU's timings)
+    solution["blocks"] = {b["name"]: b["name"] != block for b in problem["blocks"]}
     write_json(copy / "solution.json", solution)
     invoke("report", copy)
     page = (copy / "report.html").read_text()
