@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from mdp_cli.errors import MdpError
+from mdp_cli.importance.normalize import DEFAULT_NORMALIZE, NORMALIZE_MODES
 from mdp_cli.settings import check_value, section_from, setting
 
 
@@ -62,7 +63,7 @@ class ScoreSection:
                                      doc="how a dim shared by several layers (a residual width, a ViT embedding) "
                                          "combines their scores: sum, mean, or sum / sqrt(count); unset: the "
                                          "model family's default (importance/coupled.py)")
-    normalize: str = setting("none", choices=("none", "sum", "mean"),
+    normalize: str = setting(DEFAULT_NORMALIZE, choices=NORMALIZE_MODES,
                              doc="scale every dim before the solver weighs dims against each other: none, each "
                                  "dim's total to 1 (sum), or its mean per unit to 1 (mean) "
                                  "(importance/normalize.py)")

@@ -338,6 +338,30 @@ def plot_accuracy_vs_latency(series: Mapping[str, Sequence[tuple[float, Sequence
     plt.close(fig)
 
 
+def line_plots(panels: Sequence[tuple[str, str, str, Mapping[str, tuple[Sequence[float], Sequence[float]]]]],
+               path: Path) -> None:
+    """One figure of side-by-side line plots, saved at ``path``: each panel is (title, x label, y label,
+    {line label: (xs, ys)})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) if len(panels) > 1 else 6, 4), squeeze=False)
+    for ax, (title, xlabel, ylabel, lines) in zip(axes[0], panels):
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def cached(path: Path, compute: Callable[[], Any]) -> Any:
     """JSON result cached at ``path`` (reruns skip finished work)."""
     if path.is_file():

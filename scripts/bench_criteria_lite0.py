@@ -75,12 +75,9 @@ def scoring_photos(root: Path, crops: int = 24, seed: int = 0) -> Path:
     return root
 
 
-def run_setting(name: str, args, dense, photos, dense_logits) -> list[dict]:
-    import torch
-    import torch.nn.functional as F
-
+def setting_config(name: str, args):
+    """(mdp config, cached run directory, solver floor) of one named setting."""
     from mdp_cli.config import load_config
-    from mdp_cli.errors import MdpError
 
     setting = dict(SETTINGS[name])
     min_keep = setting.pop("min_keep", None)
@@ -92,6 +89,16 @@ def run_setting(name: str, args, dense, photos, dense_logits) -> list[dict]:
                              "export": {"tolerance": 10.0, "measure": True, "repeats": args.repeats}})
     run_dir = (args.cache / f"criteria_{MODEL}_{args.resolution}{bc.mdp_run_suffix(cfg)}"
                f"{'_photos' if args.score_data == 'photos' else ''}")
+    return cfg, run_dir, min_keep
+
+
+def run_setting(name: str, args, dense, photos, dense_logits) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from mdp_cli.errors import MdpError
+
+    cfg, run_dir, min_keep = setting_config(name, args)
     discovered, problem = bc.prepare_mdp(cfg, run_dir)
     rows = []
     for budget in args.budgets:
@@ -128,19 +135,12 @@ def probe(args, dense, photos, dense_logits) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from mdp_cli.config import load_config
     from mdp_cli.importance.taylor import read_importance
     from mdp_cli.pipeline import discover, family_of_config
 
     result: dict = {"keep": args.probe_keep, "settings": {}}
     for name in args.settings:
-        setting = {k: v for k, v in SETTINGS[name].items() if k != "min_keep"}
-        cfg = load_config(None, {"model": MODEL, "resolution": args.resolution,
-                                 "pretrained": "builtin:efficientnet-lite0",
-                                 "score": {"data": args.score_source, "batches": args.score_batches,
-                                           "batch_size": 32, "seed": 0, **setting}})
-        run_dir = (args.cache / f"criteria_{MODEL}_{args.resolution}{bc.mdp_run_suffix(cfg)}"
-                   f"{'_photos' if args.score_data == 'photos' else ''}")
+        cfg, run_dir, _ = setting_config(name, args)
         if not (run_dir / "importance.json").is_file():
             continue
         dims = read_importance(run_dir / "importance.json")["dims"]
@@ -216,23 +216,12 @@ def report(rows: list[dict], args) -> None:
         lines += ["", "Not reachable: " + "; ".join(f"{r['setting']} at {r['budget']}: {r['infeasible']}"
                                                    for r in infeasible)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    curves = {}
     for name in dict.fromkeys(r["setting"] for r in table):
         pts = sorted((r["latency_fraction"], r["top1_agreement"]) for r in table if r["setting"] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.set_xlabel("measured latency / dense (in turns)")
-    ax.set_ylabel("top-1 agreement with dense (%)")
-    ax.set_title(f"{MODEL}, {args.resolution} px, no finetuning", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "agreement_vs_latency.png", dpi=110)
-    plt.close(fig)
+        curves[name] = ([p[0] for p in pts], [p[1] for p in pts])
+    bc.line_plots([(f"{MODEL}, {args.resolution} px, no finetuning", "measured latency / dense (in turns)",
+                    "top-1 agreement with dense (%)", curves)], out / "agreement_vs_latency.png")
 
 
 def main(argv=None) -> None:

@@ -93,23 +93,12 @@ def main(argv=None) -> None:
             lines.append(f"- {name}: {args.label_b} − {args.label_a} = {s['mean_b_minus_a']:+.2f} points on average "
                          f"over {s['n']} comparisons at equal measured latency, {args.label_b} ahead in {s['b_ahead']}.")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, title in ((axes[0], "pruned", "right after pruning"), (axes[1], "short", "after the short finetune")):
-        for label, pts in ((args.label_a, a), (args.label_b, b)):
-            ax.plot([pt["lat"] for pt in pts], [pt[key] for pt in pts], marker="o", label=label)
-        ax.set_xlabel("measured latency / dense (in turns)")
-        ax.set_ylabel("val top-1 (%)")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out / "curves.png", dpi=110)
-    plt.close(fig)
+    xlabel = "measured latency / dense (in turns)"
+    bc.line_plots([(title, xlabel, "val top-1 (%)",
+                    {label: ([pt["lat"] for pt in pts], [pt[key] for pt in pts])
+                     for label, pts in ((args.label_a, a), (args.label_b, b))})
+                   for key, title in (("pruned", "right after pruning"), ("short", "after the short finetune"))],
+                  args.out / "curves.png")
     bc.log(f"written {args.out}/results.md")
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 
 from mdp_cli import pipeline
+from mdp_cli.importance.normalize import NORMALIZE_MODES
 
 NORMALIZE_HELP = ("Scale every dim's scores before the solver weighs dims against each other: none, each dim's total "
                   "to 1 (sum: a narrow layer weighs like a wide one), or its mean per unit to 1 (mean); "
@@ -146,7 +147,7 @@ def profile_command(config, lut_path, shard, quiet, **kw):
                    "output distribution (distill, label-free), or its features.")
 @click.option("--criterion", type=click.Choice(["taylor", "fisher"]), help="First-order Taylor or Fisher (squared gradients).")
 @click.option("--coupled", type=click.Choice(["sum", "mean", "sqrt"]), help=COUPLED_HELP)
-@click.option("--normalize", type=click.Choice(["none", "sum", "mean"]), help=NORMALIZE_HELP)
+@click.option("--normalize", type=click.Choice(NORMALIZE_MODES), help=NORMALIZE_HELP)
 @click.option("--device", help="Device for the forward/backward passes.")
 @click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path), default=Path("importance.json"),
               show_default=True)
@@ -236,7 +237,7 @@ def export_command(config, solution, importance, output, **kw):
 @click.option("--num-classes", type=int, help="Classifier size (default: the model's, or the checkpoint's).")
 @click.option("--data")
 @click.option("--coupled", type=click.Choice(["sum", "mean", "sqrt"]), help=COUPLED_HELP)
-@click.option("--normalize", type=click.Choice(["none", "sum", "mean"]), help=NORMALIZE_HELP)
+@click.option("--normalize", type=click.Choice(NORMALIZE_MODES), help=NORMALIZE_HELP)
 @click.option("--device")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--no-gate", is_flag=True, help="Exit 0 even when the measured latency misses the budget.")
