@@ -141,37 +141,60 @@ def test_prediction_matches_measured_exported_latency(small_resnet):
 
 @pytest.mark.slow
 def test_resnet50_prediction_at_scale(tmp_path):
-    """resnet50 @ 64 px, 10 random solutions, relative-to-dense error of the table model vs the linear one.
+    """resnet50 @ 64 px, 10 random solutions: relative-to-dense error of the model the product ships (the table,
+    in-network calibrated where the calibration says so, as ``mdp run`` does) vs the linear model.
 
     Why these bounds: on a quiet machine the bench (scripts/bench_latency_model.py, same model and size) has a
-    median of 2-4 %; a CI machine at 48 px measured a median of 22 % once (docs/latency.md: tiny maps, where a
-    term's fixed per-call cost dominates and machines differ most). What a broken table cannot do is beat the
-    linear model (each term frozen at full size in its other dims) by a wide margin, so that is the main check,
-    with an absolute bound for gross failures."""
+    median of 2-4 %; on one CI machine the plain table over-predicted every heavily pruned network (+10-14 % at
+    0.2-0.35 of dense: ops timed alone pay a call the network amortises, docs/latency.md) and erred 9.3 % median
+    where the linear model happened to err 6.4 %. That bias is what the calibration exists for, so the check is
+    on the calibrated path: within 10 % (what a shared 2-core machine's noise and call costs allow; a broken
+    table errs 20 % and more), or clearly better than the linear model (each term frozen at full size in its
+    other dims), with an absolute bound for gross failures. Here (quiet) it measured 2.2 % vs linear 22 %."""
     import torch
+
+    from mdp_cli.latency.calibration import fit_calibration, random_configurations, term_class
+    from mdp_cli.latency.timing import sample_calls_round_robin
+    from mdp_cli.latency.runtimes import runner
 
     model, analysis = discover_space("resnet50", 64, max_options=6, multiple=8)
     summary = profile_space(analysis.space, lut_dir=tmp_path, warmup=10, repeats=30, progress=False)
-    problem = build_problem(analysis.space, _open(summary), None)
+    plain = build_problem(analysis.space, _open(summary), None)
     from mdp_cli.solve.linear import linearize
     from mdp_cli.latency.to_problem import choice_indices
 
-    linear = linearize(problem)
-    rng = random.Random(2)
     x = torch.randn(1, 3, 64, 64)
     dense_net, _ = prune_cnn(model, analysis, {}, {})
-    signed, linear_signed, fractions = [], [], []
+    # the calibrate stage's fit (pipeline.stage_calibrate), on its own configurations (not the ones checked below)
+    configs = random_configurations(plain, 8, seed=0)
+    calls = []
+    for config in configs:
+        sizes = {d.name: d.options[config.choice[d.name]] for d in plain.dims if d.name in config.choice}
+        net, _ = prune_cnn(model, analysis, sizes, dict(config.kept))
+        calls.append(runner(net, x, "eager", "cpu", "float32", 1))
+    with threads(1):
+        samples = sample_calls_round_robin(calls, "cpu", 10, 30)
+    classes = {t.name: term_class(t.op) for t in analysis.space.terms}
+    calibration = fit_calibration(plain, classes, configs, [statistics.median(s) for s in samples])
+    problem = calibration.apply(plain, "test")
+    linear = linearize(plain)
+    rng = random.Random(2)
+    signed, plain_signed, linear_signed, fractions = [], [], [], []
     with threads(1):
         for _ in range(10):
             choice, kept = random_solution(analysis, rng, keep_prob=0.7)
             net, _ = prune_cnn(model, analysis, choice, kept)
             (measured, _, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)], warmup=10, repeats=30)
-            idx = choice_indices(problem, choice)
-            fractions.append(round(measured / dense_now, 3))
-            signed.append(problem.latency(idx, kept) / problem.dense_latency / (measured / dense_now) - 1)
-            linear_signed.append(linear.latency(idx, kept) / problem.dense_latency / (measured / dense_now) - 1)
+            idx = choice_indices(plain, choice)
+            fraction = measured / dense_now
+            fractions.append(round(fraction, 3))
+            signed.append(problem.latency(idx, kept) / problem.dense_latency / fraction - 1)
+            plain_signed.append(plain.latency(idx, kept) / plain.dense_latency / fraction - 1)
+            linear_signed.append(linear.latency(idx, kept) / plain.dense_latency / fraction - 1)
     errors, linear_errors = [abs(e) for e in signed], [abs(e) for e in linear_signed]
-    detail = {"signed": [round(e, 3) for e in signed], "linear_signed": [round(e, 3) for e in linear_signed],
-              "measured_fraction": fractions}
-    assert statistics.median(errors) <= 0.6 * statistics.median(linear_errors), detail
-    assert statistics.median(errors) <= 0.30, detail
+    detail = {"signed": [round(e, 3) for e in signed], "plain_signed": [round(e, 3) for e in plain_signed],
+              "linear_signed": [round(e, 3) for e in linear_signed], "measured_fraction": fractions,
+              "calibration_used": calibration.fit["accepted"]}
+    median = statistics.median(errors)
+    assert median <= 0.10 or median <= 0.6 * statistics.median(linear_errors), detail
+    assert median <= 0.30, detail
