@@ -196,11 +196,7 @@ def main(argv=None) -> None:
     p.add_argument("--coupled", choices=("sum", "mean", "sqrt"),
                    help="score.coupled: how a residual (shared) dim combines its layers' scores (default: the "
                         "model family's)")
-    p.add_argument("--objective", choices=("labels", "pseudo_labels", "distill"),
-                   help="score.objective: the loss the importance is the Taylor/Fisher term of (default labels)")
-    p.add_argument("--criterion", choices=("taylor", "fisher"), help="score.criterion (default taylor)")
-    p.add_argument("--normalize", choices=("none", "sum", "mean"),
-                   help="score.normalize: every dim scaled to one total or one mean per unit (default none)")
+    bc.add_score_flags(p)
     p.add_argument("--min-keep", type=float,
                    help="solve.min_keep: every dim keeps at least this fraction of its width (default: no floor)")
     p.add_argument("--no-calibrate-linear", dest="calibrate_linear", action="store_false",
@@ -227,7 +223,7 @@ def main(argv=None) -> None:
                         args.cache, args.repeats,
                         space=None if args.prune_stem is None else {"prune_stem": args.prune_stem},
                         coupled=args.coupled,
-                        score={"objective": args.objective, "criterion": args.criterion, "normalize": args.normalize})
+                        score=bc.score_flags(args))
     # resolved: the family's defaults where not given
     args.coupled, args.prune_stem = cfg["score"]["coupled"], bool(cfg["space"].get("prune_stem"))
     args.objective, args.criterion = cfg["score"]["objective"], cfg["score"]["criterion"]

@@ -184,6 +184,23 @@ def mdp_config(model: str, weights: Path, resolution: int, batch: int, score_dat
     return load_config(None, overrides)
 
 
+def add_score_flags(parser) -> None:
+    """``--objective --criterion --normalize``: the mdp ``score`` settings a benchmark may vary (unset: the
+    model family's defaults, as ``mdp run`` uses them); read back with ``score_flags``."""
+    from mdp_cli.importance.normalize import NORMALIZE_MODES
+
+    parser.add_argument("--objective", choices=("labels", "pseudo_labels", "distill"),
+                        help="mdp: score.objective, the loss the importance is the Taylor/Fisher term of "
+                             "(default: the family's)")
+    parser.add_argument("--criterion", choices=("taylor", "fisher"), help="mdp: score.criterion (default: the family's)")
+    parser.add_argument("--normalize", choices=NORMALIZE_MODES,
+                        help="mdp: score.normalize, every dim scaled to one total or one mean per unit (default none)")
+
+
+def score_flags(args) -> dict[str, Any]:
+    return {"objective": args.objective, "criterion": args.criterion, "normalize": args.normalize}
+
+
 def mdp_run_suffix(cfg: Mapping[str, Any]) -> str:
     """What a benchmark's cache names add for mdp settings other than the ones it first ran with (stem kept,
     summed Taylor importance of the labels, not normalised), so that earlier caches keep their names."""

@@ -373,6 +373,7 @@ def main(argv=None) -> None:
     p.add_argument("--prune-stem", dest="prune_stem", action="store_true", default=None,
                    help="mdp: let the CNN space prune the stem's channels (default: the family's)")
     p.add_argument("--keep-stem", dest="prune_stem", action="store_false", help="mdp: keep the stem's channels")
+    bc.add_score_flags(p)
     p.add_argument("--min-keep", type=float,
                    help="mdp: solve.min_keep, every dim keeps at least this fraction of its width (default: no floor)")
     p.add_argument("--coupled", choices=("sum", "mean", "sqrt"),
@@ -412,7 +413,8 @@ def main(argv=None) -> None:
             cnn = family_of(model_name) == "cnn"  # prune_stem is a CNN space option
             space = {"prune_stem": args.prune_stem} if args.prune_stem is not None and cnn else None
             cfg = bc.mdp_config(model_name, weights, args.resolution, batch, bc.data_spec(args.train_subset, None),
-                                args.cache, args.repeats, space=space, coupled=args.coupled)
+                                args.cache, args.repeats, space=space, coupled=args.coupled,
+                                score=bc.score_flags(args))
             suffix = bc.mdp_run_suffix(cfg)
             floor = f"_mk{args.min_keep:g}" if args.min_keep else ""
             run_dir = args.cache / "mdp" / f"{model_name}_{args.resolution}px_b{batch}{suffix}"
