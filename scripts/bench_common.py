@@ -344,11 +344,21 @@ def plot_accuracy_vs_latency(series: Mapping[str, Sequence[tuple[float, Sequence
         xs = [p[0] for p in points]
         stats = [mean_sd(p[1]) for p in points]
         ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=name)
+    _label_axes(ax, xlabel, "val top-1 (%)", title)
+    _save_figure(fig, path)
+
+
+def _label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("val top-1 (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -368,15 +378,8 @@ def line_plots(panels: Sequence[tuple[str, str, str, Mapping[str, tuple[Sequence
     for ax, (title, xlabel, ylabel, lines) in zip(axes[0], panels):
         for label, (xs, ys) in lines.items():
             ax.plot(xs, ys, marker="o", label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _label_axes(ax, xlabel, ylabel, title)
+    _save_figure(fig, path)
 
 
 def cached(path: Path, compute: Callable[[], Any]) -> Any:
