@@ -20,7 +20,6 @@ models); profiling only measures rows it lacks.
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -171,7 +170,7 @@ def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discove
     in the profile's device, dtype, batch, threads and runtime; writes ``mdp.calibration`` to ``out``."""
     import torch
 
-    from mdp_cli.latency.calibration import fit_calibration, random_configurations, term_class
+    from mdp_cli.latency.calibration import fit_calibration, halves_of, random_configurations, term_class
     from mdp_cli.latency.runtimes import check_runtime, runner
     from mdp_cli.latency.timing import check_device, sample_calls_round_robin, threads
 
@@ -196,9 +195,9 @@ def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discove
          f"({repeats} calls each)")
     with threads(int(p["threads"]) if device == "cpu" else None):
         samples = sample_calls_round_robin(calls, device, int(p["warmup"]), repeats)
-    measured = [statistics.median(s) for s in samples]
+    measured, halves = halves_of(samples)
     classes = {t.name: term_class(t.op) for t in discovered.space.terms}
-    calibration = fit_calibration(problem, classes, configs, measured)
+    calibration = fit_calibration(problem, classes, configs, measured, halves)
     calibration.save(out, model=cfg["model"], lut=str(lut.path), device=lut.device, dtype=lut.dtype,
                      batch=lut.batch, threads=lut.threads, runtime=runtime, stat=p["stat"],
                      configs=int(c["configs"]), seed=int(c["seed"]), repeats=repeats)
@@ -217,8 +216,12 @@ def calibration_summary(calibration) -> str:
     if f["accepted"]:
         return (f"{found}; used: fraction-of-dense error {before:.1%} -> {held_out:.1%} on configurations it did "
                 f"not see; {level}")
+    floor = f.get("noise_floor", 0.04)
+    noise = (f", the measurement's halves {f['measurement_disagreement']:.1%} apart"
+             if "measurement_disagreement" in f else "")
     return (f"{found}; not used (the plain table errs {before:.1%} median, the fit {held_out:.1%} on configurations "
-            f"it did not see: used only above 4 % and when clearly better); {level}: tables scaled to it")
+            f"it did not see: used only above the timing noise, {floor:.1%}{noise}, and when clearly better); "
+            f"{level}: tables scaled to it")
 
 def stage_solve(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Path):
     from mdp_cli.solve import load_problem, solve_problem

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mdp_cli.errors import SchemaError
-from mdp_cli.latency.calibration import (Configuration, fit_calibration, random_configurations, read_calibration,
+from mdp_cli.latency.calibration import (NOISE_FLOOR, Configuration, fit_calibration, halves_of, measurement_disagreement,
+                                         random_configurations, read_calibration,
                                          term_class)
 from mdp_cli.solve.synthetic import resnet_problem
 
@@ -130,3 +131,37 @@ def test_fit_needs_dense_and_positive_measurements() -> None:
     with pytest.raises(ValueError, match="at least two"):
         fit_calibration(problem, classes, configs[:2], [1.0, 0.5])
     assert np.isfinite(problem.dense_latency)
+
+
+def test_halves_split_the_rounds_in_time_order() -> None:
+    medians, (first, second) = halves_of([[1.0, 2.0, 3.0, 10.0, 11.0, 12.0], [5.0, 4.0, 6.0, 5.0, 7.0, 3.0]])
+    assert medians == [6.5, 5.0]
+    assert first == [2.0, 5.0] and second == [11.0, 5.0]
+    # fractions of dense 0.8 and 0.88 in the two halves: 10 % apart
+    assert measurement_disagreement(([10.0, 8.0], [10.0, 8.8])) == pytest.approx(0.1)
+    assert measurement_disagreement(([10.0, 8.8], [10.0, 8.0])) == pytest.approx(0.1)
+
+
+def test_a_measurement_noisier_than_the_tables_error_keeps_the_plain_table() -> None:
+    """The same biased table (a per-term overhead the table misses: plain errors well over 4 %) is corrected when
+    the calibration's own measurement is steady, and left alone when the two halves of its rounds disagree by
+    more than the table errs: that error cannot be told from the measurement's noise."""
+    problem = resnet_problem(paper_granularity=True, seed=3)
+    classes = _classes(problem)
+    configs = random_configurations(problem, 8, seed=1)
+    measured = [_network_latency(problem, classes, c, {"compute": 1.0, "memory": 1.0}, 0.15) for c in configs]
+    steady = fit_calibration(problem, classes, configs, measured, (measured, measured))
+    plain_error = steady.fit["median_error_before"]
+    assert plain_error > NOISE_FLOOR
+    assert steady.fit["measurement_disagreement"] == 0.0 and steady.fit["noise_floor"] == NOISE_FLOOR
+    assert steady.fit["accepted"] and steady.overhead > 0
+    # second half: every pruned network 1.5 times the plain error slower relative to dense, alternately faster
+    wobble = 1.5 * plain_error
+    second = [measured[0]] + [m * (1 + wobble if k % 2 else 1 / (1 + wobble)) for k, m in enumerate(measured[1:])]
+    noisy = fit_calibration(problem, classes, configs, measured, (measured, second))
+    assert noisy.fit["measurement_disagreement"] == pytest.approx(wobble)
+    assert noisy.fit["noise_floor"] == pytest.approx(wobble)
+    assert not noisy.fit["accepted"]
+    assert noisy.fit["median_error_before"] == pytest.approx(plain_error)
+    with pytest.raises(ValueError, match="halves"):
+        fit_calibration(problem, classes, configs, measured, (measured, measured[:-1]))

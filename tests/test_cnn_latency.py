@@ -153,7 +153,7 @@ def test_resnet50_prediction_at_scale(tmp_path):
     other dims), with an absolute bound for gross failures. Here (quiet) it measured 2.2 % vs linear 22 %."""
     import torch
 
-    from mdp_cli.latency.calibration import fit_calibration, random_configurations, term_class
+    from mdp_cli.latency.calibration import fit_calibration, halves_of, random_configurations, term_class
     from mdp_cli.latency.timing import sample_calls_round_robin
     from mdp_cli.latency.runtimes import runner
 
@@ -175,7 +175,8 @@ def test_resnet50_prediction_at_scale(tmp_path):
     with threads(1):
         samples = sample_calls_round_robin(calls, "cpu", 10, 30)
     classes = {t.name: term_class(t.op) for t in analysis.space.terms}
-    calibration = fit_calibration(plain, classes, configs, [statistics.median(s) for s in samples])
+    measured, halves = halves_of(samples)  # as stage_calibrate does: the rule's noise floor sees the halves
+    calibration = fit_calibration(plain, classes, configs, measured, halves)
     problem = calibration.apply(plain, "test")
     linear = linearize(plain)
     rng = random.Random(2)

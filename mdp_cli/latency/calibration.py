@@ -47,9 +47,11 @@ MEMORY_OPS = frozenset({"add", "mul", "cat", "bn", "act", "scalar", "maxpool", "
 # bound and the report says so.
 SCALE_BOUNDS = (0.05, 4.0)
 # A fit is used only where the plain table errs beyond timing noise (median error of the fraction of dense
-# over NOISE_FLOOR: two LUTs of one machine differ by 2-5 %, docs/latency.md) and the fit, predicting
-# configurations it was not fitted on (leave one out), errs at most ACCEPT_RATIO of that: else the table stands
-# as measured (a fit to noise helps nobody).
+# over NOISE_FLOOR: two LUTs of one machine differ by 2-5 %, docs/latency.md; or over what the calibration's
+# own measurement moved between the first and second half of its rounds, where that is larger) and the fit,
+# predicting configurations it was not fitted on (leave one out), errs at most ACCEPT_RATIO of that: else the
+# table stands as measured (a fit to noise helps nobody; on a machine whose measurement moves by 5-30 % within
+# minutes a fit accepted on one window made the next window's predictions worse, docs/latency.md §4).
 NOISE_FLOOR = 0.04
 ACCEPT_RATIO = 0.7
 
@@ -180,12 +182,33 @@ def _polish(cost, point: np.ndarray, value: float, limits, steps: int = 20) -> n
     return point
 
 
+def halves_of(samples: Sequence[Sequence[float]]) -> tuple[list[float], tuple[list[float], list[float]]]:
+    """Per configuration, the median of its samples (taken in rounds, in time order) and the medians of the
+    first and the second half of them: what ``fit_calibration`` takes as ``measured`` and ``halves``."""
+    medians = [statistics.median(s) for s in samples]
+    first = [statistics.median(s[:max(1, len(s) // 2)]) for s in samples]
+    second = [statistics.median(s[len(s) // 2:]) for s in samples]
+    return medians, (first, second)
+
+
+def measurement_disagreement(halves: tuple[Sequence[float], Sequence[float]]) -> float:
+    """Median over the pruned configurations of how far the two halves' fractions of dense lie apart, relative:
+    how much of a fraction-of-dense error this measurement can tell from its own noise."""
+    first, second = (np.asarray(h, float) for h in halves)
+    apart = (first[1:] / first[0]) / (second[1:] / second[0])
+    return float(np.median(np.abs(np.maximum(apart, 1 / apart) - 1.0)))
+
+
 def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: Sequence[Configuration],
-                    measured: Sequence[float]) -> Calibration:
+                    measured: Sequence[float],
+                    halves: tuple[Sequence[float], Sequence[float]] | None = None) -> Calibration:
     """Fit scales and overhead to whole-network latencies ``measured`` (problem units, one per configuration;
     configuration 0 must be the dense one): the relative errors of the predicted fractions of dense are
-    least-squared (``solve`` below). A class with no term keeps scale 1. The fit's report holds the fraction-of-dense errors before and after, and leave-one-out errors
-    (each configuration predicted by a fit without it) when there are enough configurations."""
+    least-squared (``solve`` below). A class with no term keeps scale 1. The fit's report holds the
+    fraction-of-dense errors before and after, and leave-one-out errors (each configuration predicted by a fit
+    without it) when there are enough configurations. ``halves`` (``halves_of``): the same latencies measured
+    from the first and the second half of the rounds; their disagreement raises the noise floor of the rule
+    that decides whether the fit is used."""
     if len(configs) != len(measured) or len(configs) < 3:
         raise ValueError("calibration needs the dense configuration and at least two more, each measured")
     if any(not (m > 0 and math.isfinite(m)) for m in measured):
@@ -262,6 +285,7 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         "worst_error_before": max(abs(e) for e in before),
         "median_error_after": statistics.median(abs(e) for e in after),
         "worst_error_after": max(abs(e) for e in after),
+        "errors_before": [float(e) for e in before], "errors_after": [float(e) for e in after],
         "at_bound": [CLASSES[i] for i, v in zip(present[1:], theta[1:-1] / theta[0])
                      if min(abs(v - b) for b in SCALE_BOUNDS) < 1e-9],
     }
@@ -275,8 +299,16 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
             held_out.append((this / dense_now) / (y[k] / y[0]) - 1.0)
         fit["median_error_held_out"] = float(statistics.median(abs(e) for e in held_out))
         fit["worst_error_held_out"] = float(max(abs(e) for e in held_out))
+        fit["errors_held_out"] = [float(e) for e in held_out]
+    floor = NOISE_FLOOR
+    if halves is not None:
+        if any(len(h) != len(configs) or any(not (v > 0 and math.isfinite(v)) for v in h) for h in halves):
+            raise ValueError("halves must hold one positive latency per configuration, twice")
+        fit["measurement_disagreement"] = measurement_disagreement(halves)
+        floor = max(floor, fit["measurement_disagreement"])
+    fit["noise_floor"] = floor
     held_out = fit.get("median_error_held_out")
-    fit["accepted"] = bool(held_out is not None and fit["median_error_before"] > NOISE_FLOOR
+    fit["accepted"] = bool(held_out is not None and fit["median_error_before"] > floor
                            and held_out <= ACCEPT_RATIO * fit["median_error_before"])
     fit["fitted_scales"], fit["fitted_overhead"] = dict(scales), overhead
     # the whole network measured at this level over the sum of its terms (isolated ops run hotter in cache):
