@@ -41,8 +41,9 @@ from mdp_cli.export.cnn_prune import prune_cnn  # noqa: E402
 from mdp_cli.latency.lut import Lut  # noqa: E402
 import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
-from mdp_cli.latency.timing import clock_for, threads, time_round_robin  # noqa: E402
-from mdp_cli.latency.calibration import fit_calibration, random_configurations, term_class  # noqa: E402
+from mdp_cli.latency.timing import clock_for, sample_round_robin, threads, time_round_robin  # noqa: E402
+from mdp_cli.latency.calibration import (Calibration, fit_calibration, halves_of, random_configurations,  # noqa: E402
+                                         term_class)
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
@@ -87,35 +88,60 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
         if args.calibrate:
             calibration = calibrate(model, analysis, problems["median"], dense_net, x, args, run)
             problems["calibrated"] = calibration.apply(problems["median"])
+            # the fit applied whatever its rule says: what the rule gives up where it keeps the plain table
+            fitted = Calibration(calibration.fit["fitted_scales"], calibration.fit["fitted_overhead"],
+                                 calibration.term_classes, calibration.fit)
+            problems["fitted"] = fitted.apply(problems["median"])
+        configs = []
         for k in range(args.configs):
             # every other configuration aims below 40 % of dense: the regime aggressive pruning explores
             ratio = 0.0 if k == 0 else rng.uniform(0.55, 0.95) if k % 2 else rng.uniform(0.05, 0.55)
             choice, kept = ({}, {}) if k == 0 else random_config(analysis, rng, ratio)
-            net, _ = prune_cnn(model, analysis, choice, kept)
-            (measured, spread, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)],
-                                                                         warmup=args.warmup, repeats=args.repeats)
+            configs.append((ratio, choice, kept, prune_cnn(model, analysis, choice, kept)[0]))
+        # each pass times every configuration in turns with dense; passes minutes apart show how far the
+        # measurement itself moves (the ruler's repeatability), and their median is the measured fraction
+        passes = [[] for _ in configs]
+        for _ in range(args.passes):
+            for k, (_, _, _, net) in enumerate(configs):
+                (measured, spread, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)],
+                                                                             warmup=args.warmup, repeats=args.repeats)
+                passes[k].append({"measured_ms": measured, "spread_ms": spread, "dense_now_ms": dense_now,
+                                  "fraction": measured / dense_now})
+        for k, ((ratio, choice, kept, _), timed) in enumerate(zip(configs, passes)):
             idx = choice_indices(problems["median"], choice)
-            fraction = measured / dense_now
-            row = {"config": k, "ratio": ratio, "measured_ms": measured, "spread_ms": spread, "dense_now_ms": dense_now,
-                   "measured_fraction": fraction, "blocks_removed": sum(not v for v in kept.values())}
+            fraction = statistics.median(t["fraction"] for t in timed)
+            measured = statistics.median(t["measured_ms"] for t in timed)
+            row = {"config": k, "ratio": ratio, "measured_ms": measured,
+                   "spread_ms": statistics.median(t["spread_ms"] for t in timed),
+                   "dense_now_ms": statistics.median(t["dense_now_ms"] for t in timed), "measured_fraction": fraction,
+                   "blocks_removed": sum(not v for v in kept.values()), "passes": timed,
+                   # how far the passes' fractions lie apart, relative: the measurement's own repeatability
+                   "pass_disagreement": max(t["fraction"] for t in timed) / min(t["fraction"] for t in timed) - 1,
+                   "choice": dict(idx), "kept": dict(kept)}  # option indices: the row can be re-predicted
             for stat, problem in problems.items():
                 row[f"multidim_{stat}_rel_err"] = problem.latency(idx, kept) / problem.dense_latency / fraction - 1
             row["linear_rel_err"] = linear.latency(idx, kept) / linear.dense_latency / fraction - 1
             row["multidim_ms"] = problems["median"].latency(idx, kept)
             row["multidim_err"] = (row["multidim_ms"] - measured) / measured
             rows.append(row)
-            print(f"{k:3d} measured {measured:8.3f} ms ({fraction:5.1%} of dense)  relative error: "
+            print(f"{k:3d} measured {measured:8.3f} ms ({fraction:5.1%} of dense, passes apart "
+                  f"{row['pass_disagreement']:4.1%})  relative error: "
                   + "  ".join(f"{stat} {row[f'multidim_{stat}_rel_err']:+6.1%}" for stat in problems)
                   + f"  linear {row['linear_rel_err']:+6.1%}", flush=True)
     high = [r for r in rows if r["measured_fraction"] < 0.4]
     result = {"run": run, "profile_seconds": profile_s, "lut": summary["lut"], "rechecked": summary.get("rechecked", 0),
               "dense_measured_ms": rows[0]["dense_now_ms"], "dense_predicted_ms": problems["median"].dense_latency,
-              "configs": len(rows), "high_pruning_configs": len(high), "rows": rows}
+              "configs": len(rows), "high_pruning_configs": len(high),
+              "rows": rows}
     for name in [f"multidim_{stat}" for stat in problems] + ["linear"]:
         result[name] = summarise([r[f"{name}_rel_err"] for r in rows])
         if high:
             result[f"{name}_high_pruning"] = summarise([r[f"{name}_rel_err"] for r in high])
     result["multidim_absolute"] = summarise([r["multidim_err"] for r in rows])
+    if args.passes > 1:
+        result["pass_disagreement"] = summarise([r["pass_disagreement"] for r in rows[1:]])
+        if high:
+            result["pass_disagreement_high_pruning"] = summarise([r["pass_disagreement"] for r in high])
     if calibration is not None:
         result["calibration"] = {"scales": dict(calibration.scales), "overhead_ms": calibration.overhead,
                                  **calibration.fit}
@@ -130,13 +156,14 @@ def calibrate(model, analysis, problem, dense_net, x, args, run):
     for c in configs[1:]:
         sizes = {d.name: d.options[c.choice[d.name]] for d in problem.dims}
         nets.append(prune_cnn(model, analysis, sizes, dict(c.kept))[0])
-    measured = [m for m, _, _ in time_round_robin([(n, x) for n in nets], warmup=args.warmup, repeats=args.repeats)]
+    measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup, repeats=args.repeats))
     classes = {t.name: term_class(t.op) for t in analysis.space.terms}
-    fitted = fit_calibration(problem, classes, configs, measured)
+    fitted = fit_calibration(problem, classes, configs, measured, halves)
     f = fitted.fit
     print(f"run {run}: calibrated on {len(configs)} configurations: scales {dict(fitted.scales)}, overhead "
           f"{fitted.overhead * 1000:.1f} us/term; fraction error median {f['median_error_before']:.1%} -> "
-          f"{f['median_error_after']:.1%} (held out {f.get('median_error_held_out', float('nan')):.1%})", flush=True)
+          f"{f['median_error_after']:.1%} (held out {f.get('median_error_held_out', float('nan')):.1%}); its halves "
+          f"{f['measurement_disagreement']:.1%} apart; used: {f['accepted']}", flush=True)
     return fitted
 
 
@@ -161,6 +188,9 @@ def main() -> None:
     parser.add_argument("--calibrate", type=int, default=0,
                         help="also fit the in-network calibration on this many configurations of its own and report "
                              "the calibrated table's errors (multidim_calibrated)")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="time every configuration this many times, in passes minutes apart; the median is "
+                             "the measurement, the passes' disagreement its repeatability")
     parser.add_argument("--out", default="bench_latency_model.json")
     args = parser.parse_args()
 
@@ -171,7 +201,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             lut_dir = Path(args.lut_dir) / f"run{run}" if args.lut_dir else Path(tmp)
             runs.append(measure_run(model, analysis, args, lut_dir, run))
-    names = [f"multidim_{stat}" for stat in STATS] + (["multidim_calibrated"] if args.calibrate else []) + ["linear"]
+    names = [f"multidim_{stat}" for stat in STATS] + (["multidim_calibrated", "multidim_fitted"] if args.calibrate else []) + ["linear"]
     print(f"\n{args.model} @ {args.resolution}px, {args.runs} run(s) x {args.configs} configurations, "
           f"{platform_name()}, 1 thread, {clock_for('cpu', 1)} clock; error of the predicted fraction of dense:")
     for r in runs:
@@ -181,8 +211,13 @@ def main() -> None:
             if h:
                 line += f" | <40% of dense ({r['high_pruning_configs']}): median {h['median']:5.1%} worst {h['worst']:5.1%}"
             print(line)
+        if "pass_disagreement" in r:
+            p, h = r["pass_disagreement"], r.get("pass_disagreement_high_pruning")
+            print(f"run {r['run']} the measurement itself: {args.passes} passes apart by median {p['median']:5.1%} "
+                  f"worst {p['worst']:5.1%}" + (f" | <40% of dense: median {h['median']:5.1%} worst {h['worst']:5.1%}"
+                                                if h else ""))
     spread = {}
-    for name in names:
+    for name in names + ["pass_disagreement"]:
         for subset in ("", "_high_pruning"):
             values = [r[name + subset] for r in runs if name + subset in r]
             if values:
