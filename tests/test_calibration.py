@@ -165,3 +165,18 @@ def test_a_measurement_noisier_than_the_tables_error_keeps_the_plain_table() -> 
     assert noisy.fit["median_error_before"] == pytest.approx(plain_error)
     with pytest.raises(ValueError, match="halves"):
         fit_calibration(problem, classes, configs, measured, (measured, measured[:-1]))
+
+
+def test_the_summary_line_says_when_the_machine_was_too_noisy_to_tell() -> None:
+    from mdp_cli.pipeline import calibration_summary
+
+    problem = resnet_problem(paper_granularity=True, seed=3)
+    classes = _classes(problem)
+    configs = random_configurations(problem, 8, seed=1)
+    measured = [_network_latency(problem, classes, c, {"compute": 1.0, "memory": 1.0}, 0.15) for c in configs]
+    steady = calibration_summary(fit_calibration(problem, classes, configs, measured, (measured, measured)))
+    assert "; used: fraction-of-dense error" in steady and "warning" not in steady
+    second = [measured[0]] + [m * 1.3 for m in measured[1:]]
+    noisy = calibration_summary(fit_calibration(problem, classes, configs, measured, (measured, second)))
+    assert "not used" in noisy and "the measurement's halves 30.0% apart" in noisy
+    assert "warning: this machine's timings moved 30.0%" in noisy
