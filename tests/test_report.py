@@ -140,7 +140,7 @@ def test_numbers_on_the_page_are_those_of_the_artifacts(run_dir, page):
         assert found[f"refine.{r['round']}.met"][0] == str(r["met"])
     assert refine["reason"] in page
     calibration = json.loads((run_dir / "calibration.json").read_text())["fit"]
-    for field in ("median_error_before", "median_error_held_out", "level"):
+    for field in ("median_error_before", "median_error_held_out", "level", "measurement_disagreement", "noise_floor"):
         assert number(found[f"calibration.{field}"]) == calibration[field]
     # which model each accuracy belongs to, from what was evaluated
     for stage, name in (("dense (before pruning)", "eval_dense.json"), ("pruned (before finetuning)", "eval_pruned.json"),
@@ -216,6 +216,39 @@ def test_removed_blocks_and_their_dims_are_marked(run_dir, tmp_path):
     assert in_block
     for dim in in_block:
         assert re.search(f'<tr class="removed"><td>{re.escape(dim)}</td>.*?block removed</td></tr>', page)
+
+
+def test_narrow_dims_and_a_noisy_calibration_are_flagged(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.json", "problem.json", "solution.json", "calibration.json"):
+        shutil.copy(run_dir / name, copy / name)
+    solution = json.loads((copy / "solution.json").read_text())
+    problem = json.loads((copy / "problem.json").read_text())
+    solution["blocks"] = {b["name"]: True for b in problem["blocks"]}
+    # one dim at 1/8 of its width (the tiny space's options stop at 1/2: the report flags what it is given),
+    # one at 1/8 + 1 channel (not flagged), every other at full width
+    dim, wider = problem["dims"][1], problem["dims"][2]
+    narrow = dim["options"][-1] // 8
+    solution["choice"] = ({d["name"]: d["options"][-1] for d in problem["dims"]}
+                          | {dim["name"]: narrow, wider["name"]: wider["options"][-1] // 8 + 1})
+    write_json(copy / "solution.json", solution)
+    calibration = json.loads((copy / "calibration.json").read_text())
+    calibration["fit"]["measurement_disagreement"], calibration["fit"]["measurement_noisy"] = 0.093, True
+    write_json(copy / "calibration.json", calibration)
+    invoke("report", copy)
+    page = (copy / "report.html").read_text()
+    found = cells(page)
+    assert found["narrow_dims"][0] == "1"
+    assert f"kept at 1/8 of their width or less: {dim['name']} {narrow}/{dim['options'][-1]}." in page
+    assert re.search(f'<tr><td>{re.escape(dim["name"])}</td>.*?<td>narrow</td></tr>', page)
+    assert sum(row.endswith("<td>narrow</td></tr>") for row in page.splitlines()) == 1
+    assert "timings moved 9.3% between the two halves" in page
+    calibration["fit"]["noise_floor"] = "high"
+    write_json(copy / "calibration.json", calibration)
+    result = CliRunner().invoke(main, ["report", str(copy)])
+    assert result.exit_code != 0
+    assert "calibration.json: field 'fit.noise_floor' must be a number" in result.output
 
 
 def test_a_sweep_of_another_problem_is_said(run_dir, tmp_path):

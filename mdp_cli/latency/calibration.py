@@ -305,6 +305,8 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         if any(len(h) != len(configs) or any(not (v > 0 and math.isfinite(v)) for v in h) for h in halves):
             raise ValueError("halves must hold one positive latency per configuration, twice")
         fit["measurement_disagreement"] = measurement_disagreement(halves)
+        # the machine moved more within seconds than a table is allowed to err: no prediction can be checked here
+        fit["measurement_noisy"] = fit["measurement_disagreement"] > NOISE_FLOOR
         floor = max(floor, fit["measurement_disagreement"])
     fit["noise_floor"] = floor
     held_out = fit.get("median_error_held_out")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mdp_cli import __version__
+from mdp_cli.artifacts import is_finite_number
 from mdp_cli.report import plots
 from mdp_cli.report.commands import reproduce
 from mdp_cli.report.gather import RunArtifacts
@@ -174,6 +175,10 @@ def _sweep_widths(sweep: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------- widths
 
+# A dim kept at this fraction of its width or less is flagged: the 1/8-width bottlenecks that recovered worst in
+# a one-epoch finetune (ResNet-18, served batch 32, docs/results.md)
+NARROW_FRACTION = 1 / 8
+
 def _widths(found: RunArtifacts) -> str:
     out = ["<h2>Chosen width of every dim, and the blocks</h2>"]
     solution = found.solution
@@ -185,24 +190,34 @@ def _widths(found: RunArtifacts) -> str:
         return "\n".join(out)
     kept_blocks = solution.get("blocks", {})
     removed_blocks = {b for b, k in kept_blocks.items() if not k}
-    names, fractions, removed, rows = [], [], [], []
+    names, fractions, removed, rows, narrow = [], [], [], [], []
     for d in dims:
         kept = solution["choice"].get(d["name"], d["size"])
         gone = d.get("block") in removed_blocks or any(d["name"].startswith(b + ".") for b in removed_blocks)
         names.append(d["name"])
         fractions.append(kept / d["size"])
         removed.append(gone)
+        is_narrow = not gone and kept / d["size"] <= NARROW_FRACTION
+        if is_narrow:
+            narrow.append(f"{d['name']} {kept}/{d['size']}")
         key = f"width.{d['name']}"
+        flag = "block removed" if gone else "narrow" if is_narrow else ""
         rows.append(f"<tr{REMOVED if gone else ''}><td>{_e(d['name'])}</td>"
                     f"<td>{_e(d.get('block') or '')}</td>{_num(d['size'], 'd', key + '.full')}"
                     f"{_num(kept, 'd', key + '.kept')}{_num(kept / d['size'], '.1%', key + '.fraction')}"
-                    f"<td>{'block removed' if gone else ''}</td></tr>")
+                    f"<td>{flag}</td></tr>")
     out.append(f"<p>Budget {solution['budget']:.4g} {_e(solution.get('units', 'ms'))}: predicted "
                f"{solution['predicted_latency']:.4g} {_e(solution.get('units', 'ms'))} "
                f"({solution['predicted_latency'] / solution['dense_latency']:.1%} of dense), status "
                f"{_e(solution['status'])}. Dims in network order.</p>")
     out.append(_img(plots.widths_plot(names, fractions, removed), "kept width per dim"))
     out.append(_table(("dim", "block", "dense width", "kept width", "kept fraction", ""), rows))
+    if narrow:
+        out.append(f'<p class="note" data-field="narrow_dims" data-value="{len(narrow)}">{len(narrow)} dim(s) kept at '
+                   f"1/8 of their width or less: {_e(', '.join(narrow))}. Such bottlenecks kept accuracy right after "
+                   "pruning but recovered worst in a short finetune in mdp's benchmarks (docs/results.md); "
+                   "<code>solve.min_keep: 0.25</code> (<code>--min-keep</code>) rules them out if you finetune "
+                   "briefly.</p>")
     blocks = (found.problem or {}).get("blocks") or [{"name": b, "removable": True} for b in kept_blocks]
     block_rows = []
     for b in blocks:
@@ -281,6 +296,9 @@ def _calibration(found: RunArtifacts) -> str:
     rows = [f"<tr><th>{_e(name)}</th>{_num(value, fmt, 'calibration.' + key)}</tr>" for key, name, value, fmt in (
         ("median_error_before", "plain table: median error of the fraction of dense", f.get("median_error_before"), ".1%"),
         ("median_error_held_out", "fit, on configurations it did not see", f.get("median_error_held_out"), ".1%"),
+        ("measurement_disagreement", "the measurement itself: its two halves' fractions of dense apart (median)",
+         f.get("measurement_disagreement"), ".1%"),
+        ("noise_floor", "noise floor of the rule (4 %, or the halves' disagreement if larger)", f.get("noise_floor"), ".1%"),
         ("level", "dense network / sum of its terms (tables scaled to it)", f.get("level"), ".2f"),
     ) if value is not None]
     scales = calibration["scales"]
@@ -288,6 +306,11 @@ def _calibration(found: RunArtifacts) -> str:
                 f"{scales['memory']:.3g}; {calibration['overhead'] * 1000:+.1f} µs</td></tr>")
     rows.append(f"<tr><th>fit</th><td>{_e(verdict)}</td></tr>")
     out.append(_table(["", ""], rows))
+    apart = f.get("measurement_disagreement")
+    if f.get("measurement_noisy") is True and is_finite_number(apart):
+        out.append(f'<p class="note">This machine\'s timings moved {apart:.1%} between the two halves of the '
+                   "calibration's rounds: no latency prediction can be checked more closely than that here. Profile "
+                   "and calibrate on a quiet machine (docs/latency.md §1).</p>")
     return "\n".join(out)
 
 
