@@ -103,3 +103,42 @@ def test_bench_compare_pairs_runs_by_seed(tmp_path) -> None:
     other = _ablation_dir(tmp_path / "other", "sqrt", [1.0, 2.0, 3.0], epochs=4)  # another dense model
     with pytest.raises(SystemExit, match="epochs"):
         bench_compare.main([str(other), "--ref", str(ref), "--tp", str(tp), "--out", str(tmp_path / "out2")])
+
+
+@pytest.mark.slow
+def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
+    """scripts/bench_latency_model.py at toy scale: two passes per configuration (their median is the
+    measurement, their disagreement reported), the calibration fitted with the halves of its rounds, rows that
+    can be re-predicted from the LUT it kept."""
+    import subprocess
+
+    from mdp_cli.latency.lut import Lut
+    from mdp_cli.latency.timing import device_name
+    from mdp_cli.latency.to_problem import build_problem
+    from mdp_cli.space.cnn import discover_space
+
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
+                    "--configs", "4", "--runs", "1", "--passes", "2", "--calibrate", "4", "--warmup", "2",
+                    "--repeats", "6", "--max-options", "4", "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=900)
+    result = json.loads(out.read_text())
+    run = result["runs"][0]
+    assert run["configs"] == 4 and len(run["rows"]) == 4
+    for row in run["rows"]:
+        fractions = [p["fraction"] for p in row["passes"]]
+        assert len(fractions) == 2
+        assert row["measured_fraction"] == pytest.approx(sum(fractions) / 2)  # the median of two
+        assert row["pass_disagreement"] == pytest.approx(max(fractions) / min(fractions) - 1)
+    assert run["pass_disagreement"]["worst"] == pytest.approx(max(r["pass_disagreement"] for r in run["rows"][1:]))
+    fit = run["calibration"]
+    assert fit["measurement_disagreement"] >= 0 and fit["noise_floor"] >= 0.04
+    assert len(fit["errors_held_out"]) == 4
+    # every row's error re-predicted from the kept LUT and the stored choice
+    _, analysis = discover_space("resnet18", 32, max_options=4, multiple=8)
+    lut = next((tmp_path / "luts" / "run0").glob("*.csv"))
+    problem = build_problem(analysis.space, Lut.open(lut, device_name("cpu"), "float32", 1, 1, create=False), None,
+                            with_counts=False)
+    for row in run["rows"]:
+        predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
+        assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
