@@ -16,7 +16,11 @@ the measuring side.
 Prints the median and worst |predicted - measured| / measured for both, overall and for heavily pruned
 configurations (measured latency < 40 % of dense; every other configuration aims there), for the LUT read
 as measured (``median``) and relative to its reference op (``ref``, docs/latency.md), per run and the spread
-over ``--runs`` separate runs (each profiling a fresh LUT), and writes everything to a JSON file.
+over ``--runs`` separate runs (each profiling a fresh LUT), and writes everything to a JSON file. Every
+configuration is timed in ``--passes`` passes minutes apart (the median is the measurement); how far the
+passes lie apart is the measurement's own repeatability, reported beside the errors (docs/latency.md §1).
+With ``--calibrate N`` the in-network calibration is fitted on N configurations of its own and reported as
+the product uses it (``calibrated``) and applied regardless of its rule (``fitted``).
 
     python scripts/bench_latency_model.py --model resnet50 --resolution 64 --configs 32 --runs 3
 """
