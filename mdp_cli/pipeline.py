@@ -206,6 +206,8 @@ def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discove
 
 def calibration_summary(calibration) -> str:
     """One line: what the fit found, whether it is used, and whether the machine was too noisy to tell."""
+    from mdp_cli.latency.calibration import NOISE_FLOOR
+
     f = calibration.fit
     scales = f["fitted_scales"]
     memory = (f"memory ops x{scales['memory'] / scales['compute']:.2f} of compute, "
@@ -221,7 +223,7 @@ def calibration_summary(calibration) -> str:
     if f["accepted"]:
         return (f"{found}; used: fraction-of-dense error {before:.1%} -> {held_out:.1%} on configurations it did "
                 f"not see; {level}{warning}")
-    floor = f.get("noise_floor", 0.04)  # files from before the halves were recorded: the fixed floor
+    floor = f.get("noise_floor", NOISE_FLOOR)  # files from before the halves were recorded: the fixed floor
     noise = f", the measurement's halves {apart:.1%} apart" if apart is not None else ""
     return (f"{found}; not used (the plain table errs {before:.1%} median, the fit {held_out:.1%} on configurations "
             f"it did not see: used only above the timing noise, {floor:.1%}{noise}, and when clearly better); "

@@ -46,10 +46,11 @@ from mdp_cli.latency.lut import Lut  # noqa: E402
 import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
 from mdp_cli.latency.timing import clock_for, sample_round_robin, threads, time_round_robin  # noqa: E402
-from mdp_cli.latency.calibration import (Calibration, fit_calibration, halves_of, random_configurations,  # noqa: E402
+from mdp_cli.latency.calibration import (fit_calibration, halves_of, random_configurations,  # noqa: E402
                                          term_class)
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
+from latency_bench_common import abs_summary  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
 
 
@@ -62,11 +63,6 @@ def random_config(analysis, rng: random.Random, ratio: float):
         choice[dim.name] = dim.options[min(k - 1, max(0, round(target) - 1))]
     kept = {b.name: rng.random() >= ratio / 3 for b in analysis.blocks if b.removable}
     return choice, kept
-
-
-def summarise(errors):
-    values = [abs(e) for e in errors]
-    return {"median": statistics.median(values), "worst": max(values), "mean_signed": statistics.fmean(errors)}
 
 
 def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
@@ -93,9 +89,7 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
             calibration = calibrate(model, analysis, problems["median"], dense_net, x, args, run)
             problems["calibrated"] = calibration.apply(problems["median"])
             # the fit applied whatever its rule says: what the rule gives up where it keeps the plain table
-            fitted = Calibration(calibration.fit["fitted_scales"], calibration.fit["fitted_overhead"],
-                                 calibration.term_classes, calibration.fit)
-            problems["fitted"] = fitted.apply(problems["median"])
+            problems["fitted"] = calibration.fitted().apply(problems["median"])
         configs = []
         for k in range(args.configs):
             # every other configuration aims below 40 % of dense: the regime aggressive pruning explores
@@ -138,14 +132,14 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
               "configs": len(rows), "high_pruning_configs": len(high),
               "rows": rows}
     for name in [f"multidim_{stat}" for stat in problems] + ["linear"]:
-        result[name] = summarise([r[f"{name}_rel_err"] for r in rows])
+        result[name] = abs_summary([r[f"{name}_rel_err"] for r in rows])
         if high:
-            result[f"{name}_high_pruning"] = summarise([r[f"{name}_rel_err"] for r in high])
-    result["multidim_absolute"] = summarise([r["multidim_err"] for r in rows])
+            result[f"{name}_high_pruning"] = abs_summary([r[f"{name}_rel_err"] for r in high])
+    result["multidim_absolute"] = abs_summary([r["multidim_err"] for r in rows])
     if args.passes > 1:
-        result["pass_disagreement"] = summarise([r["pass_disagreement"] for r in rows[1:]])
+        result["pass_disagreement"] = abs_summary([r["pass_disagreement"] for r in rows[1:]])
         if high:
-            result["pass_disagreement_high_pruning"] = summarise([r["pass_disagreement"] for r in high])
+            result["pass_disagreement_high_pruning"] = abs_summary([r["pass_disagreement"] for r in high])
     if calibration is not None:
         result["calibration"] = {"scales": dict(calibration.scales), "overhead_ms": calibration.overhead,
                                  **calibration.fit}
@@ -231,7 +225,7 @@ def main() -> None:
             if values:
                 spread[name + subset] = {f"{stat}_{bound}": fn(v[stat] for v in values)
                                          for stat in ("median", "worst") for bound, fn in (("min", min), ("max", max))}
-    write_json(args.out, {"schema": "mdp.bench_latency", "version": 2,
+    write_json(args.out, {"schema": "mdp.bench_latency", "version": 3,
                           "provenance": provenance(device=platform_name(), clock=clock_for("cpu", 1), **vars(args)),
                           "model": args.model, "resolution": args.resolution, "spread_over_runs": spread, "runs": runs})
     print(f"wrote {args.out}")

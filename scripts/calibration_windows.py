@@ -13,7 +13,6 @@ table's and the fit's errors against the later window. JSON with ``--out``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -31,11 +30,7 @@ from mdp_cli.latency.lut import Lut  # noqa: E402
 from mdp_cli.latency.timing import device_name, sample_round_robin, threads  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
-
-
-def summary(errors) -> dict:
-    values = [abs(e) for e in errors]
-    return {"median": statistics.median(values), "worst": max(values)}
+from latency_bench_common import abs_summary  # noqa: E402  (scripts/ is on sys.path)
 
 
 def main() -> None:
@@ -68,25 +63,25 @@ def main() -> None:
                                         dict(c.kept))[0] for c in configs[1:]]
             measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup,
                                                             repeats=args.repeats))
-            fit = fit_calibration(problem, classes, configs, measured, halves).fit
+            calibration = fit_calibration(problem, classes, configs, measured, halves)
+            fit = calibration.fit
             without_guard = bool(fit["median_error_before"] > NOISE_FLOOR
                                  and fit["median_error_held_out"] <= ACCEPT_RATIO * fit["median_error_before"])
-            fitted.append((configs, nets, measured, fit))
+            fitted.append((configs, nets, measured, calibration))
             print(f"calibration {i}: plain {fit['median_error_before']:.1%}, leave-one-out "
                   f"{fit['median_error_held_out']:.1%}, its halves {fit['measurement_disagreement']:.1%} apart; "
                   f"used: {fit['accepted']} (without the halves guard: {without_guard})", flush=True)
             results.append({"calibration": i, "fit": fit, "used_without_halves_guard": without_guard})
-        for (configs, nets, measured, fit), result in zip(fitted, results):
+        for (configs, nets, measured, calibration), result in zip(fitted, results):
             later, _ = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup, repeats=args.repeats))
-            F = np.array([features(problem, classes, c) for c in configs])
-            scales, overhead = fit["fitted_scales"], fit["fitted_overhead"]
-            plain = F[:, 0] + F[:, 1]
-            corrected = scales["compute"] * F[:, 0] + scales["memory"] * F[:, 1] + overhead * F[:, 2]
+            # the fit applied whatever its rule said, against the plain table
+            plain, corrected = ([float(np.sum(features(p, classes, c)[:-1])) for c in configs]
+                                for p in (problem, calibration.fitted().apply(problem)))
             apart = [max(a / b, b / a) - 1 for a, b in zip(np.array(measured[1:]) / measured[0],
                                                            np.array(later[1:]) / later[0])]
-            result.update(later_measured=later, windows_apart=summary(apart),
-                          plain_on_later=summary(fraction_errors(plain, later)),
-                          fit_on_later=summary(fraction_errors(corrected, later)))
+            result.update(later_measured=later, windows_apart=abs_summary(apart),
+                          plain_on_later=abs_summary(fraction_errors(plain, later)),
+                          fit_on_later=abs_summary(fraction_errors(corrected, later)))
             print(f"calibration {result['calibration']}, later window: the windows apart by median "
                   f"{result['windows_apart']['median']:.1%} (worst {result['windows_apart']['worst']:.1%}); plain table "
                   f"{result['plain_on_later']['median']:.1%} (worst {result['plain_on_later']['worst']:.1%}), fit "

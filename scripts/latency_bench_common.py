@@ -1,6 +1,6 @@
-"""What the whole-model latency benches (``bench_latency_model_vit.py``, ``bench_latency_model_swin.py``) share:
+"""What the whole-model latency benches (``bench_latency_model*.py``, ``calibration_windows.py``) share:
 random configurations of a space, timing each export in turns with the dense model in passes over all of
-them, and the error summary."""
+them, and the error summaries."""
 
 from __future__ import annotations
 
@@ -49,3 +49,9 @@ def error_summary(rows: Sequence[dict[str, float]], key: str, signed: bool = Fal
     if signed:
         out[f"{key}_mean_signed"] = round(statistics.mean(r[key] for r in rows), 4)
     return out
+
+
+def abs_summary(errors: Sequence[float]) -> dict[str, float]:
+    """Median and worst absolute value of ``errors``, and their signed mean."""
+    values = [abs(e) for e in errors]
+    return {"median": statistics.median(values), "worst": max(values), "mean_signed": statistics.fmean(errors)}

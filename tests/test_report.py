@@ -181,11 +181,16 @@ def test_the_reproduce_commands_rebuild_the_same_config(run_dir, page, tmp_path)
     assert "--epochs 1 --batch-size 16" in finetune and f"-o {run_dir}/finetuned" in finetune
 
 
+def copy_of_run(run_dir, where, *names):
+    """A run directory at ``where`` holding only the artifacts ``names`` of the fixture run."""
+    where.mkdir()
+    for name in names:
+        shutil.copy(run_dir / name, where / name)
+    return where
+
+
 def test_absent_parts_are_named_with_the_command_that_makes_them(run_dir, tmp_path):
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("config.json", "problem.json", "solution.json"):
-        shutil.copy(run_dir / name, bare / name)
+    bare = copy_of_run(run_dir, tmp_path / "bare", "config.json", "problem.json", "solution.json")
     out = tmp_path / "bare.html"
     invoke("report", bare, "-o", out)
     page = out.read_text()
@@ -196,10 +201,7 @@ def test_absent_parts_are_named_with_the_command_that_makes_them(run_dir, tmp_pa
 
 
 def test_removed_blocks_and_their_dims_are_marked(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    copy.mkdir()
-    for name in ("config.json", "problem.json", "solution.json"):
-        shutil.copy(run_dir / name, copy / name)
+    copy = copy_of_run(run_dir, tmp_path / "run", "config.json", "problem.json", "solution.json")
     solution = json.loads((copy / "solution.json").read_text())
     problem = json.loads((copy / "problem.json").read_text())
     block = next(b["name"] for b in problem["blocks"] if b["removable"])
@@ -219,10 +221,7 @@ def test_removed_blocks_and_their_dims_are_marked(run_dir, tmp_path):
 
 
 def test_narrow_dims_and_a_noisy_calibration_are_flagged(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    copy.mkdir()
-    for name in ("config.json", "problem.json", "solution.json", "calibration.json"):
-        shutil.copy(run_dir / name, copy / name)
+    copy = copy_of_run(run_dir, tmp_path / "run", "config.json", "problem.json", "solution.json", "calibration.json")
     solution = json.loads((copy / "solution.json").read_text())
     problem = json.loads((copy / "problem.json").read_text())
     solution["blocks"] = {b["name"]: True for b in problem["blocks"]}
@@ -252,10 +251,7 @@ def test_narrow_dims_and_a_noisy_calibration_are_flagged(run_dir, tmp_path):
 
 
 def test_a_sweep_of_another_problem_is_said(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    copy.mkdir()
-    for name in ("config.json", "problem.json", "solution.json", "sweep.json"):
-        shutil.copy(run_dir / name, copy / name)
+    copy = copy_of_run(run_dir, tmp_path / "run", "config.json", "problem.json", "solution.json", "sweep.json")
     sweep = json.loads((copy / "sweep.json").read_text())
     sweep["problem_hash"] = "sha256:" + "0" * 64
     write_json(copy / "sweep.json", sweep)

@@ -89,6 +89,10 @@ class Calibration:
                   "median_error_after": self.fit.get("median_error_after")}
         return dataclasses.replace(problem, terms=terms, constant_latency=constant, provenance={**problem.provenance, "calibration": record})
 
+    def fitted(self) -> "Calibration":
+        """The fit's own scales and overhead, whether or not its rule uses them (benchmarks compare both)."""
+        return dataclasses.replace(self, scales=dict(self.fit["fitted_scales"]), overhead=self.fit["fitted_overhead"])
+
     def to_dict(self, **provenance_fields: Any) -> dict[str, Any]:
         return {"schema": SCHEMA, "version": VERSION, "provenance": provenance(**provenance_fields),
                 "scales": dict(self.scales), "overhead": self.overhead, "term_classes": dict(self.term_classes),
@@ -213,6 +217,9 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         raise ValueError("calibration needs the dense configuration and at least two more, each measured")
     if any(not (m > 0 and math.isfinite(m)) for m in measured):
         raise ValueError(f"measured latencies must be positive numbers, got {list(measured)}")
+    if halves is not None and any(len(h) != len(configs) or any(not (v > 0 and math.isfinite(v)) for v in h)
+                                  for h in halves):
+        raise ValueError("halves must hold one positive latency per configuration, twice")
     F = np.array([features(problem, term_classes, c) for c in configs])
     y = np.asarray(measured, float)
     present = [i for i, name in enumerate(CLASSES) if any(term_classes[t.name] == name for t in problem.terms)]
@@ -302,8 +309,6 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         fit["errors_held_out"] = [float(e) for e in held_out]
     floor = NOISE_FLOOR
     if halves is not None:
-        if any(len(h) != len(configs) or any(not (v > 0 and math.isfinite(v)) for v in h) for h in halves):
-            raise ValueError("halves must hold one positive latency per configuration, twice")
         fit["measurement_disagreement"] = measurement_disagreement(halves)
         # the machine moved more within seconds than a table is allowed to err: no prediction can be checked here
         fit["measurement_noisy"] = fit["measurement_disagreement"] > NOISE_FLOOR
