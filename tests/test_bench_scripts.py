@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -142,3 +143,34 @@ def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
     for row in run["rows"]:
         predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
         assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
+
+
+@pytest.mark.slow
+def test_latency_error_budget_vit_toy(tmp_path) -> None:
+    """scripts/latency_error_budget_vit.py at toy scale: every configuration's kept units are timed alone, inside
+    the network and as the whole network, and the reported stage errors are those of its own rows."""
+    import subprocess
+
+    import latency_error_budget_vit as budget
+
+    out = tmp_path / "budget.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "latency_error_budget_vit.py"), "--model", "deit_tiny_patch16_224",
+                    "--resolution", "64", "--configs", "3", "--warmup", "2", "--repeats", "6", "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert len(rows) == 4 and rows[0]["kept"] == {} and rows[0]["choice"] == {}
+    assert len(rows[0]["units"]) == 2 + 2 * 12  # stem, head and both branches of DeiT-Tiny's 12 blocks
+    for row in rows:
+        kept_branches = sum(1 for unit in row["units"] if unit not in ("stem", "head"))
+        assert kept_branches == 24 - sum(1 for kept in row["kept"].values() if not kept)
+        assert row["in_chain_ms"] == pytest.approx(sum(u["in_chain"] for u in row["units"].values()))
+        assert row["table_ms"] == pytest.approx(sum(u["table"] for u in row["units"].values()) + result["constant_ms"])
+        assert all(u["exact"] > 0 and u["in_chain"] > 0 for u in row["units"].values())
+        # the units run inside the hooked forward pass: together they cannot take much longer than it
+        assert row["in_chain_ms"] < 1.3 * row["hooked_ms"]
+    measured = [r["whole_ms"] for r in rows]
+    fractions = budget.fractions(measured)[1:]
+    table_errors = budget.errors([r["table_ms"] for r in rows], measured)
+    assert result["stages"]["table_vs_whole"] == budget.summary(table_errors, fractions)
+    assert result["stages"]["table_vs_whole"]["all"]["count"] == 3

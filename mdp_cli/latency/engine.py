@@ -147,7 +147,7 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
             for r in range(rounds):
                 for lo in range(0, len(items), max(1, int(plan.chunk))):
                     part = range(lo, min(len(items), lo + max(1, int(plan.chunk))))
-                    runnable = [run(*_build(items[k][0], lut.batch), key=k) for k in part]
+                    runnable = [run(*build_item(items[k][0], lut.batch), key=k) for k in part]
                     if overhead:
                         runnable.insert(0, overhead_call)
                     if plan.reference:
@@ -177,7 +177,7 @@ def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: Timing
             # One more pass for the items whose passes disagreed (a load spike during one of them).
             for lo in range(0, len(recheck), max(1, int(plan.chunk))):
                 part = recheck[lo:lo + max(1, int(plan.chunk))]
-                runnable = [run(*_build(items[k][0], lut.batch), key=k) for k in part]
+                runnable = [run(*build_item(items[k][0], lut.batch), key=k) for k in part]
                 if overhead:
                     runnable.insert(0, overhead_call)
                 runnable.insert(0, reference_call)
@@ -235,7 +235,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def _build(m: Measurement, batch: int) -> tuple[Any, Any]:
+def build_item(m: Measurement, batch: int) -> tuple[Any, Any]:
     """(module, input) for one timing: a chain of ``copies`` distinct modules when asked."""
     import torch
 
