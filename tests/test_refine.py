@@ -164,8 +164,8 @@ def test_refine_remeasures_corrupted_rows_resolves_and_is_cached(tmp_path, monke
         if (sig, sizes) not in dense:
             new_sum, old_sum = new_sum + ms, old_sum + original[(sig, sizes)]
     # the corrupted rows are back near their first measurement (a row of a few microseconds alone is noisy on a
-    # shared CPU: their sum is compared), far from the corrupted 0.2
-    assert old_sum > 0 and 0.7 < new_sum / old_sum < 1.45, (new_sum, old_sum)
+    # shared CPU: their sum is compared), far from the corrupted 0.2 (a noisy day's fresh-clone CI read 0.67)
+    assert old_sum > 0 and 0.5 < new_sum / old_sum < 1.45, (new_sum, old_sum)
     sidecar = json.loads((run_dir / "refine" / "round2" / "reprofiled.json").read_text())
     assert len(sidecar["provenance"]["previous"]) == len(remeasured)
     # the round-2 solution reads only re-measured rows, so its prediction is the table's honest one
