@@ -37,12 +37,15 @@ import torch  # noqa: E402
 
 from mdp_cli import pipeline  # noqa: E402
 from mdp_cli.artifacts import provenance, write_json  # noqa: E402
-from mdp_cli.latency.calibration import random_configurations  # noqa: E402
+from mdp_cli.latency.calibration import fraction_errors, random_configurations  # noqa: E402
 from mdp_cli.latency.engine import Measurement, build_item  # noqa: E402
 from mdp_cli.latency.timing import cpu_clock, sample_calls_round_robin, threads  # noqa: E402
 from mdp_cli.latency.vit_plan import vit_measurements  # noqa: E402
 from mdp_cli.latency.vit_tables import lut_sizes  # noqa: E402
 from mdp_cli.modules.vit import AttentionBranch, MlpBranch, PatchStem, TokenHead  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency_bench_common import abs_summary  # noqa: E402
 
 HIGH_PRUNING = 0.4
 
@@ -77,23 +80,18 @@ def table_by_unit(problem, config) -> dict[str, float]:
     return out
 
 
-def exact_measurements(space, units: dict[str, dict[str, int]], copies: dict[str, int]) -> dict[str, Measurement]:
-    """A measurement per distinct exact branch shape, in the profiler's own form (same context; ``copies``: the
-    chain length the profiler uses per op)."""
+def exact_measurement(space, unit: str, sizes: dict[str, int], copies: dict[str, int]) -> Measurement:
+    """The unit at its exact sizes as the profiler would time it (same context; ``copies``: the chain length the
+    profiler uses per op; the stem and head once, as the profiler does)."""
     by_op = {t.op: t for t in space.terms}
-    out = {}
-    for unit, sizes in units.items():
-        if unit in ("stem", "head"):  # once per model: timed alone, as the profiler does
-            op, row, n = "vit_" + unit, {"embed": sizes["embed"]}, 1
-        elif unit.endswith(".attn"):
-            op, row, n = "vit_attn", dict(sizes), copies["vit_qk"]
-        else:
-            op, row, n = "vit_mlp", dict(sizes), copies["vit_mlp"]
-        key = lut_sizes(row)
-        out.setdefault(f"{op}|{key}", Measurement(op=op, signature=f"exact:{op}", sizes_key=key,
-                                                  context=by_op["vit_qk" if op == "vit_attn" else op].context,
-                                                  sizes=row, copies=n))
-    return out
+    if unit in ("stem", "head"):
+        op, row, n = "vit_" + unit, {"embed": sizes["embed"]}, 1
+    elif unit.endswith(".attn"):
+        op, row, n = "vit_attn", dict(sizes), copies["vit_qk"]
+    else:
+        op, row, n = "vit_mlp", dict(sizes), copies["vit_mlp"]
+    return Measurement(op=op, signature=f"exact:{op}", sizes_key=lut_sizes(row),
+                       context=by_op["vit_qk" if op == "vit_attn" else op].context, sizes=row, copies=n)
 
 
 class UnitClock:
@@ -133,21 +131,10 @@ def unit_order(units: dict[str, dict[str, int]]) -> list[str]:
     return sorted(units, key=key)
 
 
-def fractions(values: list[float]) -> list[float]:
-    return [v / values[0] for v in values]
-
-
-def errors(predicted: list[float], measured: list[float]) -> list[float]:
-    p, m = fractions(predicted), fractions(measured)
-    return [a / b - 1.0 for a, b in zip(p[1:], m[1:])]
-
-
 def summary(errs: list[float], measured_fractions: list[float]) -> dict:
+    """``abs_summary`` with a count, over all configurations and over those below HIGH_PRUNING of dense."""
     def stats(values):
-        if not values:
-            return {"count": 0}
-        return {"count": len(values), "median": statistics.median(abs(e) for e in values),
-                "worst": max(abs(e) for e in values), "mean_signed": statistics.fmean(values)}
+        return {"count": len(values), **abs_summary(values)} if values else {"count": 0}
     high = [e for e, f in zip(errs, measured_fractions) if f < HIGH_PRUNING]
     return {"all": stats(errs), "high_pruning": stats(high)}
 
@@ -155,12 +142,11 @@ def summary(errs: list[float], measured_fractions: list[float]) -> dict:
 def time_in_one_phase(family, discovered, problem, configs, units, copies, warmup: int, repeats: int):
     """One round-robin over every configuration's whole network, a hooked copy of it, and every distinct kept
     unit alone at its exact sizes (a chain of copies, as the profiler times rows), so that all of them see the
-    machine in one state. Returns the whole and hooked medians per configuration, the exact per-unit medians
-    by measurement key, and the in-chain per-unit medians per configuration (ms)."""
-    wanted: dict[str, Measurement] = {}
-    for u in units:
-        wanted.update(exact_measurements(discovered.space, u, copies))
-    exact_keys = list(wanted)
+    machine in one state. Returns per configuration the whole and hooked medians and the exact and in-chain
+    medians of each kept unit (ms)."""
+    per_config = [{unit: exact_measurement(discovered.space, unit, sizes, copies) for unit, sizes in u.items()}
+                  for u in units]
+    wanted = {m.key: m for measured in per_config for m in measured.values()}  # each distinct shape timed once
     x = torch.randn(1, *family.input_shape(discovered))
     calls, clocks = [], []
     for c, u in zip(configs, units):
@@ -169,20 +155,21 @@ def time_in_one_phase(family, discovered, problem, configs, units, copies, warmu
         hooked = family.export_for_timing(discovered, sizes, dict(c.kept)).eval()
         clocks.append(UnitClock(hooked, unit_order(u)))
         calls += [lambda n=plain: n(x), lambda n=hooked: n(x)]
-    for key in exact_keys:
-        module, example = build_item(wanted[key], 1)
+    for measurement in wanted.values():
+        module, example = build_item(measurement, 1)
         calls.append(lambda m=module.eval(), e=example: m(e))
     t0 = time.perf_counter()
     with threads(1):
         samples = sample_calls_round_robin(calls, "cpu", warmup, repeats)
-    print(f"timed {len(configs)} networks (plain and hooked) and {len(exact_keys)} exact units in turns "
+    print(f"timed {len(configs)} networks (plain and hooked) and {len(wanted)} exact units in turns "
           f"in {time.perf_counter() - t0:.0f} s", flush=True)
     n = len(configs)
     whole = [statistics.median(s) for s in samples[0:2 * n:2]]
     hooked = [statistics.median(s) for s in samples[1:2 * n:2]]
-    exact_ms = {key: statistics.median(s) / wanted[key].copies for key, s in zip(exact_keys, samples[2 * n:])}
+    exact_ms = {key: statistics.median(s) / m.copies for (key, m), s in zip(wanted.items(), samples[2 * n:])}
+    exact = [{unit: exact_ms[m.key] for unit, m in measured.items()} for measured in per_config]
     in_chain = [{name: statistics.median(s[warmup:]) for name, s in clk.samples.items()} for clk in clocks]
-    return whole, hooked, exact_ms, in_chain
+    return whole, hooked, exact, in_chain
 
 
 def main() -> None:
@@ -212,27 +199,25 @@ def main() -> None:
         tables = [table_by_unit(problem, c) for c in configs]
 
         copies = {m.op: m.copies for m in vit_measurements(discovered.space)}
-        whole, hooked, exact_ms, in_chain = time_in_one_phase(family, discovered, problem, configs, units, copies,
+        whole, hooked, exact, in_chain = time_in_one_phase(family, discovered, problem, configs, units, copies,
                                                               args.warmup, args.repeats)
 
     rows = []
     for k, c in enumerate(configs):
-        exact = {unit: exact_ms[next(iter(exact_measurements(discovered.space, {unit: sizes}, copies)))]
-                 for unit, sizes in units[k].items()}
         rows.append({"kept": dict(c.kept), "choice": dict(c.choice), "whole_ms": whole[k], "hooked_ms": hooked[k],
                      "table_ms": sum(tables[k].values()) + problem.constant_latency,
-                     "exact_ms": sum(exact.values()) + problem.constant_latency,
+                     "exact_ms": sum(exact[k].values()) + problem.constant_latency,
                      "in_chain_ms": sum(in_chain[k].values()),
-                     "units": {u: {"table": tables[k][u], "exact": exact[u], "in_chain": in_chain[k][u]}
+                     "units": {u: {"table": tables[k][u], "exact": exact[k][u], "in_chain": in_chain[k][u]}
                                for u in units[k]}})
     measured = [r["whole_ms"] for r in rows]
-    mf = fractions(measured)[1:]
+    mf = [m / measured[0] for m in measured[1:]]
     stages = {
-        "table_vs_whole": errors([r["table_ms"] for r in rows], measured),
-        "table_vs_exact": errors([r["table_ms"] for r in rows], [r["exact_ms"] for r in rows]),
-        "exact_vs_in_chain": errors([r["exact_ms"] for r in rows], [r["in_chain_ms"] for r in rows]),
-        "in_chain_vs_hooked": errors([r["in_chain_ms"] for r in rows], [r["hooked_ms"] for r in rows]),
-        "hooked_vs_whole": errors([r["hooked_ms"] for r in rows], measured),
+        "table_vs_whole": fraction_errors([r["table_ms"] for r in rows], measured),
+        "table_vs_exact": fraction_errors([r["table_ms"] for r in rows], [r["exact_ms"] for r in rows]),
+        "exact_vs_in_chain": fraction_errors([r["exact_ms"] for r in rows], [r["in_chain_ms"] for r in rows]),
+        "in_chain_vs_hooked": fraction_errors([r["in_chain_ms"] for r in rows], [r["hooked_ms"] for r in rows]),
+        "hooked_vs_whole": fraction_errors([r["hooked_ms"] for r in rows], measured),
     }
     report = {name: summary(e, mf) for name, e in stages.items()}
     # per unit kind: the table entry, the exact alone timing and the in-chain cost (ms, all configurations)

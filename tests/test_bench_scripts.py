@@ -153,6 +153,8 @@ def test_latency_error_budget_vit_toy(tmp_path) -> None:
 
     import latency_error_budget_vit as budget
 
+    from mdp_cli.latency.calibration import fraction_errors
+
     out = tmp_path / "budget.json"
     subprocess.run([sys.executable, str(SCRIPTS / "latency_error_budget_vit.py"), "--model", "deit_tiny_patch16_224",
                     "--resolution", "64", "--configs", "3", "--warmup", "2", "--repeats", "6", "--out", str(out)],
@@ -170,7 +172,7 @@ def test_latency_error_budget_vit_toy(tmp_path) -> None:
         # the units run inside the hooked forward pass: together they cannot take much longer than it
         assert row["in_chain_ms"] < 1.3 * row["hooked_ms"]
     measured = [r["whole_ms"] for r in rows]
-    fractions = budget.fractions(measured)[1:]
-    table_errors = budget.errors([r["table_ms"] for r in rows], measured)
+    fractions = [m / measured[0] for m in measured[1:]]
+    table_errors = fraction_errors([r["table_ms"] for r in rows], measured)
     assert result["stages"]["table_vs_whole"] == budget.summary(table_errors, fractions)
     assert result["stages"]["table_vs_whole"]["all"]["count"] == 3
