@@ -54,14 +54,14 @@ from latency_bench_common import abs_summary  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
 
 
-def random_config(analysis, rng: random.Random, ratio: float):
-    """Widths near ``1 - ratio`` of full (jittered per dim), blocks removed with probability ratio / 3."""
+def random_config(analysis, rng: random.Random, ratio: float, block_drop: float = 1 / 3):
+    """Widths near ``1 - ratio`` of full (jittered per dim), blocks removed with probability ``ratio * block_drop``."""
     choice = {}
     for dim in analysis.space.dims:
         k = len(dim.options)
         target = (1 - ratio) * k + rng.uniform(-1.5, 1.5)
         choice[dim.name] = dim.options[min(k - 1, max(0, round(target) - 1))]
-    kept = {b.name: rng.random() >= ratio / 3 for b in analysis.blocks if b.removable}
+    kept = {b.name: rng.random() >= ratio * block_drop for b in analysis.blocks if b.removable}
     return choice, kept
 
 
@@ -94,7 +94,7 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
         for k in range(args.configs):
             # every other configuration aims below 40 % of dense: the regime aggressive pruning explores
             ratio = 0.0 if k == 0 else rng.uniform(0.55, 0.95) if k % 2 else rng.uniform(0.05, args.max_ratio)
-            choice, kept = ({}, {}) if k == 0 else random_config(analysis, rng, ratio)
+            choice, kept = ({}, {}) if k == 0 else random_config(analysis, rng, ratio, args.block_drop)
             configs.append((ratio, choice, kept, prune_cnn(model, analysis, choice, kept)[0]))
         # each pass times every configuration in turns with dense; passes minutes apart show how far the
         # measurement itself moves (the ruler's repeatability), and their median is the measured fraction
@@ -190,9 +190,14 @@ def main() -> None:
                         help="every other configuration keeps widths near 1 - U(0.05, this) of full: 0.55 takes "
                              "ResNets below 40 %% of dense (cost ~ width^2); a network whose cost follows width "
                              "linearly (MobileNetV2's depthwise blocks) needs about 0.85")
-    parser.add_argument("--passes", type=int, default=2,
+    parser.add_argument("--block-drop", type=float, default=1 / 3,
+                        help="a removable block is dropped with probability ratio x this: 1/3 takes ResNets below 40 %% "
+                             "of dense; a network whose thin widths still pay every op's fixed cost (MobileNetV2 at "
+                             "64 px bottoms out near 48 %% by widths alone) gets there only by dropping blocks: ~0.9")
+    parser.add_argument("--passes", type=int, default=3,
                         help="time every configuration this many times, in passes minutes apart; the median is "
-                             "the measurement, the passes' disagreement its repeatability")
+                             "the measurement (of three: one disturbed pass is outvoted, where a mean of two "
+                             "carries half its error), the passes' disagreement its repeatability")
     parser.add_argument("--out", default="bench_latency_model.json")
     args = parser.parse_args()
 

@@ -108,9 +108,9 @@ def test_bench_compare_pairs_runs_by_seed(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
-    """scripts/bench_latency_model.py at toy scale: two passes per configuration (their median is the
-    measurement, their disagreement reported), the calibration fitted with the halves of its rounds, rows that
-    can be re-predicted from the LUT it kept."""
+    """scripts/bench_latency_model.py at toy scale: three passes per configuration (their median is the
+    measurement, their disagreement reported), blocks dropped at ``--block-drop``, the calibration fitted with
+    the halves of its rounds, rows that can be re-predicted from the LUT it kept."""
     import subprocess
 
     from mdp_cli.latency.lut import Lut
@@ -120,7 +120,7 @@ def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
 
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
-                    "--configs", "4", "--runs", "1", "--passes", "2", "--calibrate", "4", "--warmup", "2",
+                    "--configs", "4", "--runs", "1", "--passes", "3", "--block-drop", "1", "--calibrate", "4", "--warmup", "2",
                     "--repeats", "6", "--max-options", "4", "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=900)
     result = json.loads(out.read_text())
@@ -128,9 +128,11 @@ def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
     assert run["configs"] == 4 and len(run["rows"]) == 4
     for row in run["rows"]:
         fractions = [p["fraction"] for p in row["passes"]]
-        assert len(fractions) == 2
-        assert row["measured_fraction"] == pytest.approx(sum(fractions) / 2)  # the median of two
+        assert len(fractions) == 3
+        assert row["measured_fraction"] == pytest.approx(sorted(fractions)[1])  # the median of three
+        assert row["blocks_removed"] == sum(not kept for kept in row["kept"].values())
         assert row["pass_disagreement"] == pytest.approx(max(fractions) / min(fractions) - 1)
+    assert any(row["blocks_removed"] for row in run["rows"][1:])  # --block-drop 1: a block dropped at ratio >= 0.55
     assert run["pass_disagreement"]["worst"] == pytest.approx(max(r["pass_disagreement"] for r in run["rows"][1:]))
     fit = run["calibration"]
     assert fit["measurement_disagreement"] >= 0 and fit["noise_floor"] >= 0.04
