@@ -36,6 +36,11 @@ class ProfileSection:
     threads: int = setting(1, min=1)
     warmup: int = setting(10, min=0)
     repeats: int = setting(30, min=1)
+    rounds: Optional[int] = setting(None, min=1,
+                                    doc="passes over all rows, the repeats split among them; unset: the family's "
+                                        "plan (CNN 2, ViT/Swin 3). On a shared machine, more passes with more "
+                                        "repeats (8 and 120) spread every row over a longer span of its states "
+                                        "(docs/latency.md §1 item 7)")
     grid: Any = setting(None, doc="measured points per dim; read by the family (Family.parse_grid)")
     lut_dir: str = setting("luts")
     stat: str = setting("median", choices=("median", "p10", "ref"))

@@ -99,7 +99,7 @@ def stage_profile(cfg: Mapping[str, Any], discovered: Discovered | None = None, 
                   lut_path: str | Path | None = None, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Measure the latency terms of the model's space that the LUT lacks (``latency/engine.py``), in the
     profile's runtime; ``shard=(i, n)``: only the i-th of n disjoint parts (``engine.shard_of``)."""
-    from mdp_cli.latency.engine import profile_into_lut
+    from mdp_cli.latency.engine import profile_into_lut, with_rounds
     from mdp_cli.latency.runtimes import check_runtime
     from mdp_cli.latency.timing import check_device
 
@@ -108,7 +108,7 @@ def stage_profile(cfg: Mapping[str, Any], discovered: Discovered | None = None, 
     check_runtime(p.get("runtime", "eager"), check_device(p["device"]), p["dtype"])
     discovered = discovered or discover(cfg)
     lut = open_lut(cfg, lut_path, create=True)
-    summary = profile_into_lut(lut, family.measurements(discovered, p["grid"]), family.timing,
+    summary = profile_into_lut(lut, family.measurements(discovered, p["grid"]), with_rounds(family.timing, p.get("rounds")),
                                check_device(p["device"]), int(p["warmup"]), int(p["repeats"]),
                                label=discovered.space.model_name, progress=progress, shard=shard)
     return {"lut": str(lut.path), **summary, "device": lut.device, "dtype": lut.dtype, "batch": lut.batch,

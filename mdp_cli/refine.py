@@ -269,7 +269,7 @@ class _Loop:
     def _reprofile(self, rdir: Path, rows: list) -> int:
         """Re-measure ``rows`` this loop has not re-measured yet into ``rdir/reprofiled.csv`` (a LUT of its own,
         whose sidecar keeps the values they replace) and replace them in the shared LUT; returns how many."""
-        from mdp_cli.latency.engine import profile_into_lut
+        from mdp_cli.latency.engine import profile_into_lut, with_rounds
         from mdp_cli.latency.timing import check_device
         from mdp_cli.pipeline import open_lut
 
@@ -282,7 +282,8 @@ class _Loop:
         previous = _previous(rdir)
         previous += [{"signature": s, "sizes": z, "ms": shared.get(s, z)} for s, z in todo]
         repeats = int(self.cfg["refine"].get("repeats") or 3 * int(p["repeats"]))
-        profile_into_lut(scratch, list(todo.values()), self.family.timing, check_device(p["device"]), int(p["warmup"]),
+        plan = with_rounds(self.family.timing, p.get("rounds"))
+        profile_into_lut(scratch, list(todo.values()), plan, check_device(p["device"]), int(p["warmup"]),
                          repeats, label=f"refine {self.discovered.space.model_name}", progress=self.progress)
         scratch.save(last_model=self.discovered.space.model_name, replaced_in=str(shared.path), previous=previous)
         frame = scratch.frame

@@ -16,7 +16,7 @@ FLAGS = {"space.step": "--step", "space.max_options": "--max-options", "space.mu
          "space.prune_stem": "--prune-stem", "space.steps": "--steps", "num_classes": "--num-classes",
          "profile.grid": "--grid", "random_init": "--random-init", "pretrained": "--pretrained", "profile.batch": "--batch", "profile.threads": "--threads",
          "profile.dtype": "--dtype", "profile.device": "--device", "profile.stat": "--stat", "profile.runtime": "--runtime",
-         "profile.repeats": "--repeats", "profile.warmup": "--warmup", "score.batches": "--batches",
+         "profile.repeats": "--repeats", "profile.rounds": "--rounds", "profile.warmup": "--warmup", "score.batches": "--batches",
          "score.batch_size": "--batch-size", "score.seed": "--seed", "score.data": "--data", "score.coupled": "--coupled", "score.normalize": "--normalize",
          "solve.budget": "--budget", "solve.sweep": "--sweep", "export.tolerance": "--tolerance", "refine.enabled": "--refine",
          "refine.rounds": "--refine-rounds", "calibrate.configs": "--calibrate-configs",

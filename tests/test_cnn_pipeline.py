@@ -182,3 +182,19 @@ def test_pipeline_problem_carries_counts_and_solves_a_parameter_cap(tiny_config,
     assert capped["objective"] == pytest.approx(solution.objective)
     # the counts are the exported models': the dense configuration counts the dense model's parameters
     assert problem.resource("params", problem.dense_choice()) > pruned
+
+
+def test_profile_rounds_flag_reaches_the_lut_and_is_validated(tiny_config, tmp_path):
+    """``mdp profile --rounds 3 --repeats 4``: every row sampled in three passes of two calls (6 samples, 8 where
+    a disturbed row was timed once more); ``--rounds 0`` is refused in one line naming the flag."""
+    import pandas as pd
+
+    runner = CliRunner()
+    lut_dir = tmp_path / "rounds_luts"
+    done = runner.invoke(main, ["profile", "-c", str(tiny_config), "--lut-dir", str(lut_dir), "--rounds", "3",
+                                "--repeats", "4", "-q"])
+    assert done.exit_code == 0, done.output
+    frame = pd.read_csv(next(lut_dir.glob("*.csv")))
+    assert sorted(set(frame["repeats"] - 2 * frame["rechecked"])) == [6]
+    bad = runner.invoke(main, ["profile", "-c", str(tiny_config), "--lut-dir", str(lut_dir), "--rounds", "0", "-q"])
+    assert bad.exit_code != 0 and "--rounds" in bad.output and len(bad.output.strip().splitlines()) == 1

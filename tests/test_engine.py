@@ -149,3 +149,20 @@ def test_multi_input_ops_chain_through_their_carried_input():
     gate_module, (gate, fmap) = mul({"c": 4, "hw": [3, 3], "gate": 0}, {}, 1)
     chain = MultiInputChain([gate_module, gate_module], (gate, fmap))
     assert chain.carry == 1 and torch.allclose(chain((gate, fmap)), gate * gate * fmap)
+
+
+def test_profile_rounds_split_the_repeats_over_that_many_passes(tmp_path):
+    """``profile.rounds`` (``--rounds``): the family's plan with that many passes, each row sampled in every one
+    of them (repeats split among the passes, rounded up); one pass leaves nothing to re-check."""
+    from mdp_cli.latency.engine import with_rounds
+
+    plan = TimingPlan(chunk=2, rounds=2, reference=True, recheck=0.2)
+    assert with_rounds(plan, None) is plan
+    assert with_rounds(plan, 1) == TimingPlan(chunk=2, rounds=1, reference=True, recheck=0.0)
+    eight = with_rounds(plan, 8)
+    assert (eight.rounds, eight.recheck, eight.chunk) == (8, 0.2, 2)
+    lut = open_lut(tmp_path / "lut.csv")
+    profile_into_lut(lut, rows([8, 16, 32]), with_rounds(plan, 4), warmup=1, repeats=6, progress=False)
+    frame = pd.read_csv(tmp_path / "lut.csv")
+    # 6 repeats over 4 passes: 2 samples in each, 8 in all; a re-checked row got a fifth pass
+    assert sorted(set(frame["repeats"] - 2 * frame["rechecked"])) == [8]

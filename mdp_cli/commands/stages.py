@@ -68,7 +68,7 @@ def _config(config: Path | None, kw: dict[str, Any], weights: bool = False) -> d
     depends on the weights (score, export), so they are checked and where they come from is said."""
     top = {k: kw.pop(k) for k in ("model", "resolution", "pretrained", "random_init", "num_classes") if k in kw}
     space = {k: kw.pop(k) for k in ("step", "max_options", "multiple", "prune_stem", "steps") if k in kw}
-    profile = {k: kw.pop(k) for k in ("device", "dtype", "batch", "threads", "lut_dir", "stat", "warmup", "repeats", "grid",
+    profile = {k: kw.pop(k) for k in ("device", "dtype", "batch", "threads", "lut_dir", "stat", "warmup", "repeats", "rounds", "grid",
                                       "runtime") if k in kw}
     over: dict[str, Any] = {k: v for k, v in top.items() if v is not None}
     # a weights flag replaces the config's choice of weights: --pretrained clears random_init and vice versa
@@ -115,6 +115,8 @@ def space_command(config, json_out, **kw):
 @_profile_options
 @click.option("--warmup", type=int, help="Warm-up calls per configuration (default 10).")
 @click.option("--repeats", type=int, help="Timed calls per configuration (default 30; median reported).")
+@click.option("--rounds", type=int, help="Passes over all rows, the repeats split among them (default: the family's, "
+                                         "CNN 2, ViT 3); on a shared machine e.g. --rounds 8 --repeats 120.")
 @click.option("--grid", help="CNN: measure every N-th option only; ViT: points per dim, e.g. embed=5,heads=4,qk=3,v=3,hidden=5. "
                              "The problem builder interpolates between.")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="Write to this LUT CSV instead of lut-dir/<device>.")

@@ -26,7 +26,7 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
@@ -74,6 +74,13 @@ class TimingPlan:
     shuffle: bool = True
     recheck: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def with_rounds(plan: TimingPlan, rounds: int | None) -> TimingPlan:
+    """``plan`` with ``rounds`` passes where given (``profile.rounds``); a single pass has nothing to re-check."""
+    if rounds is None:
+        return plan
+    return replace(plan, rounds=int(rounds), recheck=plan.recheck if int(rounds) > 1 else 0.0)
 
 
 def profile_into_lut(lut: Lut, measurements: Sequence[Measurement], plan: TimingPlan, device: str = "cpu",
