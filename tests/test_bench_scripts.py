@@ -178,3 +178,32 @@ def test_latency_error_budget_vit_toy(tmp_path) -> None:
     table_errors = fraction_errors([r["table_ms"] for r in rows], measured)
     assert result["stages"]["table_vs_whole"] == budget.summary(table_errors, fractions)
     assert result["stages"]["table_vs_whole"]["all"]["count"] == 3
+
+
+@pytest.mark.slow
+def test_latency_profile_span_toy(tmp_path) -> None:
+    """scripts/latency_profile_span.py at toy scale: both plans profiled and scored against the same measured
+    passes; plan B's rows carry its passes' samples; every error is that table's fraction against the ruler."""
+    import subprocess
+
+    out = tmp_path / "span.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "latency_profile_span.py"), "--model", "resnet18", "--resolution",
+                    "32", "--configs", "3", "--interleave", "2", "--rounds", "3", "--repeats", "6", "--warmup", "1",
+                    "--measure-repeats", "3", "--max-options", "2", "--lut-dir", str(tmp_path / "luts"),
+                    "--out", str(out)], check=True, capture_output=True, text=True, timeout=900)
+    import statistics
+
+    import pandas as pd
+
+    result = json.loads(out.read_text())
+    assert result["schema"] == "mdp.bench_latency_profile_span"
+    assert [(t["plan"], t["step"], t["stat"]) for t in result["tables"]] == [
+        (p, s, stat) for s in (0, 1) for p in ("A", "B") for stat in ("median", "ref")]
+    measured = result["measured_fractions"]
+    assert len(measured) == 3 and all(len(p) == 2 for p in result["passes"])
+    for table in result["tables"]:
+        errors = [f / m - 1 for f, m in zip(table["fractions"], measured)]
+        assert table["all"]["median"] == pytest.approx(statistics.median(abs(e) for e in errors))
+        assert table["all"]["mean_signed"] == pytest.approx(statistics.fmean(errors))
+    b_lut = pd.read_csv(next((tmp_path / "luts" / "B0").glob("*.csv")))
+    assert sorted(set(b_lut["repeats"] - 2 * b_lut["rechecked"])) == [6]  # 3 passes of 2 samples
