@@ -110,7 +110,8 @@ def stage_profile(cfg: Mapping[str, Any], discovered: Discovered | None = None, 
     lut = open_lut(cfg, lut_path, create=True)
     plan = with_rounds(family.timing, p.get("rounds"))  # profile.rounds: a longer span on a shared machine
     summary = profile_into_lut(lut, family.measurements(discovered, p["grid"]), plan, check_device(p["device"]),
-                               int(p["warmup"]), int(p["repeats"]), label=discovered.space.model_name, progress=progress, shard=shard)
+                               int(p["warmup"]), int(p["repeats"]), label=discovered.space.model_name,
+                               progress=progress, shard=shard)
     return {"lut": str(lut.path), **summary, "device": lut.device, "dtype": lut.dtype, "batch": lut.batch,
             "threads": lut.threads, "runtime": lut.runtime}
 
