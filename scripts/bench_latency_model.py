@@ -70,8 +70,8 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     t0 = time.perf_counter()
     plan = dataclasses.replace(GRID_TIMING, **({"rounds": args.rounds} if args.rounds else {}),
                                **({"recheck": args.recheck} if args.recheck is not None else {}))
-    summary = profile_space(analysis.space, lut_dir=lut_dir, warmup=args.warmup, repeats=args.repeats,
-                            grid=args.grid, plan=plan, progress=False)
+    summary = profile_space(analysis.space, lut_dir=lut_dir, warmup=args.warmup,
+                            repeats=args.profile_repeats or args.repeats, grid=args.grid, plan=plan, progress=False)
     profile_s = time.perf_counter() - t0
     print(f"run {run}: profiled {summary['measured']} rows ({summary.get('rechecked', 0)} re-timed) in "
           f"{profile_s:.1f} s -> {summary['lut']}", flush=True)
@@ -180,6 +180,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rounds", type=int, help="profiling passes (default: the CNN family's plan)")
+    parser.add_argument("--profile-repeats", type=int,
+                        help="samples per LUT row (default: --repeats); with --rounds 8, 120 is mdp's shared-CPU recipe")
     parser.add_argument("--recheck", type=float, help="re-time rows whose passes differ by more (default: the plan's)")
     parser.add_argument("--lut-dir", help="where the LUTs go (default: a temporary directory per run)")
     parser.add_argument("--seed", type=int, default=0)
