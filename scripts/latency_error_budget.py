@@ -94,6 +94,17 @@ def in_chain_terms(nets, x, warmup: int, repeats: int) -> list[dict[str, float]]
     return [{name: statistics.median(v) for name, v in s.items()} for s in samples]
 
 
+SIZE_BINS_MS = (0.01, 0.03, 0.1, 0.3)
+
+
+def size_bin(ms: float) -> str:
+    """A term's LUT time as a bin label: '<0.01ms', '0.01-0.03ms', ..., '>=0.3ms'."""
+    for i, edge in enumerate(SIZE_BINS_MS):
+        if ms < edge:
+            return f"<{edge}ms" if i == 0 else f"{SIZE_BINS_MS[i - 1]}-{edge}ms"
+    return f">={SIZE_BINS_MS[-1]}ms"
+
+
 def per_term(problem, idx, kept) -> dict[str, float]:
     return {t.name: float(t.table[tuple(idx[d] for d in t.dims)]) for t in problem.terms
             if t.block is None or kept.get(t.block, True)}
@@ -141,6 +152,7 @@ def main() -> None:
     rows = []
     kinds = {t.name: t.op for t in analysis.space.terms}
     kind_ratio = defaultdict(list)  # op kind -> lut / in-chain per term occurrence
+    size_ratio = defaultdict(list)  # (op kind, LUT-ms bin) -> lut / in-chain: do small ops read low?
     with threads(1):
         dense_net, _ = prune_cnn(model, analysis, {}, {})
         owner_dense = node_terms(dense_net, term_names)
@@ -167,6 +179,7 @@ def main() -> None:
             for name, ms in lut_terms.items():
                 if chain_terms.get(name):
                     kind_ratio[kinds[name]].append(ms / chain_terms[name])
+                    size_ratio[f"{kinds[name]} {size_bin(ms)}"].append(ms / chain_terms[name])
             chain_sum = sum(chain.values())
             row = {"config": k, "ratio": ratio, "measured_fraction": measured / dense_now, "measured_ms": measured,
                    "dense_ms": dense_now, "lut_a_fraction": pred[0], "lut_b_fraction": pred[1],
@@ -196,6 +209,8 @@ def main() -> None:
             out[name + "_high"] = stats(r[f"{name}_fraction"] / r["measured_fraction"] - 1 for r in high)
     out["lut_a_vs_b"] = stats(r["lut_a_fraction"] / r["lut_b_fraction"] - 1 for r in rows)
     out["lut_a_vs_b_norm"] = stats(r["lut_a_norm_fraction"] / r["lut_b_norm_fraction"] - 1 for r in rows)
+    out["lut_over_chain_by_size"] = {key: {"median": statistics.median(v), "n": len(v)}
+                                     for key, v in sorted(size_ratio.items())}
     out["lut_over_chain_by_kind"] = {kind: {"median": statistics.median(v), "n": len(v),
                                             "p10": sorted(v)[len(v) // 10], "p90": sorted(v)[9 * len(v) // 10]}
                                      for kind, v in sorted(kind_ratio.items())}
