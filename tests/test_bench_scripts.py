@@ -207,3 +207,27 @@ def test_latency_profile_span_toy(tmp_path) -> None:
         assert table["all"]["mean_signed"] == pytest.approx(statistics.fmean(errors))
     b_lut = pd.read_csv(next((tmp_path / "luts" / "B0").glob("*.csv")))
     assert sorted(set(b_lut["repeats"] - 2 * b_lut["rechecked"])) == [6]  # 3 passes of 2 samples
+
+
+def test_latency_error_budget_size_bins() -> None:
+    """The decomposition's size bins: each LUT time falls in exactly one labelled bin, edges to the bin above."""
+    import latency_error_budget as budget
+
+    assert [budget.size_bin(ms) for ms in (0.005, 0.01, 0.02, 0.05, 0.1, 0.29, 0.3, 5.0)] == [
+        "<0.01ms", "0.01-0.03ms", "0.01-0.03ms", "0.03-0.1ms", "0.1-0.3ms", "0.1-0.3ms", ">=0.3ms", ">=0.3ms"]
+
+
+@pytest.mark.slow
+def test_latency_error_budget_cnn_toy(tmp_path) -> None:
+    """scripts/latency_error_budget.py at toy scale: the per-size ratios split exactly the per-kind ones."""
+    import subprocess
+
+    out = tmp_path / "budget.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "latency_error_budget.py"), "--model", "resnet18", "--resolution",
+                    "32", "--configs", "2", "--warmup", "1", "--repeats", "3", "--max-options", "2", "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=900)
+    result = json.loads(out.read_text())
+    by_kind, by_size = result["lut_over_chain_by_kind"], result["lut_over_chain_by_size"]
+    assert by_kind and {key.split(" ")[0] for key in by_size} == set(by_kind)
+    for kind, summary in by_kind.items():
+        assert sum(v["n"] for key, v in by_size.items() if key.split(" ")[0] == kind) == summary["n"]
