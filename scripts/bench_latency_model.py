@@ -65,6 +65,12 @@ def random_config(analysis, rng: random.Random, ratio: float, block_drop: float 
     return choice, kept
 
 
+def aimed_ratio(rng: random.Random, k: int, max_ratio: float) -> float:
+    """The pruning ratio configuration ``k`` aims at: every other one below 40 % of dense (the regime aggressive
+    pruning explores), the rest spread from light pruning up to ``max_ratio``."""
+    return rng.uniform(0.55, 0.95) if k % 2 else rng.uniform(0.05, max_ratio)
+
+
 def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     """One run: profile a fresh LUT, then time ``args.configs`` random configurations in turns with dense."""
     t0 = time.perf_counter()
@@ -92,8 +98,7 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
             problems["fitted"] = calibration.fitted().apply(problems["median"])
         configs = []
         for k in range(args.configs):
-            # every other configuration aims below 40 % of dense: the regime aggressive pruning explores
-            ratio = 0.0 if k == 0 else rng.uniform(0.55, 0.95) if k % 2 else rng.uniform(0.05, args.max_ratio)
+            ratio = 0.0 if k == 0 else aimed_ratio(rng, k, args.max_ratio)
             choice, kept = ({}, {}) if k == 0 else random_config(analysis, rng, ratio, args.block_drop)
             configs.append((ratio, choice, kept, prune_cnn(model, analysis, choice, kept)[0]))
         # each pass times every configuration in turns with dense; passes minutes apart show how far the

@@ -38,17 +38,16 @@ from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
 from mdp_cli.latency.timing import clock_for, threads, time_round_robin  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
-from bench_latency_model import platform_name, random_config  # noqa: E402
+from bench_latency_model import aimed_ratio, platform_name, random_config  # noqa: E402
+from latency_bench_common import abs_summary  # noqa: E402
 
 HIGH_PRUNING = 0.4
 STATS = ("median", "ref")
 
 
 def error_summary(errors: list[float]) -> dict:
-    if not errors:
-        return {"count": 0}
-    return {"count": len(errors), "median": statistics.median(abs(e) for e in errors),
-            "worst": max(abs(e) for e in errors), "mean_signed": statistics.fmean(errors)}
+    """``abs_summary`` with the count (an empty subset: the count alone)."""
+    return {"count": len(errors), **abs_summary(errors)} if errors else {"count": 0}
 
 
 def score_tables(tables: list[dict], passes: list[list[float]]) -> list[dict]:
@@ -84,8 +83,8 @@ def main() -> None:
     torch.manual_seed(0)
     model, analysis = discover_space(args.model, args.resolution, max_options=args.max_options, multiple=args.multiple)
     rng = random.Random(args.seed)
-    configs = [random_config(analysis, rng, rng.uniform(0.55, 0.95) if k % 2 else rng.uniform(0.05, args.max_ratio),
-                             args.block_drop) for k in range(args.configs)]
+    configs = [random_config(analysis, rng, aimed_ratio(rng, k, args.max_ratio), args.block_drop)
+               for k in range(args.configs)]
     plans = {"A": (GRID_TIMING, 30), "B": (with_rounds(GRID_TIMING, args.rounds), args.repeats)}
     x = torch.randn(1, 3, args.resolution, args.resolution)
     with threads(1):
