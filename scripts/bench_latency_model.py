@@ -20,15 +20,19 @@ over ``--runs`` separate runs (each profiling a fresh LUT), and writes everythin
 configuration is timed in ``--passes`` passes minutes apart (the median is the measurement); how far the
 passes lie apart is the measurement's own repeatability, reported beside the errors (docs/latency.md §1).
 With ``--calibrate N`` the in-network calibration is fitted on N configurations of its own and reported as
-the product uses it (``calibrated``) and applied regardless of its rule (``fitted``).
+the product uses it (``calibrated``) and applied regardless of its rule (``fitted``). With ``--runtime
+onnxruntime`` the LUT is profiled in ONNX Runtime (every term its own exported graph) and every configuration
+and the dense model are exported to ONNX and timed there (CPU provider, 1 intra-op thread).
 
     python scripts/bench_latency_model.py --model resnet50 --resolution 64 --configs 32 --runs 3
+    python scripts/bench_latency_model.py --model resnet50 --resolution 64 --configs 32 --runs 3 --runtime onnxruntime
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import random
 import statistics
 import sys
@@ -45,7 +49,9 @@ from mdp_cli.export.cnn_prune import prune_cnn  # noqa: E402
 from mdp_cli.latency.lut import Lut  # noqa: E402
 import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
-from mdp_cli.latency.timing import clock_for, sample_round_robin, threads, time_round_robin  # noqa: E402
+from mdp_cli.latency.runtimes import runner, runtime_version  # noqa: E402
+from mdp_cli.latency.timing import (clock_for, sample_calls_round_robin, sample_round_robin, summarize,  # noqa: E402
+                                    threads)
 from mdp_cli.latency.calibration import (fit_calibration, halves_of, random_configurations,  # noqa: E402
                                          term_class)
 from mdp_cli.solve.linear import linearize  # noqa: E402
@@ -65,10 +71,12 @@ def random_config(analysis, rng: random.Random, ratio: float, block_drop: float 
     return choice, kept
 
 
-def aimed_ratio(rng: random.Random, k: int, max_ratio: float) -> float:
-    """The pruning ratio configuration ``k`` aims at: every other one below 40 % of dense (the regime aggressive
-    pruning explores), the rest spread from light pruning up to ``max_ratio``."""
-    return rng.uniform(0.55, 0.95) if k % 2 else rng.uniform(0.05, max_ratio)
+def aimed_ratio(rng: random.Random, k: int, max_ratio: float, low_share: float = 0.5) -> float:
+    """The pruning ratio configuration ``k`` (from 1) aims at: a share ``low_share`` of them, evenly interleaved,
+    below 40 % of dense (the regime aggressive pruning explores; 0.5: every other one, the odd ``k``), the rest
+    spread from light pruning up to ``max_ratio``."""
+    low = math.floor((k + 1) * low_share) != math.floor(k * low_share)
+    return rng.uniform(0.55, 0.95) if low else rng.uniform(0.05, max_ratio)
 
 
 def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
@@ -77,12 +85,14 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     plan = dataclasses.replace(GRID_TIMING, **({"rounds": args.rounds} if args.rounds else {}),
                                **({"recheck": args.recheck} if args.recheck is not None else {}))
     summary = profile_space(analysis.space, lut_dir=lut_dir, warmup=args.warmup,
-                            repeats=args.profile_repeats or args.repeats, grid=args.grid, plan=plan, progress=False)
+                            repeats=args.profile_repeats or args.repeats, grid=args.grid, plan=plan, progress=False,
+                            runtime=args.runtime)
     profile_s = time.perf_counter() - t0
     print(f"run {run}: profiled {summary['measured']} rows ({summary.get('rechecked', 0)} re-timed) in "
           f"{profile_s:.1f} s -> {summary['lut']}", flush=True)
     problems = {stat: build_problem(analysis.space, Lut.open(summary["lut"], summary["device"], summary["dtype"], 1, 1,
-                                                              stat=stat), None, with_counts=False)
+                                                              stat=stat, runtime=summary["runtime"]),
+                                    None, with_counts=False)
                 for stat in STATS}
     linear = linearize(problems["median"])
     rng = random.Random(args.seed + 1000 * run)
@@ -98,16 +108,18 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
             problems["fitted"] = calibration.fitted().apply(problems["median"])
         configs = []
         for k in range(args.configs):
-            ratio = 0.0 if k == 0 else aimed_ratio(rng, k, args.max_ratio)
+            ratio = 0.0 if k == 0 else aimed_ratio(rng, k, args.max_ratio, args.low_share)
             choice, kept = ({}, {}) if k == 0 else random_config(analysis, rng, ratio, args.block_drop)
-            configs.append((ratio, choice, kept, prune_cnn(model, analysis, choice, kept)[0]))
+            # built once (in ONNX Runtime an export and a session), timed in every pass
+            configs.append((ratio, choice, kept, in_runtime(prune_cnn(model, analysis, choice, kept)[0], x, args)))
+        dense_call = in_runtime(dense_net, x, args)
         # each pass times every configuration in turns with dense; passes minutes apart show how far the
         # measurement itself moves (the ruler's repeatability), and their median is the measured fraction
         passes = [[] for _ in configs]
         for _ in range(args.passes):
-            for k, (_, _, _, net) in enumerate(configs):
-                (measured, spread, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)],
-                                                                             warmup=args.warmup, repeats=args.repeats)
+            for k, (_, _, _, call) in enumerate(configs):
+                timed = sample_calls_round_robin([call, dense_call], "cpu", args.warmup, args.repeats)
+                (measured, spread, _), (dense_now, _, _) = (summarize(t) for t in timed)
                 passes[k].append({"measured_ms": measured, "spread_ms": spread, "dense_now_ms": dense_now,
                                   "fraction": measured / dense_now})
         for k, ((ratio, choice, kept, _), timed) in enumerate(zip(configs, passes)):
@@ -151,6 +163,11 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     return result
 
 
+def in_runtime(net, x, args):
+    """``net(x)`` as one callable in the bench's runtime (eager, or exported to ONNX and run in a session)."""
+    return runner(net, x, args.runtime, "cpu", "float32", 1)
+
+
 def calibrate(model, analysis, problem, dense_net, x, args, run):
     """Fit the in-network calibration (mdp_cli/latency/calibration.py) on ``args.calibrate`` configurations
     of its own (another seed than the evaluated ones), timed in turns with the dense model."""
@@ -159,7 +176,8 @@ def calibrate(model, analysis, problem, dense_net, x, args, run):
     for c in configs[1:]:
         sizes = {d.name: d.options[c.choice[d.name]] for d in problem.dims}
         nets.append(prune_cnn(model, analysis, sizes, dict(c.kept))[0])
-    measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup, repeats=args.repeats))
+    measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup, repeats=args.repeats,
+                                                    runtime=args.runtime))
     classes = {t.name: term_class(t.op) for t in analysis.space.terms}
     fitted = fit_calibration(problem, classes, configs, measured, halves)
     f = fitted.fit
@@ -201,12 +219,18 @@ def main() -> None:
                         help="a removable block is dropped with probability ratio x this: 1/3 takes ResNets below 40 %% "
                              "of dense; a network whose thin widths still pay every op's fixed cost (MobileNetV2 at "
                              "64 px bottoms out near 48 %% by widths alone) gets there only by dropping blocks: ~0.9")
+    parser.add_argument("--low-share", type=float, default=0.5,
+                        help="share of the configurations aimed below 40 %% of dense (0.5: every other one)")
+    parser.add_argument("--runtime", default="eager", choices=("eager", "onnxruntime"),
+                        help="profile the LUT and time every configuration in this runtime (CPU, 1 thread)")
     parser.add_argument("--passes", type=int, default=3,
                         help="time every configuration this many times, in passes minutes apart; the median is "
                              "the measurement (of three: one disturbed pass is outvoted, where a mean of two "
                              "carries half its error), the passes' disagreement its repeatability")
     parser.add_argument("--out", default="bench_latency_model.json")
     args = parser.parse_args()
+    if not 0.0 <= args.low_share <= 1.0:
+        parser.error(f"--low-share {args.low_share}: must lie in [0, 1]")
 
     torch.manual_seed(args.seed)
     model, analysis = discover_space(args.model, args.resolution, max_options=args.max_options, multiple=args.multiple)
@@ -217,7 +241,7 @@ def main() -> None:
             runs.append(measure_run(model, analysis, args, lut_dir, run))
     names = [f"multidim_{stat}" for stat in STATS] + (["multidim_calibrated", "multidim_fitted"] if args.calibrate else []) + ["linear"]
     print(f"\n{args.model} @ {args.resolution}px, {args.runs} run(s) x {args.configs} configurations, "
-          f"{platform_name()}, 1 thread, {clock_for('cpu', 1)} clock; error of the predicted fraction of dense:")
+          f"{platform_name()}, {args.runtime}, 1 thread, {clock_for('cpu', 1)} clock; error of the predicted fraction of dense:")
     for r in runs:
         for name in names:
             s, h = r[name], r.get(f"{name}_high_pruning")
@@ -238,7 +262,8 @@ def main() -> None:
                 spread[name + subset] = {f"{stat}_{bound}": fn(v[stat] for v in values)
                                          for stat in ("median", "worst") for bound, fn in (("min", min), ("max", max))}
     write_json(args.out, {"schema": "mdp.bench_latency", "version": 3,
-                          "provenance": provenance(device=platform_name(), clock=clock_for("cpu", 1), **vars(args)),
+                          "provenance": provenance(device=platform_name(), clock=clock_for("cpu", 1),
+                                                   runtime_version=runtime_version(args.runtime), **vars(args)),
                           "model": args.model, "resolution": args.resolution, "spread_over_runs": spread, "runs": runs})
     print(f"wrote {args.out}")
 

@@ -209,6 +209,57 @@ def test_latency_profile_span_toy(tmp_path) -> None:
     assert sorted(set(b_lut["repeats"] - 2 * b_lut["rechecked"])) == [6]  # 3 passes of 2 samples
 
 
+def test_bench_aimed_ratio_share() -> None:
+    """``--low-share``: that share of the configurations, evenly interleaved, aims below 40 % of dense; 0.5 is the
+    old every-other-one rule with the very same draws."""
+    import random
+
+    from bench_latency_model import aimed_ratio
+
+    a, b = random.Random(3), random.Random(3)
+    for k in range(1, 41):
+        assert aimed_ratio(a, k, 0.55) == (b.uniform(0.55, 0.95) if k % 2 else b.uniform(0.05, 0.55))
+    rng = random.Random(0)
+    for share, low in ((0.0, 0), (0.5, 20), (0.75, 30), (1.0, 40)):
+        ratios = [aimed_ratio(rng, k, 0.55, share) for k in range(1, 41)]
+        assert sum(r > 0.55 for r in ratios) == low
+    early = [aimed_ratio(rng, k, 0.55, 0.75) > 0.55 for k in range(1, 9)]
+    assert sum(early) == 6  # interleaved, not the low ones first
+
+
+@pytest.mark.slow
+def test_bench_latency_model_in_onnxruntime(tmp_path) -> None:
+    """``--runtime onnxruntime``: the LUT is profiled in ONNX Runtime (its own file) and every configuration timed
+    there in turns with the dense model; the rows re-predict from that LUT."""
+    import subprocess
+
+    pytest.importorskip("onnxruntime")
+    from mdp_cli.latency.lut import Lut
+    from mdp_cli.latency.timing import device_name
+    from mdp_cli.latency.to_problem import build_problem
+    from mdp_cli.space.cnn import discover_space
+
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
+                    "--configs", "4", "--runs", "1", "--passes", "2", "--warmup", "2", "--repeats", "6",
+                    "--max-options", "2", "--runtime", "onnxruntime", "--low-share", "1",
+                    "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["provenance"]["runtime"] == "onnxruntime" and result["provenance"]["runtime_version"]
+    run = result["runs"][0]
+    assert [row["ratio"] > 0.55 for row in run["rows"]] == [False, True, True, True]  # --low-share 1
+    lut_file = next((tmp_path / "luts" / "run0").glob("*__onnxruntime.csv"))
+    lut = Lut.open(lut_file, device_name("cpu"), "float32", 1, 1, create=False, runtime="onnxruntime")
+    assert set(lut.frame["runtime"]) == {"onnxruntime"}
+    _, analysis = discover_space("resnet18", 32, max_options=2, multiple=8)
+    problem = build_problem(analysis.space, lut, None, with_counts=False)
+    for row in run["rows"]:
+        assert all(p["measured_ms"] > 0 and p["dense_now_ms"] > 0 for p in row["passes"])
+        predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
+        assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
+
+
 def test_latency_error_budget_size_bins() -> None:
     """The decomposition's size bins: each LUT time falls in exactly one labelled bin, edges to the bin above."""
     import latency_error_budget as budget

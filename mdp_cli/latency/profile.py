@@ -53,16 +53,21 @@ def configurations(space: PruningSpace, grid: int = 1) -> list[tuple[str, str, t
 def profile_space(space: PruningSpace, device: str = "cpu", dtype: str = "float32", batch: int = 1,
                   lut_dir: str | Path = "luts", lut_path: str | Path | None = None, warmup: int = 10,
                   repeats: int = 30, grid: int = 1, num_threads: int = 1, progress: bool = True,
-                  plan: TimingPlan = GRID_TIMING, chain: Mapping[str, int] | None = None) -> dict[str, Any]:
+                  plan: TimingPlan = GRID_TIMING, chain: Mapping[str, int] | None = None,
+                  runtime: str = "eager") -> dict[str, Any]:
     """Measure what the LUT lacks for ``space`` (the ops of its terms must be registered, e.g. by importing
-    ``mdp_cli.latency.cnn_ops``); returns a summary (lut, measured, reused, configurations, seconds, ...)."""
+    ``mdp_cli.latency.cnn_ops``) in ``runtime`` (``latency/runtimes.py``); returns a summary (lut, measured,
+    reused, configurations, seconds, ...)."""
+    from mdp_cli.latency.runtimes import check_runtime
     from mdp_cli.latency.timing import canonical_dtype, check_device, device_name
 
     device = check_device(device)
     dtype = canonical_dtype(dtype)
     hw = device_name(device)
-    path = Path(lut_path) if lut_path else Path(lut_dir) / lut_filename(hw, dtype, batch, num_threads)
-    lut = Lut.open(path, hw, dtype, batch, num_threads)
+    runtime = check_runtime(runtime, device, dtype)
+    path = Path(lut_path) if lut_path else Path(lut_dir) / lut_filename(hw, dtype, batch, num_threads, runtime)
+    lut = Lut.open(path, hw, dtype, batch, num_threads, runtime=runtime)
     summary = profile_into_lut(lut, grid_measurements(space, grid, chain), plan, device, warmup, repeats,
                                label=space.model_name, progress=progress)
-    return {"lut": str(path), **summary, "device": hw, "dtype": dtype, "batch": batch, "threads": num_threads}
+    return {"lut": str(path), **summary, "device": hw, "dtype": dtype, "batch": batch, "threads": num_threads,
+            "runtime": runtime}
