@@ -14,7 +14,7 @@ rounds). On a shared machine the absolute error includes the load drift between 
 the measuring side.
 
 Prints the median and worst |predicted - measured| / measured for both, overall and for heavily pruned
-configurations (measured latency < 40 % of dense; every other configuration aims there), for the LUT read
+configurations (measured latency < 40 % of dense; every other configuration aims there, ``--low-share``), for the LUT read
 as measured (``median``) and relative to its reference op (``ref``, docs/latency.md), per run and the spread
 over ``--runs`` separate runs (each profiling a fresh LUT), and writes everything to a JSON file. Every
 configuration is timed in ``--passes`` passes minutes apart (the median is the measurement); how far the
@@ -50,10 +50,10 @@ from mdp_cli.latency.lut import Lut  # noqa: E402
 import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
 from mdp_cli.latency.runtimes import runner, runtime_version  # noqa: E402
-from mdp_cli.latency.timing import (clock_for, sample_calls_round_robin, sample_round_robin, summarize,  # noqa: E402
-                                    threads)
-from mdp_cli.latency.calibration import (fit_calibration, halves_of, random_configurations,  # noqa: E402
-                                         term_class)
+from mdp_cli.latency.timing import (clock_for, sample_calls_in_turns, sample_calls_round_robin,  # noqa: E402
+                                    sample_round_robin, summarize, threads)
+from mdp_cli.latency.calibration import (fit_calibration, halves_of, latencies_in_turns,  # noqa: E402
+                                         random_configurations, term_class)
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
 from latency_bench_common import abs_summary  # noqa: E402
@@ -118,8 +118,7 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
         passes = [[] for _ in configs]
         for _ in range(args.passes):
             for k, (_, _, _, call) in enumerate(configs):
-                timed = sample_calls_round_robin([call, dense_call], "cpu", args.warmup, args.repeats)
-                (measured, spread, _), (dense_now, _, _) = (summarize(t) for t in timed)
+                (measured, spread, _), (dense_now, _, _) = (summarize(t) for t in time_pair(call, dense_call, args))
                 passes[k].append({"measured_ms": measured, "spread_ms": spread, "dense_now_ms": dense_now,
                                   "fraction": measured / dense_now})
         for k, ((ratio, choice, kept, _), timed) in enumerate(zip(configs, passes)):
@@ -163,6 +162,18 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     return result
 
 
+def time_pair(call, dense_call, args) -> tuple[list[float], list[float]]:
+    """Samples (ms) of a configuration and of the dense model, timed against each other with ``args.ruler``:
+    ``turns`` (the default since 2026-12-04 evening), ``timing.sample_calls_in_turns``: each timed call
+    follows an untimed call of the same network, the two networks alternating, as when deployed and as
+    ``mdp export`` and ``mdp calibrate`` measure; or ``alternate``, one timed call of each in turn, so every
+    call follows the other network (every result before; small networks measure slower that way)."""
+    if args.ruler == "turns":
+        return sample_calls_in_turns(call, dense_call, args.warmup, args.repeats, "cpu")
+    mine, dense = sample_calls_round_robin([call, dense_call], "cpu", args.warmup, args.repeats)
+    return mine, dense
+
+
 def in_runtime(net, x, args):
     """``net(x)`` as one callable in the bench's runtime (eager, or exported to ONNX and run in a session)."""
     return runner(net, x, args.runtime, "cpu", "float32", 1)
@@ -170,14 +181,18 @@ def in_runtime(net, x, args):
 
 def calibrate(model, analysis, problem, dense_net, x, args, run):
     """Fit the in-network calibration (mdp_cli/latency/calibration.py) on ``args.calibrate`` configurations
-    of its own (another seed than the evaluated ones), timed in turns with the dense model."""
+    of its own (another seed than the evaluated ones), measured with the bench's ruler."""
     configs = random_configurations(problem, args.calibrate, seed=args.seed + 7919 + run)
     nets = [dense_net]
     for c in configs[1:]:
         sizes = {d.name: d.options[c.choice[d.name]] for d in problem.dims}
         nets.append(prune_cnn(model, analysis, sizes, dict(c.kept))[0])
-    measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup, repeats=args.repeats,
-                                                    runtime=args.runtime))
+    if args.ruler == "turns":  # as mdp calibrate measures: each in turns with dense
+        calls = [in_runtime(n, x, args) for n in nets]
+        measured, halves = latencies_in_turns([time_pair(call, calls[0], args) for call in calls[1:]])
+    else:  # all of them one call each in turn (mdp calibrate until 2026-12-04)
+        measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup,
+                                                        repeats=args.repeats, runtime=args.runtime))
     classes = {t.name: term_class(t.op) for t in analysis.space.terms}
     fitted = fit_calibration(problem, classes, configs, measured, halves)
     f = fitted.fit
@@ -221,6 +236,10 @@ def main() -> None:
                              "64 px bottoms out near 48 %% by widths alone) gets there only by dropping blocks: ~0.9")
     parser.add_argument("--low-share", type=float, default=0.5,
                         help="share of the configurations aimed below 40 %% of dense (0.5: every other one)")
+    parser.add_argument("--ruler", default="turns", choices=("turns", "alternate"),
+                        help="how a configuration is timed against dense: each timed call after an untimed call of "
+                             "the same network, as mdp export measures (turns), or one call each in turn "
+                             "(alternate: the bench before 2026-12-04 evening); docs/latency.md §1 item 9")
     parser.add_argument("--runtime", default="eager", choices=("eager", "onnxruntime"),
                         help="profile the LUT and time every configuration in this runtime (CPU, 1 thread)")
     parser.add_argument("--passes", type=int, default=3,

@@ -29,7 +29,7 @@ def test_calibrate_then_problem_applies_it(profiled, tmp_path):
     calibration_file = tmp_path / "calibration.json"
     out = runner.invoke(main, ["calibrate", *profiled, "--configs", "4", "--warmup", "2", "--repeats", "10", "-o", str(calibration_file)])
     assert out.exit_code == 0, out.output
-    assert "timing the dense model and 4 pruned configurations in turns" in out.output
+    assert "timing 4 pruned configurations, each in turns with the dense model" in out.output
     calibration = read_calibration(calibration_file)
     fit = calibration.fit
     assert fit["configurations"] == 5 and len(fit["measured"]) == 5 and all(m > 0 for m in fit["measured"])

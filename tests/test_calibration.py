@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mdp_cli.errors import SchemaError
-from mdp_cli.latency.calibration import (NOISE_FLOOR, Configuration, fit_calibration, halves_of, measurement_disagreement,
+from mdp_cli.latency.calibration import (NOISE_FLOOR, Configuration, fit_calibration, halves_of, latencies_in_turns,
+                                         measurement_disagreement,
                                          random_configurations, read_calibration,
                                          term_class)
 from mdp_cli.solve.synthetic import resnet_problem
@@ -140,6 +141,23 @@ def test_halves_split_the_rounds_in_time_order() -> None:
     # fractions of dense 0.8 and 0.88 in the two halves: 10 % apart
     assert measurement_disagreement(([10.0, 8.0], [10.0, 8.8])) == pytest.approx(0.1)
     assert measurement_disagreement(([10.0, 8.8], [10.0, 8.0])) == pytest.approx(0.1)
+
+
+def test_latencies_in_turns_scale_each_ratio_to_the_dense_level() -> None:
+    """Each configuration timed in turns with dense: its latency is its ratio to the dense samples of its own
+    turns times the dense median over all turns; the halves the same from each half of the samples."""
+    pairs = [([5.0, 5.0, 6.0, 6.0], [10.0, 10.0, 12.0, 12.0]),   # 0.5 of dense in both halves, the machine slowed
+             ([3.0, 3.0, 3.0, 3.0], [10.0, 10.0, 10.0, 10.0])]   # 0.3 of dense throughout
+    measured, (first, second) = latencies_in_turns(pairs)
+    dense = 10.0  # the median of all eight dense samples
+    assert measured == pytest.approx([dense, 0.5 * dense, 0.3 * dense])
+    assert first == pytest.approx([10.0, 5.0, 3.0]) and second == pytest.approx([11.0, 5.5, 3.3])
+    # a disturbance in the second half of one configuration shows in the halves' disagreement
+    measured, halves = latencies_in_turns([([5.0, 5.0, 9.0, 9.0], [10.0] * 4), ([3.0] * 4, [10.0] * 4)])
+    assert halves[0][1] == pytest.approx(5.0) and halves[1][1] == pytest.approx(9.0)
+    assert measurement_disagreement(halves) == pytest.approx(0.4)  # median of 0.8 and 0.0
+    with pytest.raises(ValueError, match="samples"):
+        latencies_in_turns([([1.0], [])])
 
 
 def test_a_measurement_noisier_than_the_tables_error_keeps_the_plain_table() -> None:

@@ -153,8 +153,8 @@ def test_resnet50_prediction_at_scale(tmp_path):
     other dims), with an absolute bound for gross failures. Here (quiet) it measured 2.2 % vs linear 22 %."""
     import torch
 
-    from mdp_cli.latency.calibration import fit_calibration, halves_of, random_configurations, term_class
-    from mdp_cli.latency.timing import sample_calls_round_robin
+    from mdp_cli.latency.calibration import fit_calibration, latencies_in_turns, random_configurations, term_class
+    from mdp_cli.latency.timing import sample_calls_in_turns, summarize
     from mdp_cli.latency.runtimes import runner
 
     model, analysis = discover_space("resnet50", 64, max_options=6, multiple=8)
@@ -173,9 +173,9 @@ def test_resnet50_prediction_at_scale(tmp_path):
         net, _ = prune_cnn(model, analysis, sizes, dict(config.kept))
         calls.append(runner(net, x, "eager", "cpu", "float32", 1))
     with threads(1):
-        samples = sample_calls_round_robin(calls, "cpu", 10, 30)
+        pairs = [sample_calls_in_turns(call, calls[0], 10, 30, "cpu") for call in calls[1:]]
     classes = {t.name: term_class(t.op) for t in analysis.space.terms}
-    measured, halves = halves_of(samples)  # as stage_calibrate does: the rule's noise floor sees the halves
+    measured, halves = latencies_in_turns(pairs)  # as stage_calibrate does: the rule's noise floor sees the halves
     calibration = fit_calibration(plain, classes, configs, measured, halves)
     problem = calibration.apply(plain, "test")
     linear = linearize(plain)
@@ -185,7 +185,9 @@ def test_resnet50_prediction_at_scale(tmp_path):
         for _ in range(10):
             choice, kept = random_solution(analysis, rng, keep_prob=0.7)
             net, _ = prune_cnn(model, analysis, choice, kept)
-            (measured, _, _), (dense_now, _, _) = time_round_robin([(net, x), (dense_net, x)], warmup=10, repeats=30)
+            # measured as the export's budget check does (in turns with dense)
+            (measured, _, _), (dense_now, _, _) = (summarize(t) for t in sample_calls_in_turns(
+                lambda: net(x), lambda: dense_net(x), 10, 30, "cpu"))
             idx = choice_indices(plain, choice)
             fraction = measured / dense_now
             fractions.append(round(fraction, 3))

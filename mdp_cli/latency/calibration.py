@@ -195,6 +195,25 @@ def halves_of(samples: Sequence[Sequence[float]]) -> tuple[list[float], tuple[li
     return medians, (first, second)
 
 
+def latencies_in_turns(pairs: Sequence[tuple[Sequence[float], Sequence[float]]],
+                       ) -> tuple[list[float], tuple[list[float], list[float]]]:
+    """``halves_of`` for configurations each timed *in turns with the dense model* (``timing.sample_calls_in_turns``:
+    a timed call follows a call of the same network, as deployed and as ``mdp export`` measures). ``pairs``
+    holds, per pruned configuration, its samples and the dense model's samples of the same turns, in time
+    order. Each configuration's latency is its ratio to the dense model of its own turns times the dense
+    model's median over all turns (configuration 0, the dense one, is that median); the halves likewise from
+    the first and the second half of the samples."""
+    if not pairs or any(not mine or not dense for mine, dense in pairs):
+        raise ValueError("every configuration needs samples of its own and of the dense model")
+
+    def level(part) -> list[float]:
+        cut = [(part(list(mine)), part(list(dense))) for mine, dense in pairs]
+        dense_all = statistics.median([t for _, d in cut for t in d])
+        return [dense_all] + [statistics.median(m) / statistics.median(d) * dense_all for m, d in cut]
+
+    return level(lambda s: s), (level(lambda s: s[:max(1, len(s) // 2)]), level(lambda s: s[len(s) // 2:]))
+
+
 def measurement_disagreement(halves: tuple[Sequence[float], Sequence[float]]) -> float:
     """Median over the pruned configurations of how far the two halves' fractions of dense lie apart, relative:
     how much of a fraction-of-dense error this measurement can tell from its own noise."""

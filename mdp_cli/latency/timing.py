@@ -211,16 +211,19 @@ def _call_ms(call: Callable[[], Any], device: str, clock: Callable[[], float]) -
 
 
 def sample_in_turns(module: torch.nn.Module, x: Any, ref: torch.nn.Module | None, x_ref: Any,
-                    warmup: int = 10, samples: int = 30, device: str = "cpu", per_turn: int = 5,
-                    settle: int = 2) -> tuple[list[float], list[float]]:
+                    warmup: int = 10, samples: int = 30, device: str = "cpu", per_turn: int = 1,
+                    settle: int = 1) -> tuple[list[float], list[float]]:
     """Times (ms) of ``samples`` calls of ``module(x)`` and as many of ``ref(x_ref)``, taking turns.
 
     On a shared machine absolute times drift by 10-40 % over minutes while the ratio of two models
     timed in turns stays within a few percent (measured: ±6 % under a load of 3 on 2 cores, against
     ±40 % for separately timed medians). Each turn is ``settle`` untimed calls and then ``per_turn``
     timed ones, so that a timed call follows a call of the same model, as it does when deployed, and
-    not the other model's pass through the caches (no difference measured on deit_small at 224 px:
-    one call per turn and five per turn agree within the run-to-run noise).
+    not the other model's pass through the caches. That matters for small networks: a heavily pruned
+    MobileNetV2 / ResNet-50 at 64 px measured 6-8 % (median) and up to 15 % less of dense this way than
+    called alternately with dense (docs/latency.md §1 item 9). One timed call per turn keeps the two
+    models' samples seconds apart at most, so a disturbance of the machine hits both: with five per turn
+    (and two to settle) the same measurement repeated 2.3 % apart (median) instead of 1.0 %.
     """
     module = module.to(device).eval()
     x = x.to(device)
@@ -234,8 +237,8 @@ def sample_in_turns(module: torch.nn.Module, x: Any, ref: torch.nn.Module | None
 
 
 def sample_calls_in_turns(call: Callable[[], Any], ref_call: Callable[[], Any] | None, warmup: int = 10,
-                          samples: int = 30, device: str = "cpu", per_turn: int = 5,
-                          settle: int = 2) -> tuple[list[float], list[float]]:
+                          samples: int = 30, device: str = "cpu", per_turn: int = 1,
+                          settle: int = 1) -> tuple[list[float], list[float]]:
     """``sample_in_turns`` over callables (any runtime, ``latency/runtimes.runner``): the one loop."""
     cuda = device.startswith("cuda")
     clock = cpu_clock()
@@ -265,8 +268,8 @@ def sample_calls_in_turns(call: Callable[[], Any], ref_call: Callable[[], Any] |
 
 
 def measure_in_turns(module: torch.nn.Module, x: Any, ref: torch.nn.Module | None, x_ref: Any,
-                     warmup: int = 10, samples: int = 30, device: str = "cpu", per_turn: int = 5,
-                     settle: int = 2) -> tuple[float, float | None]:
+                     warmup: int = 10, samples: int = 30, device: str = "cpu", per_turn: int = 1,
+                     settle: int = 1) -> tuple[float, float | None]:
     """Median times (ms) of ``module(x)`` and of ``ref(x_ref)`` timed in turns with it (``sample_in_turns``)."""
     times, ref_times = sample_in_turns(module, x, ref, x_ref, warmup, samples, device, per_turn, settle)
     return statistics.median(times), (statistics.median(ref_times) if ref_times else None)
