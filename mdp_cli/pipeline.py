@@ -210,7 +210,7 @@ def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discove
 
 def calibration_summary(calibration) -> str:
     """One line: what the fit found, whether it is used, and whether the machine was too noisy to tell."""
-    from mdp_cli.latency.calibration import NOISE_FLOOR
+    from mdp_cli.latency.calibration import HIGH_PRUNING, NOISE_FLOOR
 
     f = calibration.fit
     scales = f["fitted_scales"]
@@ -224,14 +224,21 @@ def calibration_summary(calibration) -> str:
     warning = (f"; warning: this machine's timings moved {apart:.1%} (fraction of dense, median) between the two "
                f"halves of the calibration's rounds, so no latency prediction can be checked more closely here: "
                f"profile and calibrate on a quiet machine" if f.get("measurement_noisy") else "")
+    high = f.get("high_pruning")
+    if f["accepted"] and f.get("accepted_on") == "high_pruning":
+        return (f"{found}; used: fraction-of-dense error below {HIGH_PRUNING:.0%} of dense ({high['configurations']} "
+                f"configurations) {high['median_error_before']:.1%} -> {high['median_error_held_out']:.1%} on "
+                f"configurations it did not see ({before:.1%} -> {held_out:.1%} over all); {level}{warning}")
     if f["accepted"]:
         return (f"{found}; used: fraction-of-dense error {before:.1%} -> {held_out:.1%} on configurations it did "
                 f"not see; {level}{warning}")
     floor = f.get("noise_floor", NOISE_FLOOR)  # files from before the halves were recorded: the fixed floor
     noise = f", the measurement's halves {apart:.1%} apart" if apart is not None else ""
+    subset = (f"; below {HIGH_PRUNING:.0%} of dense {high['median_error_before']:.1%} and "
+              f"{high['median_error_held_out']:.1%}" if high else "")
     return (f"{found}; not used (the plain table errs {before:.1%} median, the fit {held_out:.1%} on configurations "
-            f"it did not see: used only above the timing noise, {floor:.1%}{noise}, and when clearly better); "
-            f"{level}: tables scaled to it{warning}")
+            f"it did not see{subset}: used only above the timing noise, {floor:.1%}{noise}, and when clearly "
+            f"better); {level}: tables scaled to it{warning}")
 
 def stage_solve(cfg: Mapping[str, Any], problem_path: str | Path, out: str | Path):
     from mdp_cli.solve import load_problem, solve_problem

@@ -291,11 +291,18 @@ def _calibration(found: RunArtifacts) -> str:
         fractions = [[v / series[0] for v in series[1:]] for series in (measured, plain, after)]
         out.append(_img(plots.calibration_plot(fractions[0], fractions[1], fractions[2] if f.get("accepted") else None),
                         "predicted vs measured fraction of dense of the calibration's configurations"))
-    verdict = ("used: the problem's tables are the calibrated ones" if f.get("accepted") else
+    verdict = ("used: the problem's tables are the calibrated ones"
+               + (" (clearly better below 40 % of dense, where the plain table erred)"
+                  if f.get("accepted_on") == "high_pruning" else "") if f.get("accepted") else
                "not used: the plain table's shape was kept (within timing noise, or the fit was not clearly better)")
+    high = f.get("high_pruning") if isinstance(f.get("high_pruning"), dict) else {}
     rows = [f"<tr><th>{_e(name)}</th>{_num(value, fmt, 'calibration.' + key)}</tr>" for key, name, value, fmt in (
         ("median_error_before", "plain table: median error of the fraction of dense", f.get("median_error_before"), ".1%"),
         ("median_error_held_out", "fit, on configurations it did not see", f.get("median_error_held_out"), ".1%"),
+        ("high_pruning.median_error_before", "plain table, configurations below 40 % of dense",
+         high.get("median_error_before"), ".1%"),
+        ("high_pruning.median_error_held_out", "fit, configurations below 40 % of dense it did not see",
+         high.get("median_error_held_out"), ".1%"),
         ("measurement_disagreement", "the measurement itself: its two halves' fractions of dense apart (median)",
          f.get("measurement_disagreement"), ".1%"),
         ("noise_floor", "noise floor of the rule (4 %, or the halves' disagreement if larger)", f.get("noise_floor"), ".1%"),
