@@ -121,6 +121,31 @@ def test_a_fit_is_used_where_the_table_errs_only_at_high_pruning() -> None:
     assert not f["accepted"] and f["accepted_on"] is None and f["high_pruning"]["median_error_before"] < 1e-9
 
 
+def test_configurations_reach_their_keep_ratio_by_removing_blocks_where_widths_do_not() -> None:
+    """A network whose cost does not fall with its widths (flat tables: every op a fixed cost, as MobileNetV2's thin
+    layers nearly are) reaches the high-pruning regime only by removing blocks: each configuration loses blocks
+    until the table puts it at its keep ratio of dense, or none is left; a ResNet's widths get there alone."""
+    import dataclasses
+
+    problem = resnet_problem(paper_granularity=True, seed=3)
+    flat = dataclasses.replace(problem, terms=[dataclasses.replace(t, table=np.full(np.shape(t.table), 1.0))
+                                               for t in problem.terms])
+    removable = [b.name for b in flat.blocks if b.removable]
+    configs = random_configurations(flat, 8, seed=0)
+    for k, c in enumerate(configs[1:]):
+        keep = 0.9 - 0.75 * k / 7
+        fraction = flat.latency({d.name: c.choice.get(d.name, d.full_index) for d in flat.dims}, c.kept) / flat.dense_latency
+        removed = [name for name in removable if not c.kept[name]]
+        assert fraction <= keep or len(removed) == len(removable), (k, fraction, keep)
+    assert sum(not v for v in configs[-1].kept.values()) > sum(not v for v in configs[1].kept.values())
+    # the same problem's real tables fall with the widths: the same draws, fewer blocks removed on top of them
+    for real, fixed in zip(random_configurations(problem, 8, seed=0)[1:], configs[1:]):
+        assert real.choice == fixed.choice
+        assert {n for n, on in real.kept.items() if not on} <= {n for n, on in fixed.kept.items() if not on}
+    assert sum(not v for c in configs for v in c.kept.values()) > \
+        sum(not v for c in random_configurations(problem, 8, seed=0) for v in c.kept.values())
+
+
 def test_a_class_without_terms_keeps_scale_one() -> None:
     problem = resnet_problem(paper_granularity=True, seed=5)
     classes = {t.name: "compute" for t in problem.terms}
