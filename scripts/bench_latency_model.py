@@ -14,8 +14,8 @@ rounds). On a shared machine the absolute error includes the load drift between 
 the measuring side.
 
 Prints the median and worst |predicted - measured| / measured for both, overall and for heavily pruned
-configurations (measured latency < 40 % of dense; every other configuration aims there, ``--low-share``), for the LUT read
-as measured (``median``) and relative to its reference op (``ref``, docs/latency.md), per run and the spread
+configurations (measured latency < 40 % of dense; every other configuration aims there, ``--low-share``), for
+the LUT read as measured (``median``) and relative to its reference op (``ref``, docs/latency.md), per run and the spread
 over ``--runs`` separate runs (each profiling a fresh LUT), and writes everything to a JSON file. Every
 configuration is timed in ``--passes`` passes minutes apart (the median is the measurement); how far the
 passes lie apart is the measurement's own repeatability, reported beside the errors (docs/latency.md §1).
@@ -101,8 +101,9 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     calibration = None
     with threads(1):
         dense_net, _ = prune_cnn(model, analysis, {}, {})  # the exported dense model: same code path as pruned ones
+        dense_call = in_runtime(dense_net, x, args)  # built once (in ONNX Runtime an export and a session)
         if args.calibrate:
-            calibration = calibrate(model, analysis, problems["median"], dense_net, x, args, run)
+            calibration = calibrate(model, analysis, problems["median"], dense_net, dense_call, x, args, run)
             problems["calibrated"] = calibration.apply(problems["median"])
             # the fit applied whatever its rule says: what the rule gives up where it keeps the plain table
             problems["fitted"] = calibration.fitted().apply(problems["median"])
@@ -112,7 +113,6 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
             choice, kept = ({}, {}) if k == 0 else random_config(analysis, rng, ratio, args.block_drop)
             # built once (in ONNX Runtime an export and a session), timed in every pass
             configs.append((ratio, choice, kept, in_runtime(prune_cnn(model, analysis, choice, kept)[0], x, args)))
-        dense_call = in_runtime(dense_net, x, args)
         # each pass times every configuration in turns with dense; passes minutes apart show how far the
         # measurement itself moves (the ruler's repeatability), and their median is the measured fraction
         passes = [[] for _ in configs]
@@ -170,8 +170,7 @@ def time_pair(call, dense_call, args) -> tuple[list[float], list[float]]:
     call follows the other network (every result before; small networks measure slower that way)."""
     if args.ruler == "turns":
         return sample_calls_in_turns(call, dense_call, args.warmup, args.repeats, "cpu")
-    mine, dense = sample_calls_round_robin([call, dense_call], "cpu", args.warmup, args.repeats)
-    return mine, dense
+    return tuple(sample_calls_round_robin([call, dense_call], "cpu", args.warmup, args.repeats))
 
 
 def in_runtime(net, x, args):
@@ -179,7 +178,7 @@ def in_runtime(net, x, args):
     return runner(net, x, args.runtime, "cpu", "float32", 1)
 
 
-def calibrate(model, analysis, problem, dense_net, x, args, run):
+def calibrate(model, analysis, problem, dense_net, dense_call, x, args, run):
     """Fit the in-network calibration (mdp_cli/latency/calibration.py) on ``args.calibrate`` configurations
     of its own (another seed than the evaluated ones), measured with the bench's ruler."""
     configs = random_configurations(problem, args.calibrate, seed=args.seed + 7919 + run)
@@ -188,8 +187,7 @@ def calibrate(model, analysis, problem, dense_net, x, args, run):
         sizes = {d.name: d.options[c.choice[d.name]] for d in problem.dims}
         nets.append(prune_cnn(model, analysis, sizes, dict(c.kept))[0])
     if args.ruler == "turns":  # as mdp calibrate measures: each in turns with dense
-        calls = [in_runtime(n, x, args) for n in nets]
-        measured, halves = latencies_in_turns([time_pair(call, calls[0], args) for call in calls[1:]])
+        measured, halves = latencies_in_turns([time_pair(in_runtime(n, x, args), dense_call, args) for n in nets[1:]])
     else:  # all of them one call each in turn (mdp calibrate until 2026-12-04)
         measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup,
                                                         repeats=args.repeats, runtime=args.runtime))

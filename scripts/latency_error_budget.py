@@ -152,8 +152,8 @@ def main() -> None:
     rows = []
     kinds = {t.name: t.op for t in analysis.space.terms}
     kind_ratio = defaultdict(list)  # op kind -> lut / in-chain per term occurrence
-    size_ratio = defaultdict(list)  # (op kind, LUT-ms bin) -> lut / in-chain: do small ops read low?
-    size_ratio_b = defaultdict(list)  # the same for the second LUT: is a size's ratio the table's or the op's?
+    # per LUT (A, B): (op kind, LUT-ms bin) -> lut / in-chain. Do small ops read low, the table's doing or the op's?
+    size_ratio = {"lut_over_chain_by_size": defaultdict(list), "lut_b_over_chain_by_size": defaultdict(list)}
     with threads(1):
         dense_net, _ = prune_cnn(model, analysis, {}, {})
         owner_dense = node_terms(dense_net, term_names)
@@ -180,10 +180,10 @@ def main() -> None:
             for name, ms in lut_terms.items():
                 if chain_terms.get(name):
                     kind_ratio[kinds[name]].append(ms / chain_terms[name])
-                    size_ratio[f"{kinds[name]} {size_bin(ms)}"].append(ms / chain_terms[name])
-            for name, ms in per_term(problems[2], idx, kept).items():
-                if chain_terms.get(name):
-                    size_ratio_b[f"{kinds[name]} {size_bin(ms)}"].append(ms / chain_terms[name])
+            for ratios, terms in zip(size_ratio.values(), (lut_terms, per_term(problems[2], idx, kept))):
+                for name, ms in terms.items():
+                    if chain_terms.get(name):
+                        ratios[f"{kinds[name]} {size_bin(ms)}"].append(ms / chain_terms[name])
             chain_sum = sum(chain.values())
             row = {"config": k, "ratio": ratio, "measured_fraction": measured / dense_now, "measured_ms": measured,
                    "dense_ms": dense_now, "lut_a_fraction": pred[0], "lut_b_fraction": pred[1],
@@ -213,10 +213,8 @@ def main() -> None:
             out[name + "_high"] = stats(r[f"{name}_fraction"] / r["measured_fraction"] - 1 for r in high)
     out["lut_a_vs_b"] = stats(r["lut_a_fraction"] / r["lut_b_fraction"] - 1 for r in rows)
     out["lut_a_vs_b_norm"] = stats(r["lut_a_norm_fraction"] / r["lut_b_norm_fraction"] - 1 for r in rows)
-    out["lut_over_chain_by_size"] = {key: {"median": statistics.median(v), "n": len(v)}
-                                     for key, v in sorted(size_ratio.items())}
-    out["lut_b_over_chain_by_size"] = {key: {"median": statistics.median(v), "n": len(v)}
-                                       for key, v in sorted(size_ratio_b.items())}
+    for field, ratios in size_ratio.items():
+        out[field] = {key: {"median": statistics.median(v), "n": len(v)} for key, v in sorted(ratios.items())}
     out["lut_over_chain_by_kind"] = {kind: {"median": statistics.median(v), "n": len(v),
                                             "p10": sorted(v)[len(v) // 10], "p90": sorted(v)[9 * len(v) // 10]}
                                      for kind, v in sorted(kind_ratio.items())}

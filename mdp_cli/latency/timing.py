@@ -219,9 +219,9 @@ def sample_in_turns(module: torch.nn.Module, x: Any, ref: torch.nn.Module | None
     timed in turns stays within a few percent (measured: ±6 % under a load of 3 on 2 cores, against
     ±40 % for separately timed medians). Each turn is ``settle`` untimed calls and then ``per_turn``
     timed ones, so that a timed call follows a call of the same model, as it does when deployed, and
-    not the other model's pass through the caches. That matters for small networks: a heavily pruned
-    MobileNetV2 / ResNet-50 at 64 px measured 6-8 % (median) and up to 15 % less of dense this way than
-    called alternately with dense (docs/latency.md §1 item 9). One timed call per turn keeps the two
+    not the other model's pass through the caches. That matters for small networks: heavily pruned
+    MobileNetV2s at 64 px measured 6 % (median) and ResNet-50's smallest up to 15 % less of dense this way
+    than called alternately with dense (docs/latency.md §1 item 9). One timed call per turn keeps the two
     models' samples seconds apart at most, so a disturbance of the machine hits both: with five per turn
     (and two to settle) the same measurement repeated 2.3 % apart (median) instead of 1.0 %.
     """

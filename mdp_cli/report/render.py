@@ -291,10 +291,13 @@ def _calibration(found: RunArtifacts) -> str:
         fractions = [[v / series[0] for v in series[1:]] for series in (measured, plain, after)]
         out.append(_img(plots.calibration_plot(fractions[0], fractions[1], fractions[2] if f.get("accepted") else None),
                         "predicted vs measured fraction of dense of the calibration's configurations"))
-    verdict = ("used: the problem's tables are the calibrated ones"
-               + (" (clearly better below 40 % of dense, where the plain table erred)"
-                  if f.get("accepted_on") == "high_pruning" else "") if f.get("accepted") else
-               "not used: the plain table's shape was kept (within timing noise, or the fit was not clearly better)")
+    if not f.get("accepted"):
+        verdict = "not used: the plain table's shape was kept (within timing noise, or the fit was not clearly better)"
+    elif f.get("accepted_on") == "high_pruning":
+        verdict = ("used: the problem's tables are the calibrated ones (clearly better below 40 % of dense, where the "
+                   "plain table erred)")
+    else:
+        verdict = "used: the problem's tables are the calibrated ones"
     high = f.get("high_pruning") if isinstance(f.get("high_pruning"), dict) else {}
     rows = [f"<tr><th>{_e(name)}</th>{_num(value, fmt, 'calibration.' + key)}</tr>" for key, name, value, fmt in (
         ("median_error_before", "plain table: median error of the fraction of dense", f.get("median_error_before"), ".1%"),
