@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -135,7 +136,11 @@ def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
     assert any(row["blocks_removed"] for row in run["rows"][1:])  # --block-drop 1: a block dropped at ratio >= 0.55
     assert run["pass_disagreement"]["worst"] == pytest.approx(max(r["pass_disagreement"] for r in run["rows"][1:]))
     fit = run["calibration"]
-    assert fit["measurement_disagreement"] >= 0 and fit["noise_floor"] >= 0.04
+    assert fit["measurement_disagreement"] >= 0 and fit["noise_floor"] >= 0.03
+    # the targets are checked on the table as mdp run uses it: the calibrated one
+    verdict, calibrated = run["targets"], run["multidim_calibrated"]
+    assert verdict["table"] == "multidim_calibrated"
+    assert verdict["overall"] == (calibrated["median"] <= 0.03 and calibrated["worst"] <= 0.08)
     assert len(fit["errors_held_out"]) == 4
     # every row's error re-predicted from the kept LUT and the stored choice
     _, analysis = discover_space("resnet18", 32, max_options=4, multiple=8)
@@ -145,6 +150,32 @@ def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
     for row in run["rows"]:
         predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
         assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
+    # the offline re-fit of correction forms reads this result and its kept LUT
+    import latency_correction_forms as forms
+
+    forms.main([str(out), "--fit-rows", "2", "--draws", "3", "--out", str(tmp_path / "forms.json")])
+    (refit,) = json.loads((tmp_path / "forms.json").read_text())["runs"]
+    assert "calibration_skipped" not in refit  # the calibration's configurations regenerated as measured
+    plain_errors = [abs(row["multidim_median_rel_err"]) for row in run["rows"][1:]]
+    assert refit["forms"]["plain"]["calibration"]["median"] == pytest.approx(statistics.median(plain_errors))
+    assert refit["forms"]["plain"]["calibration"]["worst"] == pytest.approx(max(plain_errors))
+
+
+def test_correction_form_fit_recovers_an_exact_form() -> None:
+    """``fit_form``: fractions of dense made by a known weighted sum of features are fitted back to those weights
+    (up to the common factor fractions cannot see) and predicted without error; the plain form keeps weight 1."""
+    import numpy as np
+    from latency_correction_forms import errors_of, fit_form
+
+    rng = np.random.default_rng(0)
+    dense = np.array([10.0, 64.0, 3.5])
+    rows = dense * rng.uniform(0.1, 0.9, size=(12, 3))
+    truth = np.array([1.2, -0.004, 0.3])
+    fractions = (rows @ truth) / (dense @ truth)
+    w = fit_form(dense, rows, fractions)
+    assert w / w[0] == pytest.approx(truth / truth[0], rel=1e-6)
+    assert np.abs(errors_of(w, dense, rows, fractions)).max() < 1e-9
+    assert fit_form(dense[:1], rows[:, :1], fractions).tolist() == [1.0]
 
 
 @pytest.mark.slow
@@ -227,6 +258,20 @@ def test_bench_aimed_ratio_share() -> None:
     assert sum(early) == 6  # interleaved, not the low ones first
 
 
+def test_bench_targets_verdict() -> None:
+    """Issue 16's targets per run: median <= 3 % and worst <= 8 %, over all configurations and below 40 % of
+    dense, each on its own; a run without a high-pruning subset does not meet that half."""
+    from bench_latency_model import targets_verdict
+
+    run = {"multidim_calibrated": {"median": 0.029, "worst": 0.079},
+           "multidim_calibrated_high_pruning": {"median": 0.031, "worst": 0.05},
+           "multidim_median": {"median": 0.02, "worst": 0.081}}
+    assert targets_verdict(run, "multidim_calibrated") == {"table": "multidim_calibrated", "median": 0.03,
+                                                           "worst": 0.08, "overall": True, "high_pruning": False}
+    plain = targets_verdict(run, "multidim_median")
+    assert (plain["overall"], plain["high_pruning"]) == (False, False)  # worst 8.1 %; no subset in this run
+
+
 @pytest.mark.slow
 def test_bench_latency_model_in_onnxruntime(tmp_path) -> None:
     """``--runtime onnxruntime``: the LUT is profiled in ONNX Runtime (its own file) and every configuration timed
@@ -242,13 +287,14 @@ def test_bench_latency_model_in_onnxruntime(tmp_path) -> None:
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
                     "--configs", "4", "--runs", "1", "--passes", "2", "--warmup", "2", "--repeats", "6",
-                    "--max-options", "2", "--runtime", "onnxruntime", "--low-share", "1",
+                    "--max-options", "2", "--runtime", "onnxruntime", "--low-share", "1", "--calibrate", "0",
                     "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(out.read_text())
     assert result["provenance"]["runtime"] == "onnxruntime" and result["provenance"]["runtime_version"]
     run = result["runs"][0]
     assert [row["ratio"] > 0.55 for row in run["rows"]] == [False, True, True, True]  # --low-share 1
+    assert "calibration" not in run and run["targets"]["table"] == "multidim_median"  # --calibrate 0: the plain table
     lut_file = next((tmp_path / "luts" / "run0").glob("*__onnxruntime.csv"))
     lut = Lut.open(lut_file, device_name("cpu"), "float32", 1, 1, create=False, runtime="onnxruntime")
     assert set(lut.frame["runtime"]) == {"onnxruntime"}
@@ -282,3 +328,38 @@ def test_latency_error_budget_cnn_toy(tmp_path) -> None:
     assert by_kind and {key.split(" ")[0] for key in by_size} == set(by_kind)
     for kind, summary in by_kind.items():
         assert sum(v["n"] for key, v in by_size.items() if key.split(" ")[0] == kind) == summary["n"]
+
+
+def test_calibration_rule_replay(tmp_path) -> None:
+    """A stored calibration re-decided at another floor, each decision scored by the bench errors it gives: the
+    plain table's where the fit is not used, the fit's where it is; a calibration whose halves moved more than
+    the floor keeps it out at both floors; a report without the high-pruning medians gets them from its errors."""
+    import calibration_rule_replay as replay
+
+    def run(index, before, held, apart, high=None):
+        measured = [10.0, 9.0, 8.0, 7.0, 6.0, 3.0, 2.5, 2.0]  # the last three below 40 % of dense
+        errors_before = before if isinstance(before, list) else [before] * 7
+        errors_held = held if isinstance(held, list) else [held] * 7
+        fit = {"measured": measured, "errors_before": errors_before, "errors_held_out": errors_held,
+               "median_error_before": statistics.median(abs(e) for e in errors_before),
+               "median_error_held_out": statistics.median(abs(e) for e in errors_held),
+               "measurement_disagreement": apart}
+        return {"run": index, "calibration": fit,
+                "multidim_median": {"median": 0.05, "worst": 0.15}, "multidim_median_high_pruning": {"median": 0.06},
+                "multidim_fitted": {"median": 0.02, "worst": 0.07}, "multidim_fitted_high_pruning": {"median": 0.025}}
+
+    bench = {"schema": "mdp.bench_latency", "version": 4, "runs": [
+        run(0, 0.035, 0.02, 0.005),      # over 3 %, under 4 %: used only at the lower floor
+        run(1, 0.035, 0.02, 0.05),       # the halves 5 % apart raise both floors: never used
+        # overall 1 % (no), the three below 40 % of dense 5 % -> 1 %: used on that subset at both floors
+        run(2, [0.01] * 4 + [0.05] * 3, 0.01, 0.005)]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    replay.main([str(path), "--floors", "0.04", "0.03", "--out", str(tmp_path / "replay.json")])
+    result = json.loads((tmp_path / "replay.json").read_text())
+    first, noisy, subset = (r["decisions"] for r in result["runs"])
+    assert first["0.04"] == {"accepted_on": None, "median": 0.05, "worst": 0.15, "high_pruning_median": 0.06}
+    assert first["0.03"] == {"accepted_on": "all", "median": 0.02, "worst": 0.07, "high_pruning_median": 0.025}
+    assert noisy["0.04"]["accepted_on"] is None and noisy["0.03"]["accepted_on"] is None
+    assert subset["0.04"]["accepted_on"] == subset["0.03"]["accepted_on"] == "high_pruning"
+    assert result["decisions_changed"] == 1

@@ -308,7 +308,7 @@ def _calibration(found: RunArtifacts) -> str:
          high.get("median_error_held_out"), ".1%"),
         ("measurement_disagreement", "the measurement itself: its two halves' fractions of dense apart (median)",
          f.get("measurement_disagreement"), ".1%"),
-        ("noise_floor", "noise floor of the rule (4 %, or the halves' disagreement if larger)", f.get("noise_floor"), ".1%"),
+        ("noise_floor", "noise floor of the rule (3 % since 2026-12-04, 4 % before; or the halves' disagreement if larger)", f.get("noise_floor"), ".1%"),
         ("level", "dense network / sum of its terms (tables scaled to it)", f.get("level"), ".2f"),
     ) if value is not None]
     scales = calibration["scales"]
