@@ -24,10 +24,12 @@ turns it off) and reported as the product uses it (``calibrated``) and applied r
 (``fitted``). Each run says whether the table as the product uses it meets issue 16's targets (median <= 3 %,
 worst <= 8 %, over all configurations and below 40 % of dense; ``targets`` in the JSON). With ``--runtime
 onnxruntime`` the LUT is profiled in ONNX Runtime (every term its own exported graph) and every configuration
-and the dense model are exported to ONNX and timed there (CPU provider, 1 intra-op thread).
+and the dense model are exported to ONNX and timed there (CPU provider, 1 intra-op thread). ``--device cuda
+--dtype float16 --batch 64`` profiles and times on a GPU (CUDA events), as issue 16 item 4 asks.
 
     python scripts/bench_latency_model.py --model resnet50 --resolution 64 --configs 32 --runs 3
     python scripts/bench_latency_model.py --model resnet50 --resolution 64 --configs 32 --runs 3 --runtime onnxruntime
+    python scripts/bench_latency_model.py --model resnet50 --resolution 224 --runs 3 --device cuda --dtype float16 --batch 64
 """
 
 from __future__ import annotations
@@ -88,17 +90,18 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
                                **({"recheck": args.recheck} if args.recheck is not None else {}))
     summary = profile_space(analysis.space, lut_dir=lut_dir, warmup=args.warmup,
                             repeats=args.profile_repeats or args.repeats, grid=args.grid, plan=plan, progress=False,
-                            runtime=args.runtime)
+                            runtime=args.runtime, device=args.device, dtype=args.dtype, batch=args.batch)
     profile_s = time.perf_counter() - t0
     print(f"run {run}: profiled {summary['measured']} rows ({summary.get('rechecked', 0)} re-timed) in "
           f"{profile_s:.1f} s -> {summary['lut']}", flush=True)
-    problems = {stat: build_problem(analysis.space, Lut.open(summary["lut"], summary["device"], summary["dtype"], 1, 1,
+    problems = {stat: build_problem(analysis.space, Lut.open(summary["lut"], summary["device"], summary["dtype"],
+                                                              summary["batch"], 1,
                                                               stat=stat, runtime=summary["runtime"]),
                                     None, with_counts=False)
                 for stat in STATS}
     linear = linearize(problems["median"])
     rng = random.Random(args.seed + 1000 * run)
-    x = torch.randn(1, 3, args.resolution, args.resolution)
+    x = torch.randn(args.batch, 3, args.resolution, args.resolution)
     rows = []
     calibration = None
     with threads(1):
@@ -186,13 +189,13 @@ def time_pair(call, dense_call, args) -> tuple[list[float], list[float]]:
     ``mdp export`` and ``mdp calibrate`` measure; or ``alternate``, one timed call of each in turn, so every
     call follows the other network (every result before; small networks measure slower that way)."""
     if args.ruler == "turns":
-        return sample_calls_in_turns(call, dense_call, args.warmup, args.repeats, "cpu")
-    return tuple(sample_calls_round_robin([call, dense_call], "cpu", args.warmup, args.repeats))
+        return sample_calls_in_turns(call, dense_call, args.warmup, args.repeats, args.device)
+    return tuple(sample_calls_round_robin([call, dense_call], args.device, args.warmup, args.repeats))
 
 
 def in_runtime(net, x, args):
     """``net(x)`` as one callable in the bench's runtime (eager, or exported to ONNX and run in a session)."""
-    return runner(net, x, args.runtime, "cpu", "float32", 1)
+    return runner(net, x, args.runtime, args.device, args.dtype, 1)
 
 
 def calibrate(model, analysis, problem, dense_net, dense_call, x, args, run):
@@ -206,8 +209,8 @@ def calibrate(model, analysis, problem, dense_net, dense_call, x, args, run):
     if args.ruler == "turns":  # as mdp calibrate measures: each in turns with dense
         measured, halves = latencies_in_turns([time_pair(in_runtime(n, x, args), dense_call, args) for n in nets[1:]])
     else:  # all of them one call each in turn (mdp calibrate until 2026-12-04)
-        measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], warmup=args.warmup,
-                                                        repeats=args.repeats, runtime=args.runtime))
+        measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], args.device, args.dtype, args.warmup,
+                                                        args.repeats, args.runtime))
     classes = {t.name: term_class(t.op) for t in analysis.space.terms}
     fitted = fit_calibration(problem, classes, configs, measured, halves)
     f = fitted.fit
@@ -258,6 +261,11 @@ def main() -> None:
                              "(alternate: the bench before 2026-12-04 evening); docs/latency.md §1 item 9")
     parser.add_argument("--runtime", default="eager", choices=("eager", "onnxruntime"),
                         help="profile the LUT and time every configuration in this runtime (CPU, 1 thread)")
+    parser.add_argument("--device", default="cpu",
+                        help="profile and time on this device (cuda: CUDA events; issue 16 item 4 asks for batch 1 "
+                             "and 64 in float16 there)")
+    parser.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--passes", type=int, default=3,
                         help="time every configuration this many times, in passes minutes apart; the median is "
                              "the measurement (of three: one disturbed pass is outvoted, where a mean of two "
@@ -276,7 +284,8 @@ def main() -> None:
             runs.append(measure_run(model, analysis, args, lut_dir, run))
     names = [f"multidim_{stat}" for stat in STATS] + (["multidim_calibrated", "multidim_fitted"] if args.calibrate else []) + ["linear"]
     print(f"\n{args.model} @ {args.resolution}px, {args.runs} run(s) x {args.configs} configurations, "
-          f"{platform_name()}, {args.runtime}, 1 thread, {clock_for('cpu', 1)} clock; error of the predicted fraction of dense:")
+          f"{platform_name(args.device)}, {args.runtime}, {args.dtype}, batch {args.batch}, 1 thread, "
+          f"{clock_for(args.device, 1)} clock; error of the predicted fraction of dense:")
     for r in runs:
         for name in names:
             s, h = r[name], r.get(f"{name}_high_pruning")
@@ -301,16 +310,16 @@ def main() -> None:
                 spread[name + subset] = {f"{stat}_{bound}": fn(v[stat] for v in values)
                                          for stat in ("median", "worst") for bound, fn in (("min", min), ("max", max))}
     write_json(args.out, {"schema": "mdp.bench_latency", "version": 4,
-                          "provenance": provenance(device=platform_name(), clock=clock_for("cpu", 1),
+                          "provenance": provenance(hardware=platform_name(args.device), clock=clock_for(args.device, 1),
                                                    runtime_version=runtime_version(args.runtime), **vars(args)),
                           "model": args.model, "resolution": args.resolution, "spread_over_runs": spread, "runs": runs})
     print(f"wrote {args.out}")
 
 
-def platform_name() -> str:
+def platform_name(device: str = "cpu") -> str:
     from mdp_cli.latency.timing import device_name
 
-    return device_name("cpu")
+    return device_name(device)
 
 
 if __name__ == "__main__":

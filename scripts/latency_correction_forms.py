@@ -77,10 +77,15 @@ def fit_form(dense: np.ndarray, pruned: np.ndarray, fractions: np.ndarray) -> np
     least-squared in their linear form ((X·w - y·X_dense·w) / y), the scale fixed by X_dense·w = 1."""
     if dense.size == 1:
         return np.ones(1)
-    a = (pruned - np.outer(fractions, dense)) / fractions[:, None]
-    # minimise |a w|^2 subject to dense . w = 1: w is proportional to (a^T a)^-1 dense
-    w = np.linalg.lstsq(a.T @ a + 1e-12 * np.trace(a.T @ a) * np.eye(dense.size), dense, rcond=None)[0]
-    return w / (dense @ w)
+    # features in units of their dense value (ms, counts and parameters differ by 10^6): well conditioned
+    scale = np.where(dense != 0, dense, 1.0)
+    d, x = dense / scale, pruned / scale
+    a = (x - np.outer(fractions, d)) / fractions[:, None]
+    # minimise |a w|^2 subject to d . w = 1: the KKT system (exact data make a^T a singular, which it allows)
+    n = d.size
+    kkt = np.block([[2.0 * a.T @ a, d[:, None]], [d[None, :], np.zeros((1, 1))]])
+    w = np.linalg.lstsq(kkt, np.r_[np.zeros(n), 1.0], rcond=None)[0][:n]
+    return w / scale
 
 
 def errors_of(w: np.ndarray, dense: np.ndarray, rows: np.ndarray, fractions: np.ndarray) -> np.ndarray:

@@ -306,6 +306,38 @@ def test_bench_latency_model_in_onnxruntime(tmp_path) -> None:
         assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
 
 
+@pytest.mark.slow
+def test_bench_latency_model_batch_and_dtype(tmp_path) -> None:
+    """``--batch``/``--dtype`` (with ``--device``, what issue 16's CUDA runs need) reach the profile, the LUT's
+    identity and the timed networks: here batch 2 in bfloat16 on CPU; the rows re-predict from that LUT."""
+    import subprocess
+
+    from mdp_cli.latency.lut import Lut
+    from mdp_cli.latency.timing import device_name
+    from mdp_cli.latency.to_problem import build_problem
+    from mdp_cli.space.cnn import discover_space
+
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
+                    "--configs", "3", "--runs", "1", "--passes", "1", "--warmup", "2", "--repeats", "4",
+                    "--max-options", "2", "--calibrate", "0", "--batch", "2", "--dtype", "bfloat16",
+                    "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    p = result["provenance"]
+    assert (p["batch"], p["dtype"], p["device"], p["hardware"]) == (2, "bfloat16", "cpu", device_name("cpu"))
+    lut_file = next((tmp_path / "luts" / "run0").glob("*.csv"))
+    assert "__bfloat16__b2__" in lut_file.name
+    lut = Lut.open(lut_file, device_name("cpu"), "bfloat16", 2, 1, create=False)
+    _, analysis = discover_space("resnet18", 32, max_options=2, multiple=8)
+    problem = build_problem(analysis.space, lut, None, with_counts=False)
+    run = result["runs"][0]
+    assert run["dense_predicted_ms"] == pytest.approx(problem.dense_latency)
+    for row in run["rows"]:
+        predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
+        assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
+
+
 def test_latency_error_budget_size_bins() -> None:
     """The decomposition's size bins: each LUT time falls in exactly one labelled bin, edges to the bin above."""
     import latency_error_budget as budget
