@@ -35,8 +35,7 @@ def replay_run(run: dict, floors: list[float]) -> dict | None:
 
     decisions = {}
     for floor in floors:
-        # as fit_calibration: a calibration whose halves moved more than the floor raises it to that
-        decision = accepted_on(fit, max(floor, fit.get("measurement_disagreement", 0.0)))
+        decision = accepted_on(fit, floor)  # raised, as in fit_calibration, to how far its halves moved
         decisions[f"{floor:g}"] = {"accepted_on": decision,
                                    **outcome("multidim_fitted" if decision else "multidim_median")}
     return {"run": run["run"], "decisions": decisions}

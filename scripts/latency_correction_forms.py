@@ -40,13 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.artifacts import provenance, write_json  # noqa: E402
-from mdp_cli.latency.calibration import random_configurations, term_class  # noqa: E402
+from mdp_cli.latency.calibration import CLASSES, Configuration, random_configurations, term_class  # noqa: E402
+from mdp_cli.latency.calibration import features as calibration_features  # noqa: E402
 from mdp_cli.latency.lut import Lut  # noqa: E402
 from mdp_cli.latency.timing import device_name  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
 
-FEATURES = ("T", "Tc", "Tm", "N", "P", "F")
 FORMS = {"plain": ("T",), "per-term overhead": ("T", "N"), "calibration's (memory, compute, per term)": ("Tc", "Tm", "N"),
          "weights": ("T", "P"), "per term and weights": ("T", "N", "P"), "multiply-adds": ("T", "F")}
 HIGH_PRUNING = 0.4
@@ -55,21 +55,19 @@ CALIBRATION_SEED_OFFSET = 7919
 
 
 def features(problem, classes: dict[str, str], choice: dict[str, int], kept: dict[str, bool]) -> dict[str, float]:
-    """What a configuration keeps, summed over its kept terms (the problem's constant counts as compute)."""
-    f = dict.fromkeys(FEATURES, 0.0)
-    f["T"] = f["Tc"] = problem.constant_latency
+    """What a configuration keeps: the calibration's features (compute and memory tables, the problem's constant
+    counted as compute, and the number of kept terms) plus the weights and multiply-adds of its kept terms."""
+    row = calibration_features(problem, classes, Configuration(choice, kept))
+    compute, memory = row[CLASSES.index("compute")], row[CLASSES.index("memory")]
+    f = {"T": compute + memory, "Tc": compute, "Tm": memory, "N": row[-1], "P": 0.0, "F": 0.0}
     for term in problem.terms:
         if term.block is not None and not kept.get(term.block, True):
             continue
         index = tuple(choice[d] for d in term.dims)
-        value = float(term.table[index])
-        f["T"] += value
-        f["Tc" if classes[term.name] == "compute" else "Tm"] += value
-        f["N"] += 1.0
         for resource, key in (("params", "P"), ("flops", "F")):
             if resource in term.resources:
                 f[key] += float(term.resources[resource][index])
-    return f
+    return {key: float(value) for key, value in f.items()}
 
 
 def fit_form(dense: np.ndarray, pruned: np.ndarray, fractions: np.ndarray) -> np.ndarray:

@@ -107,24 +107,42 @@ def test_bench_compare_pairs_runs_by_seed(tmp_path) -> None:
         bench_compare.main([str(other), "--ref", str(ref), "--tp", str(tp), "--out", str(tmp_path / "out2")])
 
 
+def _bench_latency_model(tmp_path, *args: str) -> dict:
+    """scripts/bench_latency_model.py on resnet18 @ 32 px at toy scale, its LUTs kept under tmp_path/luts."""
+    import subprocess
+
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
+                    "--runs", "1", "--warmup", "2", *args, "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=900)
+    return json.loads(out.read_text())
+
+
+def _assert_rows_repredict(run: dict, lut, max_options: int):
+    """Every row's stored error is the LUT's prediction for its stored choice against its measured fraction;
+    returns the problem built from the LUT."""
+    from mdp_cli.latency.to_problem import build_problem
+    from mdp_cli.space.cnn import discover_space
+
+    _, analysis = discover_space("resnet18", 32, max_options=max_options, multiple=8)
+    problem = build_problem(analysis.space, lut, None, with_counts=False)
+    for row in run["rows"]:
+        predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
+        assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
+    return problem
+
+
 @pytest.mark.slow
 def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
     """scripts/bench_latency_model.py at toy scale: three passes per configuration (their median is the
     measurement, their disagreement reported), blocks dropped at ``--block-drop``, the calibration fitted with
     the halves of its rounds, rows that can be re-predicted from the LUT it kept."""
-    import subprocess
-
     from mdp_cli.latency.lut import Lut
     from mdp_cli.latency.timing import device_name
-    from mdp_cli.latency.to_problem import build_problem
-    from mdp_cli.space.cnn import discover_space
 
+    result = _bench_latency_model(tmp_path, "--configs", "4", "--passes", "3", "--block-drop", "1", "--calibrate", "4",
+                                  "--repeats", "6", "--max-options", "4")
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
-                    "--configs", "4", "--runs", "1", "--passes", "3", "--block-drop", "1", "--calibrate", "4", "--warmup", "2",
-                    "--repeats", "6", "--max-options", "4", "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=900)
-    result = json.loads(out.read_text())
     run = result["runs"][0]
     assert run["configs"] == 4 and len(run["rows"]) == 4
     for row in run["rows"]:
@@ -143,13 +161,8 @@ def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
     assert verdict["overall"] == (calibrated["median"] <= 0.03 and calibrated["worst"] <= 0.08)
     assert len(fit["errors_held_out"]) == 4
     # every row's error re-predicted from the kept LUT and the stored choice
-    _, analysis = discover_space("resnet18", 32, max_options=4, multiple=8)
     lut = next((tmp_path / "luts" / "run0").glob("*.csv"))
-    problem = build_problem(analysis.space, Lut.open(lut, device_name("cpu"), "float32", 1, 1, create=False), None,
-                            with_counts=False)
-    for row in run["rows"]:
-        predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
-        assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
+    _assert_rows_repredict(run, Lut.open(lut, device_name("cpu"), "float32", 1, 1, create=False), max_options=4)
     # the offline re-fit of correction forms reads this result and its kept LUT
     import latency_correction_forms as forms
 
@@ -276,21 +289,12 @@ def test_bench_targets_verdict() -> None:
 def test_bench_latency_model_in_onnxruntime(tmp_path) -> None:
     """``--runtime onnxruntime``: the LUT is profiled in ONNX Runtime (its own file) and every configuration timed
     there in turns with the dense model; the rows re-predict from that LUT."""
-    import subprocess
-
     pytest.importorskip("onnxruntime")
     from mdp_cli.latency.lut import Lut
     from mdp_cli.latency.timing import device_name
-    from mdp_cli.latency.to_problem import build_problem
-    from mdp_cli.space.cnn import discover_space
 
-    out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
-                    "--configs", "4", "--runs", "1", "--passes", "2", "--warmup", "2", "--repeats", "6",
-                    "--max-options", "2", "--runtime", "onnxruntime", "--low-share", "1", "--calibrate", "0",
-                    "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=600)
-    result = json.loads(out.read_text())
+    result = _bench_latency_model(tmp_path, "--configs", "4", "--passes", "2", "--repeats", "6", "--max-options", "2",
+                                  "--runtime", "onnxruntime", "--low-share", "1", "--calibrate", "0")
     assert result["provenance"]["runtime"] == "onnxruntime" and result["provenance"]["runtime_version"]
     run = result["runs"][0]
     assert [row["ratio"] > 0.55 for row in run["rows"]] == [False, True, True, True]  # --low-share 1
@@ -298,44 +302,27 @@ def test_bench_latency_model_in_onnxruntime(tmp_path) -> None:
     lut_file = next((tmp_path / "luts" / "run0").glob("*__onnxruntime.csv"))
     lut = Lut.open(lut_file, device_name("cpu"), "float32", 1, 1, create=False, runtime="onnxruntime")
     assert set(lut.frame["runtime"]) == {"onnxruntime"}
-    _, analysis = discover_space("resnet18", 32, max_options=2, multiple=8)
-    problem = build_problem(analysis.space, lut, None, with_counts=False)
-    for row in run["rows"]:
-        assert all(p["measured_ms"] > 0 and p["dense_now_ms"] > 0 for p in row["passes"])
-        predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
-        assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
+    assert all(p["measured_ms"] > 0 and p["dense_now_ms"] > 0 for row in run["rows"] for p in row["passes"])
+    _assert_rows_repredict(run, lut, max_options=2)
 
 
 @pytest.mark.slow
 def test_bench_latency_model_batch_and_dtype(tmp_path) -> None:
     """``--batch``/``--dtype`` (with ``--device``, what issue 16's CUDA runs need) reach the profile, the LUT's
     identity and the timed networks: here batch 2 in bfloat16 on CPU; the rows re-predict from that LUT."""
-    import subprocess
-
     from mdp_cli.latency.lut import Lut
     from mdp_cli.latency.timing import device_name
-    from mdp_cli.latency.to_problem import build_problem
-    from mdp_cli.space.cnn import discover_space
 
-    out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(SCRIPTS / "bench_latency_model.py"), "--model", "resnet18", "--resolution", "32",
-                    "--configs", "3", "--runs", "1", "--passes", "1", "--warmup", "2", "--repeats", "4",
-                    "--max-options", "2", "--calibrate", "0", "--batch", "2", "--dtype", "bfloat16",
-                    "--lut-dir", str(tmp_path / "luts"), "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=600)
-    result = json.loads(out.read_text())
+    result = _bench_latency_model(tmp_path, "--configs", "3", "--passes", "1", "--repeats", "4", "--max-options", "2",
+                                  "--calibrate", "0", "--batch", "2", "--dtype", "bfloat16")
     p = result["provenance"]
     assert (p["batch"], p["dtype"], p["device"], p["hardware"]) == (2, "bfloat16", "cpu", device_name("cpu"))
     lut_file = next((tmp_path / "luts" / "run0").glob("*.csv"))
     assert "__bfloat16__b2__" in lut_file.name
     lut = Lut.open(lut_file, device_name("cpu"), "bfloat16", 2, 1, create=False)
-    _, analysis = discover_space("resnet18", 32, max_options=2, multiple=8)
-    problem = build_problem(analysis.space, lut, None, with_counts=False)
     run = result["runs"][0]
+    problem = _assert_rows_repredict(run, lut, max_options=2)
     assert run["dense_predicted_ms"] == pytest.approx(problem.dense_latency)
-    for row in run["rows"]:
-        predicted = problem.latency(row["choice"], row["kept"]) / problem.dense_latency
-        assert row["multidim_median_rel_err"] == pytest.approx(predicted / row["measured_fraction"] - 1)
 
 
 def test_latency_error_budget_size_bins() -> None:

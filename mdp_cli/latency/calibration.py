@@ -335,18 +335,16 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         fit["median_error_held_out"] = float(statistics.median(abs(e) for e in held_out))
         fit["worst_error_held_out"] = float(max(abs(e) for e in held_out))
         fit["errors_held_out"] = [float(e) for e in held_out]
-    floor = NOISE_FLOOR
     if halves is not None:
         fit["measurement_disagreement"] = measurement_disagreement(halves)
         # the machine moved more within seconds than a table is allowed to err: no prediction can be checked here
         fit["measurement_noisy"] = fit["measurement_disagreement"] > NOISE_FLOOR
-        floor = max(floor, fit["measurement_disagreement"])
-    fit["noise_floor"] = floor
+    fit["noise_floor"] = noise_floor(fit, NOISE_FLOOR)
 
     high_pruning = high_pruning_report(fit)
     if high_pruning is not None:
         fit["high_pruning"] = high_pruning
-    fit["accepted_on"] = accepted_on(fit, floor)
+    fit["accepted_on"] = accepted_on(fit, NOISE_FLOOR)
     fit["accepted"] = fit["accepted_on"] is not None
     fit["fitted_scales"], fit["fitted_overhead"] = dict(scales), overhead
     # the whole network measured at this level over the sum of its terms (isolated ops run hotter in cache):
@@ -369,11 +367,19 @@ def high_pruning_report(fit: Mapping[str, Any]) -> dict[str, Any] | None:
             "median_error_held_out": float(statistics.median(abs(fit["errors_held_out"][k - 1]) for k in high))}
 
 
-def accepted_on(fit: Mapping[str, Any], floor: float) -> str | None:
-    """The rule: "all" where the plain table errs over ``floor`` (median over all configurations) and the fit,
-    on configurations it did not see, at most ACCEPT_RATIO of that; else "high_pruning" where the same holds
-    below HIGH_PRUNING of dense; else None (the table stays as measured). A pure function of the fit's report,
-    so a stored calibration can be re-decided at another floor (scripts/calibration_rule_replay.py)."""
+def noise_floor(fit: Mapping[str, Any], floor: float) -> float:
+    """The rule's floor: ``floor``, raised to how far the calibration's own halves moved where that is larger."""
+    return max(floor, fit.get("measurement_disagreement", 0.0))
+
+
+def accepted_on(fit: Mapping[str, Any], fixed_floor: float) -> str | None:
+    """The rule: "all" where the plain table errs over the noise floor (``fixed_floor`` or the halves'
+    disagreement, the larger; median over all configurations) and the fit, on configurations it did not see,
+    at most ACCEPT_RATIO of that; else "high_pruning" where the same holds below HIGH_PRUNING of dense; else
+    None (the table stays as measured). A pure function of the fit's report, so a stored calibration can be
+    re-decided at another fixed floor (scripts/calibration_rule_replay.py)."""
+    floor = noise_floor(fit, fixed_floor)
+
     def clearly_better(before: float, held: float | None) -> bool:
         return held is not None and before > floor and held <= ACCEPT_RATIO * before
 
