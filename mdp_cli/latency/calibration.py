@@ -63,6 +63,8 @@ ACCEPT_RATIO = 0.7
 # deployed: +5 to +24 % below 25 % of dense, 1.5-3.4 % median over all eight; docs/latency.md §4).
 HIGH_PRUNING = 0.4
 MIN_HIGH_PRUNING = 3
+# The lightest calibration configuration, as a fraction of dense (the others reach down from it)
+LIGHTEST = 0.9
 
 
 def term_class(op: str) -> str:
@@ -391,31 +393,59 @@ def accepted_on(fit: Mapping[str, Any], fixed_floor: float) -> str | None:
     return None
 
 
+def smallest_fraction(problem: Problem) -> float:
+    """The table's latency of the smallest network the space allows (every width at its smallest option, every
+    removable block removed), as a fraction of dense."""
+    smallest = problem.latency({d.name: 0 for d in problem.dims},
+                               {b.name: False for b in problem.blocks if b.removable})
+    return smallest / problem.dense_latency
+
+
+def target_fractions(problem: Problem, count: int) -> list[float]:
+    """Where the pruned calibration configurations aim, as fractions of dense by the table: evenly in log from
+    LIGHTEST down to the smallest network the space allows. Budgets see relative errors, so every scale counts
+    alike; a spread even in widths put two of eight ResNet-50 configurations below 15 % of dense, where the
+    table's remaining error sits, and fits on it met the latency targets less often (docs/latency.md)."""
+    lowest = min(LIGHTEST, smallest_fraction(problem))
+    return [LIGHTEST * (lowest / LIGHTEST) ** (k / max(1, count - 1)) for k in range(count)]
+
+
 def random_configurations(problem: Problem, count: int, seed: int = 0) -> list[Configuration]:
-    """The dense configuration and ``count`` pruned ones spread from light to heavy pruning: widths near a
-    target keep ratio (jittered per dim) running from 0.9 down to 0.15, and, at heavier pruning, some
-    removable blocks removed — more where the table says the widths alone leave the network above
-    ``keep`` of dense."""
+    """The dense configuration and ``count`` pruned ones, each put by the table at its ``target_fractions`` of
+    dense: widths jittered per dim around a common keep ratio and some removable blocks removed (both drawn once
+    per configuration), the keep ratio found by bisection; where the widths alone leave the network above its
+    target, more blocks removed, in an order of its own, until the table puts it there or none is left."""
     import random
 
     rng = random.Random(seed)
+    removable = [b.name for b in problem.blocks if b.removable]
     configs = [Configuration({}, {})]
-    for k in range(count):
-        keep = 0.9 - 0.75 * (k / max(1, count - 1))
-        choice = {}
-        for dim in problem.dims:
-            n = len(dim.options)
-            target = keep * n + rng.uniform(-1.0, 1.0)
-            choice[dim.name] = min(n - 1, max(0, round(target) - 1))
-        kept = {b.name: rng.random() >= (1 - keep) / 3 for b in problem.blocks if b.removable}
-        # A network whose thin widths still pay every op's fixed cost (MobileNetV2 at 64 px bottoms out near half
-        # of dense) never reaches the high-pruning regime by widths: remove more blocks, in an order of its own,
-        # until the table puts the configuration at ``keep`` of dense (a ResNet's widths alone go below that,
-        # cost ~ width^2, and keep their configurations)
-        target = keep * problem.dense_latency
-        spare = sorted(name for name, on in kept.items() if on)
-        random.Random(f"{seed}:{k}").shuffle(spare)  # not drawn from rng: the other configurations stay as they were
-        while spare and problem.latency(choice, kept) > target:
-            kept[spare.pop()] = False
+    for k, fraction in enumerate(target_fractions(problem, count)):
+        jitter = {dim.name: rng.uniform(-1.0, 1.0) for dim in problem.dims}
+        draw = {name: rng.random() for name in removable}
+
+        def at(keep: float) -> tuple[dict[str, int], dict[str, bool]]:
+            choice = {dim.name: min(len(dim.options) - 1, max(0, round(keep * len(dim.options) + jitter[dim.name]) - 1))
+                      for dim in problem.dims}
+            return choice, {name: draw[name] >= (1 - keep) / 3 for name in removable}
+
+        target = fraction * problem.dense_latency
+        choice, kept = at(0.0)
+        if problem.latency(choice, kept) <= target:
+            low, high = 0.0, 1.0  # the table's latency grows with the keep ratio (up to the jitter's rounding)
+            for _ in range(24):
+                middle = (low + high) / 2
+                if problem.latency(*at(middle)) > target:
+                    high = middle
+                else:
+                    low = middle
+            choice, kept = min((at(low), at(high)), key=lambda c: abs(math.log(problem.latency(*c) / target)))
+        else:
+            # A network whose thin widths still pay every op's fixed cost (MobileNetV2 at 64 px bottoms out near
+            # half of dense) reaches the high-pruning regime only by removing blocks
+            spare = sorted(name for name, on in kept.items() if on)
+            random.Random(f"{seed}:{k}").shuffle(spare)  # not drawn from rng: the other configurations stay as they were
+            while spare and problem.latency(choice, kept) > target:
+                kept[spare.pop()] = False
         configs.append(Configuration(choice, kept))
     return configs
