@@ -2,7 +2,7 @@
 ``mdp calibrate`` with many configurations.
 
 For each model: profile its space (``mdp profile``), then time the dense model and ``--configs`` random pruned
-configurations in turns (``mdp calibrate``: widths from 90 % down to 15 % of full, some blocks removed) and
+configurations in turns (``mdp calibrate``: from 90 % of dense down to the smallest network, even in log) and
 report, on the fraction of dense (what budgets are):
 
 - ``plain``: the LUT as profiled (what ``mdp solve`` uses without calibration), over all configurations;

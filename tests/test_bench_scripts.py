@@ -382,3 +382,57 @@ def test_calibration_rule_replay(tmp_path) -> None:
     assert noisy["0.04"]["accepted_on"] is None and noisy["0.03"]["accepted_on"] is None
     assert subset["0.04"]["accepted_on"] == subset["0.03"]["accepted_on"] == "high_pruning"
     assert result["decisions_changed"] == 1
+
+
+def _synthetic_bench_rows(problem, classes, memory_scale: float) -> list[dict]:
+    """Configurations of every size, each 'measured' as a network whose memory ops cost ``memory_scale`` times
+    the table (exactly: both passes alike)."""
+    from mdp_cli.latency.calibration import random_configurations
+
+    def latency(c):
+        choice = {d.name: c.choice.get(d.name, d.full_index) for d in problem.dims}
+        total = problem.constant_latency
+        for t in problem.terms:
+            if t.block is None or c.kept.get(t.block, True):
+                scale = memory_scale if classes[t.name] == "memory" else 1.0
+                total += scale * float(t.table[tuple(choice[d] for d in t.dims)])
+        return total
+
+    configs = [c for seed in (11, 12, 13) for c in random_configurations(problem, 10, seed=seed)[1:]]
+    dense = latency(random_configurations(problem, 1)[0])
+    return [{"choice": c.choice, "kept": c.kept, "fraction": latency(c) / dense, "first": latency(c) / dense,
+             "last": latency(c) / dense} for c in configs]
+
+
+def test_calibration_spread_replay_scores_what_each_spread_would_give() -> None:
+    """``calibration_spread_replay``: the rows nearest to each target are taken, the product's fit and rule
+    applied, the table as used scored on the other rows. Memory ops at 0.85x the table: a spread that reaches
+    the small networks sees the error and the fit predicts the rest exactly; one that stays above half of
+    dense sees too little of it (under the noise floor), keeps the plain table, and misses the targets on the
+    small networks; with the table exact, nothing is fitted and everything is met."""
+    import calibration_spread_replay as replay
+    import numpy as np
+
+    from mdp_cli.latency.calibration import target_fractions
+    from mdp_cli.solve.synthetic import resnet_problem
+
+    assert replay.nearest_rows([0.5, 0.5, 0.1], [0.9, 0.45, 0.52, 0.2]) == [2, 1, 3]
+    s = replay.score(np.array([0.01, -0.02, 0.09, 0.0]), np.array([0.8, 0.5, 0.3, 0.2]))
+    assert s["overall"] == {"median": pytest.approx(0.015), "worst": pytest.approx(0.09)}
+    assert s["high_pruning"] == {"median": pytest.approx(0.045), "worst": pytest.approx(0.09)} and not s["met"]
+
+    problem = resnet_problem(paper_granularity=True, seed=3)
+    classes = {t.name: ("memory" if i % 3 == 0 else "compute") for i, t in enumerate(problem.terms)}
+    spreads = replay.spreads(problem, 8, None)
+    assert spreads["log"] == target_fractions(problem, 8) and set(spreads) == {"log", "linear"}
+    assert spreads["linear"][0] == spreads["log"][0] == 0.9 and spreads["linear"][-1] == spreads["log"][-1]
+    rows = _synthetic_bench_rows(problem, classes, 0.85)
+    assert sum(r["fraction"] < 0.15 for r in rows) >= 4
+    low = replay.replay_spread(problem, classes, rows, spreads["log"])
+    assert low["accepted_on"] in ("all", "high_pruning") and low["met"]
+    assert low["overall"]["worst"] < 1e-6
+    high_only = replay.replay_spread(problem, classes, rows, [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55])
+    assert high_only["accepted_on"] is None and not high_only["met"]
+    assert high_only["high_pruning"]["worst"] > 0.08
+    exact = replay.replay_spread(problem, classes, _synthetic_bench_rows(problem, classes, 1.0), spreads["log"])
+    assert exact["accepted_on"] is None and exact["met"] and exact["overall"]["worst"] < 1e-9

@@ -124,7 +124,8 @@ def test_a_fit_is_used_where_the_table_errs_only_at_high_pruning() -> None:
 
 def test_configurations_spread_evenly_in_log_down_to_the_smallest_network() -> None:
     """The calibration aims its configurations at fractions of dense even in log, from 90 % down to the smallest
-    network the space allows (every scale counts alike in relative errors), and the table puts each there."""
+    network the space allows but not below 5 % (every scale counts alike in relative errors), and the table puts
+    each there."""
     problem = resnet_problem(paper_granularity=True, seed=3)
     smallest = smallest_fraction(problem)
     everything_off = problem.latency({d.name: 0 for d in problem.dims},
@@ -142,6 +143,15 @@ def test_configurations_spread_evenly_in_log_down_to_the_smallest_network() -> N
     # another seed draws other widths and blocks for the same targets
     other = random_configurations(problem, 8, seed=1)
     assert [c.choice for c in other[1:-1]] != [c.choice for c in configs[1:-1]]
+    # a space whose smallest network is a sliver of dense (every block removable, as a ViT's): down to 5 % only
+    import dataclasses
+
+    sliver = dataclasses.replace(problem, constant_latency=0.0, terms=[t for t in problem.terms if t.block is not None])
+    assert smallest_fraction(sliver) < 0.01
+    assert target_fractions(sliver, 8)[-1] == pytest.approx(0.05)
+    configs = random_configurations(sliver, 8, seed=0)
+    last = sliver.latency({d.name: configs[-1].choice.get(d.name, d.full_index) for d in sliver.dims}, configs[-1].kept)
+    assert last / sliver.dense_latency == pytest.approx(0.05, rel=0.1)
 
 
 def test_configurations_reach_their_target_by_removing_blocks_where_widths_do_not() -> None:
