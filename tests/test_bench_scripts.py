@@ -140,11 +140,11 @@ def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
     from mdp_cli.latency.lut import Lut
     from mdp_cli.latency.timing import device_name
 
-    result = _bench_latency_model(tmp_path, "--configs", "4", "--passes", "3", "--block-drop", "1", "--calibrate", "4",
+    result = _bench_latency_model(tmp_path, "--configs", "6", "--passes", "3", "--block-drop", "1", "--calibrate", "4",
                                   "--repeats", "6", "--max-options", "4")
     out = tmp_path / "bench.json"
     run = result["runs"][0]
-    assert run["configs"] == 4 and len(run["rows"]) == 4
+    assert run["configs"] == 6 and len(run["rows"]) == 6
     for row in run["rows"]:
         fractions = [p["fraction"] for p in row["passes"]]
         assert len(fractions) == 3
@@ -172,6 +172,20 @@ def test_bench_latency_model_passes_and_calibration(tmp_path) -> None:
     plain_errors = [abs(row["multidim_median_rel_err"]) for row in run["rows"][1:]]
     assert refit["forms"]["plain"]["calibration"]["median"] == pytest.approx(statistics.median(plain_errors))
     assert refit["forms"]["plain"]["calibration"]["worst"] == pytest.approx(max(plain_errors))
+    # and the replay of calibration spreads: fits on two of its five configurations, scored on the other three
+    import calibration_spread_replay as spread
+
+    spread.main([str(out), "--count", "2", "--draws", "1", "--out", str(tmp_path / "spread.json")])
+    (replayed,) = json.loads((tmp_path / "spread.json").read_text())["runs"]
+    assert set(replayed["spreads"]) == {"log", "linear"}  # the stored calibration had four: not comparable
+    measured = {round(row["measured_fraction"], 4) for row in run["rows"][1:]}
+    for name, entry in replayed["spreads"].items():
+        aimed = entry["as_aimed"]
+        assert len(aimed["fitted_on"]) == 2 and set(aimed["fitted_on"]) <= measured
+        assert aimed["overall"]["median"] <= aimed["overall"]["worst"]
+        assert aimed["met"] == (aimed["overall"]["median"] <= 0.03 and aimed["overall"]["worst"] <= 0.08
+                                and (aimed["high_pruning"] is None or (aimed["high_pruning"]["median"] <= 0.03
+                                                                       and aimed["high_pruning"]["worst"] <= 0.08)))
 
 
 def test_correction_form_fit_recovers_an_exact_form() -> None:
@@ -425,7 +439,7 @@ def test_calibration_spread_replay_scores_what_each_spread_would_give() -> None:
     classes = {t.name: ("memory" if i % 3 == 0 else "compute") for i, t in enumerate(problem.terms)}
     spreads = replay.spreads(problem, 8, None)
     assert spreads["log"] == target_fractions(problem, 8) and set(spreads) == {"log", "linear"}
-    assert spreads["linear"][0] == spreads["log"][0] == 0.9 and spreads["linear"][-1] == spreads["log"][-1]
+    assert spreads["linear"][0] == spreads["log"][0] == 0.9 and spreads["linear"][-1] == pytest.approx(spreads["log"][-1])
     rows = _synthetic_bench_rows(problem, classes, 0.85)
     assert sum(r["fraction"] < 0.15 for r in rows) >= 4
     low = replay.replay_spread(problem, classes, rows, spreads["log"])
