@@ -136,7 +136,8 @@ def replay_run(run: dict, analysis, draws: int, jitter: float, seed: int, count:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench", nargs="+", help="bench_latency_model.py results whose LUTs were kept (--lut-dir)")
-    parser.add_argument("--draws", type=int, default=8, help="jittered draws per spread, on top of the targets as aimed")
+    parser.add_argument("--draws", type=int, default=8,
+                        help="jittered draws per spread, on top of the targets as aimed")
     parser.add_argument("--jitter", type=float, default=0.2, help="each target times a factor within exp(±jitter)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, help="configurations each fit uses (default: as the run's calibration)")

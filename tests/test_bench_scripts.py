@@ -439,7 +439,8 @@ def test_calibration_spread_replay_scores_what_each_spread_would_give() -> None:
     classes = {t.name: ("memory" if i % 3 == 0 else "compute") for i, t in enumerate(problem.terms)}
     spreads = replay.spreads(problem, 8, None)
     assert spreads["log"] == target_fractions(problem, 8) and set(spreads) == {"log", "linear"}
-    assert spreads["linear"][0] == spreads["log"][0] == 0.9 and spreads["linear"][-1] == pytest.approx(spreads["log"][-1])
+    assert spreads["linear"][0] == spreads["log"][0] == 0.9
+    assert spreads["linear"][-1] == pytest.approx(spreads["log"][-1])
     rows = _synthetic_bench_rows(problem, classes, 0.85)
     assert sum(r["fraction"] < 0.15 for r in rows) >= 4
     low = replay.replay_spread(problem, classes, rows, spreads["log"])

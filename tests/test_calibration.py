@@ -167,7 +167,8 @@ def test_configurations_reach_their_target_by_removing_blocks_where_widths_do_no
     configs = random_configurations(flat, 8, seed=0)
     removed = []
     for c, target in zip(configs[1:], target_fractions(flat, 8)):
-        fraction = flat.latency({d.name: c.choice.get(d.name, d.full_index) for d in flat.dims}, c.kept) / flat.dense_latency
+        choice = {d.name: c.choice.get(d.name, d.full_index) for d in flat.dims}
+        fraction = flat.latency(choice, c.kept) / flat.dense_latency
         removed.append(sum(not c.kept[name] for name in removable))
         assert fraction <= target * (1 + 1e-9) or removed[-1] == len(removable), (fraction, target)
     assert removed == sorted(removed) and removed[-1] == len(removable) > removed[0]

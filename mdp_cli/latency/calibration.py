@@ -408,8 +408,9 @@ def smallest_fraction(problem: Problem) -> float:
 def target_fractions(problem: Problem, count: int) -> list[float]:
     """Where the pruned calibration configurations aim, as fractions of dense by the table: evenly in log from
     LIGHTEST down to the smallest network the space allows or HEAVIEST, whichever is larger. Budgets see
-    relative errors, so every scale counts alike; a spread even in widths put two of eight ResNet-50 configurations below 15 % of dense, where the
-    table's remaining error sits, and fits on it met the latency targets less often (docs/latency.md)."""
+    relative errors, so every scale counts alike; a spread even in widths put two of eight ResNet-50
+    configurations below 15 % of dense, where the table's remaining error sits, and fits on it met the latency
+    targets less often (docs/latency.md §3, "The calibration's spread")."""
     lowest = min(LIGHTEST, max(HEAVIEST, smallest_fraction(problem)))
     return [LIGHTEST * (lowest / LIGHTEST) ** (k / max(1, count - 1)) for k in range(count)]
 
@@ -448,7 +449,8 @@ def random_configurations(problem: Problem, count: int, seed: int = 0) -> list[C
             # A network whose thin widths still pay every op's fixed cost (MobileNetV2 at 64 px bottoms out near
             # half of dense) reaches the high-pruning regime only by removing blocks
             spare = sorted(name for name, on in kept.items() if on)
-            random.Random(f"{seed}:{k}").shuffle(spare)  # not drawn from rng: the other configurations stay as they were
+            # an order of its own, not drawn from rng: the other configurations stay as they were
+            random.Random(f"{seed}:{k}").shuffle(spare)
             while spare and problem.latency(choice, kept) > target:
                 kept[spare.pop()] = False
         configs.append(Configuration(choice, kept))
