@@ -60,7 +60,7 @@ from mdp_cli.latency.calibration import (fit_calibration, halves_of, latencies_i
                                          random_configurations, term_class)
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
-from latency_bench_common import abs_summary  # noqa: E402
+from latency_bench_common import TARGET_MEDIAN, TARGET_WORST, abs_summary, meets_targets  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
 
 
@@ -168,18 +168,11 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     return result
 
 
-# issue 16's targets for the error of the predicted fraction of dense, overall and below 40 % of dense
-TARGET_MEDIAN, TARGET_WORST = 0.03, 0.08
-
-
 def targets_verdict(result: dict, name: str) -> dict:
     """Whether the table as the product uses it (``name``: calibrated where ``--calibrate``, as ``mdp run`` does)
     meets the targets in this run: median and worst error, over all configurations and over those below 40 %."""
-    def met(summary):
-        return summary is not None and summary["median"] <= TARGET_MEDIAN and summary["worst"] <= TARGET_WORST
-
-    return {"table": name, "median": TARGET_MEDIAN, "worst": TARGET_WORST, "overall": met(result.get(name)),
-            "high_pruning": met(result.get(f"{name}_high_pruning"))}
+    return {"table": name, "median": TARGET_MEDIAN, "worst": TARGET_WORST, "overall": meets_targets(result.get(name)),
+            "high_pruning": meets_targets(result.get(f"{name}_high_pruning"))}
 
 
 def time_pair(call, dense_call, args) -> tuple[list[float], list[float]]:

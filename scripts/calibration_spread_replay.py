@@ -23,7 +23,6 @@ Draw 0 takes the targets as they are; each further draw jitters every target by 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
@@ -34,16 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.artifacts import provenance, write_json  # noqa: E402
 from mdp_cli.latency.calibration import (HIGH_PRUNING, LIGHTEST, Configuration, fit_calibration,  # noqa: E402
-                                         target_fractions, term_class)
-from mdp_cli.latency.lut import Lut  # noqa: E402
-from mdp_cli.latency.timing import device_name  # noqa: E402
-from mdp_cli.latency.to_problem import build_problem  # noqa: E402
-from mdp_cli.space.cnn import discover_space  # noqa: E402
-
-TARGET_MEDIAN, TARGET_WORST = 0.03, 0.08  # issue 16, as scripts/bench_latency_model.py
+                                         target_fractions)
+from latency_bench_common import kept_lut_problem, meets_targets, read_bench_result  # noqa: E402
 
 
 def spreads(problem, count: int, stored: list[float] | None) -> dict[str, list[float]]:
@@ -71,11 +64,9 @@ def score(errors: np.ndarray, fractions: np.ndarray) -> dict:
         return {"median": float(np.median(np.abs(e))), "worst": float(np.max(np.abs(e)))} if e.size else None
 
     overall, high = stats(errors), stats(errors[fractions < HIGH_PRUNING])
-
-    def met(s):
-        return s is None or (s["median"] <= TARGET_MEDIAN and s["worst"] <= TARGET_WORST)
-
-    return {"overall": overall, "high_pruning": high, "met": met(overall) and met(high)}
+    # no configuration below HIGH_PRUNING: only the overall targets apply
+    return {"overall": overall, "high_pruning": high,
+            "met": meets_targets(overall) and (high is None or meets_targets(high))}
 
 
 def replay_spread(problem, classes: dict[str, str], rows: list[dict], targets: list[float]) -> dict:
@@ -104,13 +95,7 @@ def bench_rows(run: dict) -> list[dict]:
 
 
 def replay_run(run: dict, analysis, draws: int, jitter: float, seed: int, count: int | None = None) -> dict:
-    lut_file = Path(run["lut"])
-    if not lut_file.is_file():
-        raise SystemExit(f"{lut_file}: the run's LUT is not there; run the bench with --lut-dir to keep its LUTs")
-    lut = Lut.open(lut_file, device_name("cpu"), "float32", 1, 1, create=False,
-                   runtime="onnxruntime" if lut_file.name.endswith("__onnxruntime.csv") else "eager")
-    problem = build_problem(analysis.space, lut, None, with_counts=False)
-    classes = {t.name: term_class(t.op) for t in analysis.space.terms}
+    problem, classes = kept_lut_problem(run, analysis)
     rows = bench_rows(run)
     stored = run.get("calibration")
     stored_fractions = [m / stored["measured"][0] for m in stored["measured"][1:]] if stored else None
@@ -145,12 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = []
     for path in args.bench:
-        data = json.loads(Path(path).read_text())
-        if data.get("schema") != "mdp.bench_latency" or data.get("version", 0) < 3:
-            raise SystemExit(f"{path}: not a bench_latency_model.py result of version 3 or later (rows with choices)")
-        p = data["provenance"]
-        _, analysis = discover_space(p["model"], int(p["resolution"]), max_options=int(p["max_options"]),
-                                     multiple=int(p["multiple"]))
+        data, analysis = read_bench_result(path)
         for run in data["runs"]:
             replayed = replay_run(run, analysis, args.draws, args.jitter, args.seed, args.count)
             replayed["bench"] = Path(path).name

@@ -1,12 +1,54 @@
-"""What the whole-model latency benches (``bench_latency_model*.py``, ``calibration_windows.py``) share:
-random configurations of a space, timing each export in turns with the dense model in passes over all of
-them, and the error summaries."""
+"""What the whole-model latency benches (``bench_latency_model*.py``, ``calibration_windows.py``) and the offline
+scripts that re-read their results share: random configurations of a space, timing each export in turns with
+the dense model in passes over all of them, the error summaries, issue 16's targets, and reading a bench
+result back with the LUTs it kept."""
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+# issue 16's targets for the error of the predicted fraction of dense, overall and below 40 % of dense
+TARGET_MEDIAN, TARGET_WORST = 0.03, 0.08
+
+
+def meets_targets(summary: Mapping[str, float] | None) -> bool:
+    """Whether an error summary (``median``, ``worst``) meets both targets; no summary does not."""
+    return summary is not None and summary["median"] <= TARGET_MEDIAN and summary["worst"] <= TARGET_WORST
+
+
+def read_bench_result(path: str | Path):
+    """A ``bench_latency_model.py`` result with configuration choices (version 3 or later) and the analysed
+    space its provenance names: (data, analysis)."""
+    from mdp_cli.space.cnn import discover_space
+
+    data = json.loads(Path(path).read_text())
+    if data.get("schema") != "mdp.bench_latency" or data.get("version", 0) < 3:
+        raise SystemExit(f"{path}: not a bench_latency_model.py result of version 3 or later (rows with choices)")
+    p = data["provenance"]
+    _, analysis = discover_space(p["model"], int(p["resolution"]), max_options=int(p["max_options"]),
+                                 multiple=int(p["multiple"]))
+    return data, analysis
+
+
+def kept_lut_problem(run: Mapping[str, Any], analysis, with_counts: bool = False):
+    """The problem a bench run's kept LUT (``--lut-dir``) builds, and its terms' calibration classes."""
+    import mdp_cli.latency.cnn_ops  # noqa: F401  (registers the CNN latency ops)
+    from mdp_cli.latency.calibration import term_class
+    from mdp_cli.latency.lut import Lut
+    from mdp_cli.latency.timing import device_name
+    from mdp_cli.latency.to_problem import build_problem
+
+    lut_file = Path(run["lut"])
+    if not lut_file.is_file():
+        raise SystemExit(f"{lut_file}: the run's LUT is not there; run the bench with --lut-dir to keep its LUTs")
+    lut = Lut.open(lut_file, device_name("cpu"), "float32", 1, 1, create=False,
+                   runtime="onnxruntime" if lut_file.name.endswith("__onnxruntime.csv") else "eager")
+    problem = build_problem(analysis.space, lut, None, with_counts=with_counts)
+    return problem, {t.name: term_class(t.op) for t in analysis.space.terms}
 
 
 def random_configs(space, count: int, remove_prob: float, seed: int, blocks: Sequence[str],

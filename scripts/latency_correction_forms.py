@@ -28,7 +28,6 @@ worst and high-pruning (below 40 % of dense) median of the fraction-of-dense err
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -40,12 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mdp_cli.latency.cnn_ops  # noqa: E402,F401  (registers the CNN latency ops)
 from mdp_cli.artifacts import provenance, write_json  # noqa: E402
-from mdp_cli.latency.calibration import CLASSES, Configuration, random_configurations, term_class  # noqa: E402
+from mdp_cli.latency.calibration import CLASSES, Configuration, random_configurations  # noqa: E402
 from mdp_cli.latency.calibration import features as calibration_features  # noqa: E402
-from mdp_cli.latency.lut import Lut  # noqa: E402
-from mdp_cli.latency.timing import device_name  # noqa: E402
-from mdp_cli.latency.to_problem import build_problem  # noqa: E402
-from mdp_cli.space.cnn import discover_space  # noqa: E402
+from latency_bench_common import kept_lut_problem, read_bench_result  # noqa: E402
 
 FORMS = {"plain": ("T",), "per-term overhead": ("T", "N"), "calibration's (memory, compute, per term)": ("Tc", "Tm", "N"),
          "weights": ("T", "P"), "per term and weights": ("T", "N", "P"), "multiply-adds": ("T", "F")}
@@ -97,13 +93,7 @@ def summary(errors: np.ndarray, fractions: np.ndarray) -> dict[str, float | None
 
 
 def analyse_run(run: dict, analysis, seed: int, fit_rows: int, draws: int) -> dict:
-    lut_file = Path(run["lut"])
-    if not lut_file.is_file():
-        raise SystemExit(f"{lut_file}: the run's LUT is not there; run the bench with --lut-dir to keep its LUTs")
-    lut = Lut.open(lut_file, device_name("cpu"), "float32", 1, 1, create=False,
-                   runtime="onnxruntime" if lut_file.name.endswith("__onnxruntime.csv") else "eager")
-    problem = build_problem(analysis.space, lut, None, with_counts=True)
-    classes = {t.name: term_class(t.op) for t in analysis.space.terms}
+    problem, classes = kept_lut_problem(run, analysis, with_counts=True)
     dense_features = features(problem, classes, problem.dense_choice(), {})
     rows = [r for r in run["rows"] if r["config"] != 0]
     bench = [features(problem, classes, r["choice"], r["kept"]) for r in rows]
@@ -151,12 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=30)
     parser.add_argument("--out", default="latency_correction_forms.json")
     args = parser.parse_args(argv)
-    data = json.loads(Path(args.bench).read_text())
-    if data.get("schema") != "mdp.bench_latency" or data.get("version", 0) < 3:
-        raise SystemExit(f"{args.bench}: not a bench_latency_model.py result of version 3 or later (rows with choices)")
+    data, analysis = read_bench_result(args.bench)
     p = data["provenance"]
-    _, analysis = discover_space(p["model"], int(p["resolution"]), max_options=int(p["max_options"]),
-                                 multiple=int(p["multiple"]))
     runs = [analyse_run(run, analysis, int(p["seed"]), args.fit_rows, args.draws) for run in data["runs"]]
     print(f"{p['model']} @ {p['resolution']}px: error of the predicted fraction of dense, median / worst / median "
           f"below {HIGH_PRUNING:.0%} of dense, per run")

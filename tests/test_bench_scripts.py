@@ -401,16 +401,12 @@ def test_calibration_rule_replay(tmp_path) -> None:
 def _synthetic_bench_rows(problem, classes, memory_scale: float) -> list[dict]:
     """Configurations of every size, each 'measured' as a network whose memory ops cost ``memory_scale`` times
     the table (exactly: both passes alike)."""
-    from mdp_cli.latency.calibration import random_configurations
+    from mdp_cli.latency.calibration import Calibration, random_configurations
+
+    truth = Calibration({"compute": 1.0, "memory": memory_scale}, 0.0, classes, {}).apply(problem)
 
     def latency(c):
-        choice = {d.name: c.choice.get(d.name, d.full_index) for d in problem.dims}
-        total = problem.constant_latency
-        for t in problem.terms:
-            if t.block is None or c.kept.get(t.block, True):
-                scale = memory_scale if classes[t.name] == "memory" else 1.0
-                total += scale * float(t.table[tuple(choice[d] for d in t.dims)])
-        return total
+        return truth.latency({d.name: c.choice.get(d.name, d.full_index) for d in truth.dims}, c.kept)
 
     configs = [c for seed in (11, 12, 13) for c in random_configurations(problem, 10, seed=seed)[1:]]
     dense = latency(random_configurations(problem, 1)[0])
