@@ -172,7 +172,8 @@ def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discove
     the profile's device, dtype, batch, threads and runtime; writes ``mdp.calibration`` to ``out``."""
     import torch
 
-    from mdp_cli.latency.calibration import fit_calibration, latencies_in_turns, random_configurations, term_class
+    from mdp_cli.latency.calibration import (METHOD, fit_calibration, latencies_in_turns, random_configurations,
+                                             term_class)
     from mdp_cli.latency.runtimes import check_runtime, runner
     from mdp_cli.latency.timing import check_device, sample_calls_in_turns, threads
 
@@ -204,7 +205,7 @@ def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discove
     calibration = fit_calibration(problem, classes, configs, measured, halves)
     calibration.save(out, model=cfg["model"], lut=str(lut.path), device=lut.device, dtype=lut.dtype,
                      batch=lut.batch, threads=lut.threads, runtime=runtime, stat=p["stat"],
-                     configs=int(c["configs"]), seed=int(c["seed"]), repeats=repeats)
+                     configs=int(c["configs"]), seed=int(c["seed"]), repeats=repeats, method=METHOD)
     return calibration
 
 
@@ -529,7 +530,9 @@ def run_pipeline(cfg: dict[str, Any], run_dir: str | Path, echo: Callable[[str],
         # The LUT is shared by every model and run: its rows are inputs, not this run's outputs.
         step("profile", lambda: _hash_inputs([model_key, cfg["profile"]], [lut]), [lut], do_profile, check_outputs=False)
         if calibrating:
-            calibrate_key = {k: v for k, v in cfg["calibrate"].items() if k != "file"}
+            from mdp_cli.latency.calibration import METHOD as calibration_method
+
+            calibrate_key = {**{k: v for k, v in cfg["calibrate"].items() if k != "file"}, "method": calibration_method}
             step("calibrate", lambda: _hash_inputs([model_key, cfg["profile"], calibrate_key], [lut]),
                  [paths["calibration"]], do_calibrate)
         step("score", lambda: _hash_inputs([model_key, cfg["score"]], []), [paths["importance"]], do_score)

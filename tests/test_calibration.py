@@ -60,6 +60,39 @@ def test_fit_recovers_scales_and_overhead_exactly() -> None:
     assert problem.dense_latency != pytest.approx(calibrated.dense_latency)  # the input problem is untouched
 
 
+def test_fit_recovers_a_negative_overhead_that_zeroes_the_smallest_entries() -> None:
+    """ONNX Runtime's case: a session call costs more per node than the node inside the whole graph, and fused
+    elementwise ops cost next to nothing there. Each kept term costs ``max(0, scale * entry + overhead)`` with
+    an overhead below minus the smallest entry: the fit finds it (until 2026-12-05 it was bounded by the
+    smallest entry and could not), and the calibrated tables stop at 0, never negative."""
+    problem = resnet_problem(paper_granularity=True, seed=3)
+    classes = _classes(problem)
+    configs = random_configurations(problem, 8, seed=1)
+    entries = np.concatenate([np.ravel(t.table) for t in problem.terms])
+    overhead = -2.0 * float(np.percentile(entries, 20))  # every fifth entry and more would go negative
+    assert overhead < -float(entries.min())
+    truth = {"compute": 1.0, "memory": 0.3}
+
+    def network(config):
+        choice = {d.name: config.choice.get(d.name, d.full_index) for d in problem.dims}
+        return problem.constant_latency + sum(
+            max(0.0, truth[classes[t.name]] * float(t.table[tuple(choice[d] for d in t.dims)]) + overhead)
+            for t in problem.terms if t.block is None or config.kept.get(t.block, True))
+
+    measured = [network(c) for c in configs]
+    fitted = fit_calibration(problem, classes, configs, measured)
+    assert fitted.scales["memory"] / fitted.scales["compute"] == pytest.approx(0.3, rel=1e-4)
+    assert fitted.overhead / fitted.scales["compute"] == pytest.approx(overhead, rel=1e-4)
+    assert fitted.fit["median_error_after"] < 1e-6 < 0.03 < fitted.fit["median_error_before"]
+    assert fitted.fit["accepted"]
+    calibrated = fitted.apply(problem)
+    assert min(float(np.min(t.table)) for t in calibrated.terms) == 0.0  # clamped, not negative
+    assert sum(int(np.sum(t.table == 0.0)) for t in calibrated.terms) > len(entries) // 10
+    for c, m in zip(configs, measured):
+        choice = {d.name: c.choice.get(d.name, d.full_index) for d in problem.dims}
+        assert calibrated.latency(choice, c.kept) == pytest.approx(m, rel=1e-5)
+
+
 def test_fit_holds_a_scale_at_its_bound_and_says_so() -> None:
     problem = resnet_problem(paper_granularity=True, seed=4)
     classes = _classes(problem)

@@ -59,6 +59,23 @@ def test_run_then_skip_then_rerun_changed_stage(tiny_config, tmp_path):
     assert json.loads((run_dir / "problem.json").read_text())["provenance"]["coupled"] == "mean"
 
 
+def test_a_cached_calibration_of_another_method_is_fitted_again(tiny_config, tmp_path, monkeypatch):
+    """The calibration's cache key names its method: a run directory calibrated before the configurations or
+    the fit changed is calibrated again, not kept."""
+    import mdp_cli.latency.calibration as calibration
+
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    first = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q"])
+    assert first.exit_code == 0, first.output
+    assert json.loads((run_dir / "calibration.json").read_text())["provenance"]["method"] == calibration.METHOD
+    monkeypatch.setattr(calibration, "METHOD", calibration.METHOD + 1)
+    second = runner.invoke(main, ["run", str(tiny_config), "--run-dir", str(run_dir), "-q"])
+    assert second.exit_code == 0, second.output
+    assert "[profile] unchanged" in second.output and "[calibrate] done" in second.output, second.output
+    assert json.loads((run_dir / "calibration.json").read_text())["provenance"]["method"] == calibration.METHOD
+
+
 
 def test_run_remakes_edited_outputs_and_never_caches_a_missed_budget(tiny_config, tmp_path):
     runner = CliRunner()

@@ -38,6 +38,10 @@ from mdp_cli.solve.problem import Problem
 
 SCHEMA = "mdp.calibration"
 VERSION = 1
+# Which configurations are timed and how the correction is fitted: raised whenever either changes, so that a
+# cached calibration (``mdp run``) from another method is fitted again rather than kept (3: configurations
+# even in log of the fraction of dense, the overhead free to zero small entries; 2026-12-05)
+METHOD = 3
 CLASSES = ("compute", "memory")
 # Ops whose cost is a pass over memory rather than arithmetic: timed alone they pay what the network amortises.
 MEMORY_OPS = frozenset({"add", "mul", "cat", "bn", "act", "scalar", "maxpool", "avgpool", "adaptive_avgpool", "mean",
@@ -91,13 +95,14 @@ class Calibration:
     fit: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the report: errors before/after, configs
 
     def apply(self, problem: Problem, source: str = "") -> Problem:
-        """The problem with every term's table replaced by ``scale[class] * table + overhead``."""
+        """The problem with every term's table replaced by ``max(0, scale[class] * table + overhead)``."""
         missing = [t.name for t in problem.terms if t.name not in self.term_classes]
         if missing:
             raise SchemaError(f"{source or 'calibration'}: no class for term {missing[0]} "
                               f"(calibrated for another model or space); re-run 'mdp calibrate' for this problem")
-        terms = [dataclasses.replace(t, table=self.scales[self.term_classes[t.name]] * np.asarray(t.table, float)
-                                     + self.overhead) for t in problem.terms]
+        terms = [dataclasses.replace(t, table=calibrated_entries(np.asarray(t.table, float),
+                                                                 self.scales[self.term_classes[t.name]], self.overhead))
+                 for t in problem.terms]
         constant = self.scales["compute"] * problem.constant_latency
         record = {"file": source, "scales": dict(self.scales), "overhead": self.overhead,
                   "median_error_before": self.fit.get("median_error_before"),
@@ -157,6 +162,29 @@ def features(problem: Problem, term_classes: Mapping[str, str], config: Configur
         row[CLASSES.index(term_classes[term.name])] += float(term.table[tuple(choice[d] for d in term.dims)])
         row[-1] += 1.0
     return row
+
+
+def calibrated_entries(table: np.ndarray, scale: float, overhead: float) -> np.ndarray:
+    """A term's calibrated latency: its table scaled and shifted by the per-term overhead, and never below 0. The
+    overhead may be negative, and more so than the smallest entry: in ONNX Runtime a session's call costs more
+    per node than the node costs inside a whole graph, where residual adds and activations fuse into the convs
+    and cost next to nothing, and the table of a ResNet has entries of 0 µs (docs/latency.md §4)."""
+    return np.maximum(0.0, scale * table + overhead)
+
+
+def kept_entries(problem: Problem, term_classes: Mapping[str, str],
+                 configs: Sequence[Configuration]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every term's table entry in each configuration (configurations x terms; 0 where its block is removed),
+    whether it is kept, and each term's class index: what a calibration's prediction sums."""
+    entries = np.zeros((len(configs), len(problem.terms)))
+    kept = np.zeros((len(configs), len(problem.terms)), dtype=bool)
+    for k, config in enumerate(configs):
+        choice = _full_choice(problem, config)
+        for j, term in enumerate(problem.terms):
+            if term.block is None or config.kept.get(term.block, True):
+                entries[k, j] = float(term.table[tuple(choice[d] for d in term.dims)])
+                kept[k, j] = True
+    return entries, kept, np.array([CLASSES.index(term_classes[t.name]) for t in problem.terms], dtype=int)
 
 
 def _fractions(values: np.ndarray) -> np.ndarray:
@@ -257,9 +285,8 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
     F = np.array([features(problem, term_classes, c) for c in configs])
     y = np.asarray(measured, float)
     present = [i for i, name in enumerate(CLASSES) if any(term_classes[t.name] == name for t in problem.terms)]
-    columns = present + [len(CLASSES)]
-    smallest = {name: min((float(np.min(t.table)) for t in problem.terms if term_classes[t.name] == name),
-                          default=math.inf) for name in CLASSES}
+    entries, kept, term_class_index = kept_entries(problem, term_classes, configs)
+    constant = problem.constant_latency
 
     def theta_of(values: np.ndarray) -> tuple[dict[str, float], float]:
         scales = {name: 1.0 for name in CLASSES}
@@ -267,21 +294,36 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
             scales[CLASSES[i]] = float(v)
         return scales, float(values[-1])
 
-    def entries_ok(values: np.ndarray) -> bool:  # every calibrated entry stays a positive time
-        scales, overhead = theta_of(values)
-        return all(scales[name] * smallest[name] + overhead > 0 for name in CLASSES if smallest[name] < math.inf)
+    def full_scales(thetas: np.ndarray) -> np.ndarray:
+        """Candidates x classes: the candidates' scales, 1 for a class with no term."""
+        out = np.ones((len(thetas), len(CLASSES)))
+        out[:, present] = thetas[:, :-1]
+        return out
 
-    G = F[:, columns]
+    def predict(thetas: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Configurations ``rows`` x candidates: the calibrated table's latency, every kept term
+        ``max(0, scale * entry + overhead)`` (in chunks of candidates: configurations x terms each)."""
+        out = np.empty((len(rows), len(thetas)))
+        e, m = entries[rows], kept[rows]
+        for start in range(0, len(thetas), 128):
+            part = thetas[start:start + 128]
+            scales = full_scales(part)
+            per_term = np.maximum(0.0, scales[:, term_class_index][:, None, :] * e[None] + part[:, -1, None, None])
+            out[:, start:start + 128] = (np.where(m[None], per_term, 0.0).sum(axis=2)
+                                         + constant * scales[:, CLASSES.index("compute"), None]).T
+        return out
+
     ratio = y / y[0]
-    # the overhead's range: from what keeps the smallest entry a positive time up to the mean term
-    count = float(G[0, -1])
-    low, high = -min(smallest[CLASSES[i]] for i in present), float(G[0, :-1].sum()) / max(count, 1.0)
+    # the overhead's range: a mean term either way (below the smallest entry the calibrated entries stop at 0)
+    mean_term = float(F[0, :len(CLASSES)].sum()) / max(float(F[0, -1]), 1.0)
+    low, high = -mean_term, mean_term
 
     def fraction_cost(thetas: np.ndarray, pruned: np.ndarray) -> np.ndarray:
         """Mean squared relative error of the predicted fractions of dense, for each row of ``thetas``."""
-        predicted = G @ thetas.T  # configurations x candidates
-        errors = (predicted[pruned] / predicted[0]) / ratio[pruned, None] - 1.0
-        ok = np.all(predicted > 0, axis=0) & np.array([entries_ok(t) for t in thetas])
+        predicted = predict(thetas, np.r_[0, pruned])  # configurations x candidates
+        ok = np.all(predicted > 0, axis=0)  # a large negative overhead can zero a whole network: no candidate
+        with np.errstate(divide="ignore", invalid="ignore"):
+            errors = (predicted[1:] / predicted[0]) / ratio[pruned, None] - 1.0
         return np.where(ok, np.mean(errors ** 2, axis=0), np.inf)
 
     def solve(rows: np.ndarray) -> np.ndarray:
@@ -307,21 +349,18 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
                       for b, (lo, hi), (lo0, hi0) in zip(best, ranges, limits)]
         best = _polish(lambda p: float(fraction_cost(_thetas(p[None, :], n_free), pruned)[0]), best, best_cost, limits)
         theta = _thetas(best[None, :], n_free)[0]
-        return theta * (y[0] / float(G[0] @ theta))
+        return theta * (y[0] / float(predict(theta[None, :], np.array([0]))[0, 0]))
 
     every = np.arange(len(configs))
     theta = solve(every)
     scales, overhead = theta_of(theta)
 
-    def predict(values: np.ndarray, rows=every) -> np.ndarray:
-        return F[np.ix_(rows, columns)] @ values
-
     before = fraction_errors(F[:, :len(CLASSES)].sum(axis=1), y)
-    after = fraction_errors(predict(theta), y)
+    after = fraction_errors(predict(theta[None, :], every)[:, 0], y)
     fit: dict[str, Any] = {
         "configurations": len(configs), "measured": [float(v) for v in y],
         "predicted_before": [float(v) for v in F[:, :len(CLASSES)].sum(axis=1)],
-        "predicted_after": [float(v) for v in predict(theta)],
+        "predicted_after": [float(v) for v in predict(theta[None, :], every)[:, 0]],
         "median_error_before": statistics.median(abs(e) for e in before),
         "worst_error_before": max(abs(e) for e in before),
         "median_error_after": statistics.median(abs(e) for e in after),
@@ -336,7 +375,7 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         for k in range(1, len(configs)):
             rows = np.array([i for i in every if i != k])
             values = solve(rows)
-            dense_now, this = predict(values, np.array([0, k]))
+            dense_now, this = predict(values[None, :], np.array([0, k]))[:, 0]
             held_out.append((this / dense_now) / (y[k] / y[0]) - 1.0)
         fit["median_error_held_out"] = float(statistics.median(abs(e) for e in held_out))
         fit["worst_error_held_out"] = float(max(abs(e) for e in held_out))
