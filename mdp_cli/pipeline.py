@@ -217,7 +217,10 @@ def calibration_summary(calibration) -> str:
     scales = f["fitted_scales"]
     memory = (f"memory ops x{scales['memory'] / scales['compute']:.2f} of compute, "
               if "memory" in calibration.term_classes.values() else "")
-    found = f"fit: {memory}{f['fitted_overhead'] * 1000 / scales['compute']:+.1f} us per term"
+    # the weights' cost as the share of the dense network's time it accounts for (files before 2026-12-05: none)
+    weights = (f", weights {f['weights_share']:.0%} of the dense network's time"
+               if f.get("fitted_weight_cost") else "")
+    found = f"fit: {memory}{f['fitted_overhead'] * 1000 / scales['compute']:+.1f} us per term{weights}"
     before, held_out = f["median_error_before"], f.get("median_error_held_out")
     level = f"the whole dense network runs x{f['level']:.2f} its terms' sum"
     apart = f.get("measurement_disagreement")

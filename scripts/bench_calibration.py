@@ -71,7 +71,8 @@ def bench_model(model: str, args: argparse.Namespace, work: Path) -> dict:
             "calibrate_seconds": calibrate_s, "plain_median": fit["median_error_before"],
             "plain_worst": fit["worst_error_before"], "held_out_median": fit.get("median_error_held_out"),
             "held_out_worst": fit.get("worst_error_held_out"), "used": fit["accepted"], "fit": fit,
-            "scales": dict(calibration.scales), "overhead_ms": calibration.overhead, "plain": plain_errors(fit)}
+            "scales": dict(calibration.scales), "overhead_ms": calibration.overhead,
+            "weight_cost_ms": calibration.weight_cost, "plain": plain_errors(fit)}
 
 
 def main() -> None:

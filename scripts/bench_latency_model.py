@@ -163,6 +163,7 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
             result["pass_disagreement_high_pruning"] = abs_summary([r["pass_disagreement"] for r in high])
     if calibration is not None:
         result["calibration"] = {"scales": dict(calibration.scales), "overhead_ms": calibration.overhead,
+                                 "weight_cost_ms": calibration.weight_cost,
                                  **calibration.fit}
     result["targets"] = targets_verdict(result, "multidim_calibrated" if calibration is not None else "multidim_median")
     return result
@@ -208,8 +209,8 @@ def calibrate(model, analysis, problem, dense_net, dense_call, x, args, run):
     fitted = fit_calibration(problem, classes, configs, measured, halves)
     f = fitted.fit
     print(f"run {run}: calibrated on {len(configs)} configurations: scales {dict(fitted.scales)}, overhead "
-          f"{fitted.overhead * 1000:.1f} us/term; fraction error median {f['median_error_before']:.1%} -> "
-          f"{f['median_error_after']:.1%} (held out {f.get('median_error_held_out', float('nan')):.1%}); its halves "
+          f"{fitted.overhead * 1000:.1f} us/term, weights {f['weights_share']:.0%} of dense; fraction error median "
+          f"{f['median_error_before']:.1%} -> {f['median_error_after']:.1%} (held out {f.get('median_error_held_out', float('nan')):.1%}); its halves "
           f"{f['measurement_disagreement']:.1%} apart; used: {f['accepted']}", flush=True)
     return fitted
 

@@ -34,7 +34,7 @@ def read_bench_result(path: str | Path):
     return data, analysis
 
 
-def kept_lut_problem(run: Mapping[str, Any], analysis, with_counts: bool = False):
+def kept_lut_problem(run: Mapping[str, Any], analysis, with_counts: bool = True):
     """The problem a bench run's kept LUT (``--lut-dir``) builds, and its terms' calibration classes."""
     import mdp_cli.latency.cnn_ops  # noqa: F401  (registers the CNN latency ops)
     from mdp_cli.latency.calibration import term_class

@@ -93,6 +93,58 @@ def test_fit_recovers_a_negative_overhead_that_zeroes_the_smallest_entries() -> 
         assert calibrated.latency(choice, c.kept) == pytest.approx(m, rel=1e-5)
 
 
+def _with_weights(problem, seed=0):
+    """The problem with a weight count per term and option: a conv's weights grow with the product of its
+    dims' widths, as its table does, but not in proportion to it (the table carries a call's fixed cost)."""
+    import dataclasses
+
+    rng = np.random.default_rng(seed)
+    terms = []
+    for t in problem.terms:
+        sizes = [np.asarray(next(d for d in problem.dims if d.name == name).options, float) for name in t.dims]
+        count = np.ones(np.shape(t.table))
+        for axis, size in enumerate(sizes):
+            count = count * size.reshape([-1 if i == axis else 1 for i in range(len(sizes))])
+        terms.append(dataclasses.replace(t, resources={"params": count * rng.uniform(50, 500)}))
+    return dataclasses.replace(problem, terms=terms)
+
+
+def test_fit_recovers_a_cost_per_weight() -> None:
+    """A network whose weights are streamed from memory pays per weight what ops timed alone, their weights in
+    cache, did not: measured = the calibrated terms + cost x weights kept. The fit finds the cost with the
+    scales and the overhead; the calibrated problem carries it in every term's table; a problem without weight
+    counts is refused, and a calibration file keeps it."""
+    problem = _with_weights(resnet_problem(paper_granularity=True, seed=3))
+    classes = _classes(problem)
+    configs = random_configurations(problem, 8, seed=1)
+    truth = {"compute": 1.0, "memory": 0.6}
+    dense_weights = problem.resource("params", problem.dense_choice())
+    cost = 0.4 * problem.dense_latency / dense_weights  # the weights: 0.4 of the dense table on top
+
+    def network(config):
+        choice = {d.name: config.choice.get(d.name, d.full_index) for d in problem.dims}
+        return _network_latency(problem, classes, config, truth, 0.002) + cost * problem.resource("params", choice, config.kept)
+
+    measured = [network(c) for c in configs]
+    fitted = fit_calibration(problem, classes, configs, measured)
+    assert fitted.scales["memory"] / fitted.scales["compute"] == pytest.approx(0.6, rel=1e-3)
+    assert fitted.overhead / fitted.scales["compute"] == pytest.approx(0.002, rel=1e-3)
+    assert fitted.weight_cost / fitted.scales["compute"] == pytest.approx(cost, rel=1e-3)
+    assert fitted.fit["weights_share"] == pytest.approx(cost * dense_weights / measured[0], rel=1e-3)
+    assert fitted.fit["median_error_after"] < 1e-6 < 0.03 < fitted.fit["median_error_before"]
+    calibrated = fitted.apply(problem)
+    for c, m in zip(configs, measured):
+        choice = {d.name: c.choice.get(d.name, d.full_index) for d in problem.dims}
+        assert calibrated.latency(choice, c.kept) == pytest.approx(m, rel=1e-5)
+    assert calibrated.provenance["calibration"]["weight_cost"] == fitted.weight_cost
+    # without weight counts the same calibration cannot be applied: a cost per weight of nothing is no cost
+    with pytest.raises(SchemaError, match="cost per weight.*no weight counts"):
+        fitted.apply(resnet_problem(paper_granularity=True, seed=3))
+    # and without weight counts the fit has no such term
+    plain = resnet_problem(paper_granularity=True, seed=3)
+    assert fit_calibration(plain, classes, configs, measured).weight_cost == 0.0
+
+
 def test_fit_holds_a_scale_at_its_bound_and_says_so() -> None:
     problem = resnet_problem(paper_granularity=True, seed=4)
     classes = _classes(problem)
@@ -227,7 +279,19 @@ def test_save_read_and_refusals(tmp_path) -> None:
     fitted.save(path, model="synthetic")
     back = read_calibration(path)
     assert back.scales == pytest.approx(fitted.scales) and back.overhead == pytest.approx(fitted.overhead)
+    assert back.weight_cost == fitted.weight_cost == 0.0
     data = json.loads(path.read_text())
+    assert data["version"] == 2
+    # a version-1 file (before the cost per weight) reads as none; a version-2 file must say it
+    v1 = {**{k: v for k, v in data.items() if k != "weight_cost"}, "version": 1}
+    path.write_text(json.dumps(v1))
+    assert read_calibration(path).weight_cost == 0.0
+    path.write_text(json.dumps({**v1, "version": 2}))
+    with pytest.raises(SchemaError, match="weight_cost.*re-run 'mdp calibrate'"):
+        read_calibration(path)
+    path.write_text(json.dumps({**data, "weight_cost": -1e-9}))
+    with pytest.raises(SchemaError, match="weight_cost.*>= 0"):
+        read_calibration(path)
     data["scales"]["memory"] = -0.5
     path.write_text(json.dumps(data))
     with pytest.raises(SchemaError, match=r"scales\.memory.*re-run 'mdp calibrate'"):

@@ -10,12 +10,13 @@ pruned network stays.
 The correction is fitted to whole networks: a few pruned configurations of the very model are exported and
 timed in turns with the dense one (``mdp_cli/calibrate.py``), and
 
-    measured(config) ~= sum over kept terms t of  scale[class(t)] * table_t(config) + overhead
+    measured(config) ~= sum over kept terms t of  max(0, scale[class(t)] * table_t(config) + overhead)
 
 is fitted by bounded least squares on relative residuals, with one scale per op class present (``compute``:
 convs, linears, attention, MLPs; ``memory``: elementwise and normalisation ops, pools, concatenation) and one
-per-term ``overhead`` (a kept term's fixed cost, gated with its block like the term). Applied to a problem,
-every table becomes ``scale * table + overhead``: the solver's model stays a sum of terms, and a calibrated
+per-term ``overhead`` (a kept term's fixed cost, gated with its block like the term; negative where a term
+timed alone pays more per call than it costs in the network, and then no entry below 0). Applied to a problem,
+every table becomes ``max(0, scale * table + overhead)``: the solver's model stays a sum of terms, and a calibrated
 problem is a plain ``mdp.problem`` (its provenance records the calibration). The shape is fitted on fractions
 of dense and used only where it predicts unseen configurations clearly better than the plain table; the level
 always: the dense network measured in turns, so that a budget in ms means the network's ms. Torch-free.
@@ -37,11 +38,11 @@ from mdp_cli.errors import SchemaError
 from mdp_cli.solve.problem import Problem
 
 SCHEMA = "mdp.calibration"
-VERSION = 1
+VERSION = 2  # 2: weight_cost (v1 files read as weight_cost 0)
 # Which configurations are timed and how the correction is fitted: raised whenever either changes, so that a
-# cached calibration (``mdp run``) from another method is fitted again rather than kept (3: configurations
-# even in log of the fraction of dense, the overhead free to zero small entries; 2026-12-05)
-METHOD = 3
+# cached calibration (``mdp run``) from another method is fitted again rather than kept (4: configurations
+# even in log of the fraction of dense, the overhead free to zero small entries, a cost per weight; 2026-12-05)
+METHOD = 4
 CLASSES = ("compute", "memory")
 # Ops whose cost is a pass over memory rather than arithmetic: timed alone they pay what the network amortises.
 MEMORY_OPS = frozenset({"add", "mul", "cat", "bn", "act", "scalar", "maxpool", "avgpool", "adaptive_avgpool", "mean",
@@ -93,29 +94,38 @@ class Calibration:
     overhead: float                  # added to every kept term, in the problem's units
     term_classes: Mapping[str, str]  # term name -> class
     fit: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the report: errors before/after, configs
+    weight_cost: float = 0.0         # per weight a kept term holds, in the problem's units
 
     def apply(self, problem: Problem, source: str = "") -> Problem:
-        """The problem with every term's table replaced by ``max(0, scale[class] * table + overhead)``."""
+        """The problem with every term's table replaced by ``max(0, scale[class] * table + overhead)
+        + weight_cost * params`` (its weights at each option)."""
         missing = [t.name for t in problem.terms if t.name not in self.term_classes]
         if missing:
             raise SchemaError(f"{source or 'calibration'}: no class for term {missing[0]} "
                               f"(calibrated for another model or space); re-run 'mdp calibrate' for this problem")
+        if self.weight_cost and not problem.has_resource("params"):
+            raise SchemaError(f"{source or 'calibration'}: it charges a cost per weight, and the problem has no weight "
+                              f"counts; build the problem with them ('mdp problem' does) or re-run 'mdp calibrate'")
         terms = [dataclasses.replace(t, table=calibrated_entries(np.asarray(t.table, float),
-                                                                 self.scales[self.term_classes[t.name]], self.overhead))
+                                                                 self.scales[self.term_classes[t.name]], self.overhead)
+                                     + self.weight_cost * np.asarray(t.resources.get("params", 0.0), float))
                  for t in problem.terms]
         constant = self.scales["compute"] * problem.constant_latency
         record = {"file": source, "scales": dict(self.scales), "overhead": self.overhead,
+                  "weight_cost": self.weight_cost,
                   "median_error_before": self.fit.get("median_error_before"),
                   "median_error_after": self.fit.get("median_error_after")}
         return dataclasses.replace(problem, terms=terms, constant_latency=constant, provenance={**problem.provenance, "calibration": record})
 
     def fitted(self) -> "Calibration":
         """The fit's own scales and overhead, whether or not its rule uses them (benchmarks compare both)."""
-        return dataclasses.replace(self, scales=dict(self.fit["fitted_scales"]), overhead=self.fit["fitted_overhead"])
+        return dataclasses.replace(self, scales=dict(self.fit["fitted_scales"]), overhead=self.fit["fitted_overhead"],
+                                   weight_cost=self.fit.get("fitted_weight_cost", 0.0))
 
     def to_dict(self, **provenance_fields: Any) -> dict[str, Any]:
         return {"schema": SCHEMA, "version": VERSION, "provenance": provenance(**provenance_fields),
-                "scales": dict(self.scales), "overhead": self.overhead, "term_classes": dict(self.term_classes),
+                "scales": dict(self.scales), "overhead": self.overhead, "weight_cost": self.weight_cost,
+                "term_classes": dict(self.term_classes),
                 "fit": dict(self.fit)}
 
     def save(self, path: str | Path, **provenance_fields: Any) -> None:
@@ -123,7 +133,7 @@ class Calibration:
 
 
 def read_calibration(path: str | Path) -> Calibration:
-    """``mdp.calibration`` v1, validated (docs/schemas.md)."""
+    """``mdp.calibration`` v1 or v2, validated (docs/schemas.md)."""
     data = read_json(path, SCHEMA, VERSION)
 
     def fail(field: str, what: str) -> SchemaError:
@@ -137,13 +147,17 @@ def read_calibration(path: str | Path) -> Calibration:
             raise fail(f"scales.{name}", "must be a positive number")
     if not is_finite_number(data.get("overhead")):
         raise fail("overhead", "must be a finite number")
+    weight_cost = data.get("weight_cost", 0.0) if data["version"] < 2 else data.get("weight_cost")
+    if not is_finite_number(weight_cost) or weight_cost < 0:
+        raise fail("weight_cost", "must be a number >= 0")
     classes = data.get("term_classes")
     if not isinstance(classes, dict) or not classes or any(c not in CLASSES for c in classes.values()):
         raise fail("term_classes", f"must map term names to one of {list(CLASSES)}")
     fit = data.get("fit", {})
     if not isinstance(fit, dict):
         raise fail("fit", "must be an object")
-    return Calibration({k: float(v) for k, v in scales.items()}, float(data["overhead"]), dict(classes), fit)
+    return Calibration({k: float(v) for k, v in scales.items()}, float(data["overhead"]), dict(classes), fit,
+                       float(weight_cost))
 
 
 def _full_choice(problem: Problem, config: Configuration) -> dict[str, int]:
@@ -287,44 +301,79 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
     present = [i for i, name in enumerate(CLASSES) if any(term_classes[t.name] == name for t in problem.terms)]
     entries, kept, term_class_index = kept_entries(problem, term_classes, configs)
     constant = problem.constant_latency
+    n_scales = len(present)
+    # the weights each configuration keeps: a cost per weight is fitted where the problem counts them
+    weights = (np.array([problem.resource("params", _full_choice(problem, c), c.kept) for c in configs])
+               if problem.has_resource("params") else np.zeros(len(configs)))
+    with_weights = bool(weights[0] > 0)
+    # searched as the share of the dense table that the dense network's weights would add (order 1, like the
+    # other parameters, for the grid and the finite differences); the cost per weight is that share x per_weight
+    per_weight = float(F[0, :len(CLASSES)].sum()) / weights[0] if with_weights else 0.0
+    weights_in_table_units = weights * per_weight
 
-    def theta_of(values: np.ndarray) -> tuple[dict[str, float], float]:
+    def theta_of(values: np.ndarray) -> tuple[dict[str, float], float, float]:
         scales = {name: 1.0 for name in CLASSES}
-        for i, v in zip(present, values[:-1]):
+        for i, v in zip(present, values[:n_scales]):
             scales[CLASSES[i]] = float(v)
-        return scales, float(values[-1])
+        return scales, float(values[n_scales]), float(values[n_scales + 1]) * per_weight if with_weights else 0.0
 
     def full_scales(thetas: np.ndarray) -> np.ndarray:
         """Candidates x classes: the candidates' scales, 1 for a class with no term."""
         out = np.ones((len(thetas), len(CLASSES)))
-        out[:, present] = thetas[:, :-1]
+        out[:, present] = thetas[:, :n_scales]
         return out
 
     def predict(thetas: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Configurations ``rows`` x candidates: the calibrated table's latency, every kept term
-        ``max(0, scale * entry + overhead)`` (in chunks of candidates: configurations x terms each)."""
+        ``max(0, scale * entry + overhead)`` (in chunks of candidates: configurations x terms each), and the
+        cost per weight times the weights kept."""
         out = np.empty((len(rows), len(thetas)))
         e, m = entries[rows], kept[rows]
         for start in range(0, len(thetas), 128):
             part = thetas[start:start + 128]
             scales = full_scales(part)
-            per_term = np.maximum(0.0, scales[:, term_class_index][:, None, :] * e[None] + part[:, -1, None, None])
+            per_term = np.maximum(0.0, scales[:, term_class_index][:, None, :] * e[None]
+                                  + part[:, n_scales, None, None])
             out[:, start:start + 128] = (np.where(m[None], per_term, 0.0).sum(axis=2)
                                          + constant * scales[:, CLASSES.index("compute"), None]).T
+        if with_weights:
+            out += np.outer(weights_in_table_units[rows], thetas[:, n_scales + 1])
         return out
 
     ratio = y / y[0]
     # the overhead's range: a mean term either way (below the smallest entry the calibrated entries stop at 0)
     mean_term = float(F[0, :len(CLASSES)].sum()) / max(float(F[0, -1]), 1.0)
     low, high = -mean_term, mean_term
+    # the weights' share: from none up to twice the dense network's table
+    weight_limit = 2.0
+
+    def errors_of(predicted: np.ndarray, pruned: np.ndarray) -> np.ndarray:
+        """Mean squared relative error of the predicted fractions of dense over the candidates (the trailing
+        axes of ``predicted``; its first is the dense configuration, then ``pruned``)."""
+        ok = np.all(predicted > 0, axis=0)  # a large negative overhead can zero a whole network: no candidate
+        shape = (len(pruned),) + (1,) * (predicted.ndim - 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            errors = (predicted[1:] / predicted[0]) / ratio[pruned].reshape(shape) - 1.0
+        return np.where(ok, np.mean(errors ** 2, axis=0), np.inf)
 
     def fraction_cost(thetas: np.ndarray, pruned: np.ndarray) -> np.ndarray:
-        """Mean squared relative error of the predicted fractions of dense, for each row of ``thetas``."""
-        predicted = predict(thetas, np.r_[0, pruned])  # configurations x candidates
-        ok = np.all(predicted > 0, axis=0)  # a large negative overhead can zero a whole network: no candidate
-        with np.errstate(divide="ignore", invalid="ignore"):
-            errors = (predicted[1:] / predicted[0]) / ratio[pruned, None] - 1.0
-        return np.where(ok, np.mean(errors ** 2, axis=0), np.inf)
+        """The fraction errors' mean square for each row of ``thetas``."""
+        return errors_of(predict(thetas, np.r_[0, pruned]), pruned)
+
+    def grid_costs(axes: Sequence[np.ndarray], pruned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every combination of the axes' values and its cost. The weight cost adds to a prediction outside
+        the clamp, so the terms are summed once per (scales, overhead) and the weight axis broadcast onto them."""
+        if not with_weights:
+            grid = np.array(list(itertools.product(*axes)))
+            return grid, fraction_cost(_thetas(grid, n_scales - 1), pruned)
+        inner = np.array(list(itertools.product(*axes[:-1])))
+        rows = np.r_[0, pruned]
+        no_weight = _thetas(np.hstack([inner, np.zeros((len(inner), 1))]), n_scales - 1)
+        summed = predict(no_weight, rows)  # configurations x inner
+        costs = errors_of(summed[:, :, None] + weights_in_table_units[rows, None, None] * axes[-1][None, None, :],
+                          pruned)
+        grid = np.hstack([np.repeat(inner, len(axes[-1]), axis=0), np.tile(axes[-1], len(inner))[:, None]])
+        return grid, costs.ravel()
 
     def solve(rows: np.ndarray) -> np.ndarray:
         """Fit in fractions of dense (what budgets are), where a common factor is invisible: the first class's
@@ -334,14 +383,13 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         predicts its measured latency."""
         pruned = np.array([r for r in rows if r != 0])
         n_free = len(present) - 1
-        limits = [(math.log(SCALE_BOUNDS[0]), math.log(SCALE_BOUNDS[1]))] * n_free + [(low, high)]
+        limits = ([(math.log(SCALE_BOUNDS[0]), math.log(SCALE_BOUNDS[1]))] * n_free + [(low, high)]
+                  + ([(0.0, weight_limit)] if with_weights else []))
         ranges = list(limits)
-        best = np.array([0.0] * n_free + [0.0])  # the uncalibrated table: log-scale 0, no overhead
+        best = np.zeros(len(limits))  # the uncalibrated table: log-scale 0, no overhead, no cost per weight
         best_cost = float(fraction_cost(_thetas(best[None, :], n_free), pruned)[0])
         for _ in range(5):
-            axes = [np.linspace(lo, hi, 41) for lo, hi in ranges]
-            grid = np.array(list(itertools.product(*axes)))
-            costs = fraction_cost(_thetas(grid, n_free), pruned)
+            grid, costs = grid_costs([np.linspace(lo, hi, 41) for lo, hi in ranges], pruned)
             k = int(np.argmin(costs))
             if costs[k] < best_cost:
                 best, best_cost = grid[k], float(costs[k])
@@ -353,7 +401,7 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
 
     every = np.arange(len(configs))
     theta = solve(every)
-    scales, overhead = theta_of(theta)
+    scales, overhead, weight_cost = theta_of(theta)
 
     before = fraction_errors(F[:, :len(CLASSES)].sum(axis=1), y)
     after = fraction_errors(predict(theta[None, :], every)[:, 0], y)
@@ -366,7 +414,7 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         "median_error_after": statistics.median(abs(e) for e in after),
         "worst_error_after": max(abs(e) for e in after),
         "errors_before": [float(e) for e in before], "errors_after": [float(e) for e in after],
-        "at_bound": [CLASSES[i] for i, v in zip(present[1:], theta[1:-1] / theta[0])
+        "at_bound": [CLASSES[i] for i, v in zip(present[1:], theta[1:n_scales] / theta[0])
                      if min(abs(v - b) for b in SCALE_BOUNDS) < 1e-9],
     }
     if len(configs) >= 5:
@@ -391,13 +439,15 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
         fit["high_pruning"] = high_pruning
     fit["accepted_on"] = accepted_on(fit, NOISE_FLOOR)
     fit["accepted"] = fit["accepted_on"] is not None
-    fit["fitted_scales"], fit["fitted_overhead"] = dict(scales), overhead
+    fit["fitted_scales"], fit["fitted_overhead"], fit["fitted_weight_cost"] = dict(scales), overhead, weight_cost
+    fit["weights_share"] = float(weight_cost * weights[0] / y[0])  # of the dense network's latency
     # the whole network measured at this level over the sum of its terms (isolated ops run hotter in cache):
     # a common factor, invisible in fractions of dense, that makes budgets in ms mean what they say
     fit["level"] = float(y[0] / F[0, :len(CLASSES)].sum())
     if not fit["accepted"]:
-        scales, overhead = {name: fit["level"] for name in CLASSES}, 0.0  # the table's shape, at that level
-    return Calibration(scales, overhead, dict(term_classes), fit)
+        # the table's shape, at that level
+        scales, overhead, weight_cost = {name: fit["level"] for name in CLASSES}, 0.0, 0.0
+    return Calibration(scales, overhead, dict(term_classes), fit, weight_cost)
 
 
 def high_pruning_report(fit: Mapping[str, Any]) -> dict[str, Any] | None:

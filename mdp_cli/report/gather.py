@@ -26,7 +26,7 @@ from mdp_cli.errors import MdpError, SchemaError
 # The part of `mdp run --refine`'s artifact the report reads (the contract with refine.py).
 REFINE_SCHEMA, REFINE_VERSION = "mdp.refine", 1
 # ... and of the calibrate stage's (the contract with latency/calibration.py, which is a layer above this one)
-CALIBRATION_SCHEMA, CALIBRATION_VERSION = "mdp.calibration", 1
+CALIBRATION_SCHEMA, CALIBRATION_VERSION = "mdp.calibration", 2
 _SCAN_DEPTH = 2  # eval JSONs and finetune runs are looked for this deep under the run directory
 
 
