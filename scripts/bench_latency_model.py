@@ -94,10 +94,10 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
     profile_s = time.perf_counter() - t0
     print(f"run {run}: profiled {summary['measured']} rows ({summary.get('rechecked', 0)} re-timed) in "
           f"{profile_s:.1f} s -> {summary['lut']}", flush=True)
+    # with weight counts, as the product builds it: the calibration fits a cost per weight kept
     problems = {stat: build_problem(analysis.space, Lut.open(summary["lut"], summary["device"], summary["dtype"],
                                                               summary["batch"], 1,
-                                                              stat=stat, runtime=summary["runtime"]),
-                                    None, with_counts=False)
+                                                              stat=stat, runtime=summary["runtime"]), None)
                 for stat in STATS}
     linear = linearize(problems["median"])
     rng = random.Random(args.seed + 1000 * run)

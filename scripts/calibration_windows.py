@@ -50,8 +50,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model, analysis = discover_space(args.model, args.resolution, max_options=args.max_options, multiple=args.multiple)
-    problem = build_problem(analysis.space, Lut.open(args.lut, device_name("cpu"), "float32", 1, 1, create=False),
-                            None, with_counts=False)
+    # with weight counts, as the product builds it: the calibration fits a cost per weight kept
+    problem = build_problem(analysis.space, Lut.open(args.lut, device_name("cpu"), "float32", 1, 1, create=False), None)
     classes = {t.name: term_class(t.op) for t in analysis.space.terms}
     x = torch.randn(1, 3, args.resolution, args.resolution)
     dense = prune_cnn(model, analysis, {}, {})[0]
