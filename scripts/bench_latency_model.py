@@ -210,8 +210,9 @@ def calibrate(model, analysis, problem, dense_net, dense_call, x, args, run):
     f = fitted.fit
     print(f"run {run}: calibrated on {len(configs)} configurations: scales {dict(fitted.scales)}, overhead "
           f"{fitted.overhead * 1000:.1f} us/term, weights {f['weights_share']:.0%} of dense; fraction error median "
-          f"{f['median_error_before']:.1%} -> {f['median_error_after']:.1%} (held out {f.get('median_error_held_out', float('nan')):.1%}); its halves "
-          f"{f['measurement_disagreement']:.1%} apart; used: {f['accepted']}", flush=True)
+          f"{f['median_error_before']:.1%} -> {f['median_error_after']:.1%} (held out "
+          f"{f.get('median_error_held_out', float('nan')):.1%}); its halves {f['measurement_disagreement']:.1%} apart; "
+          f"used: {f['accepted']}", flush=True)
     return fitted
 
 

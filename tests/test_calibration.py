@@ -123,7 +123,8 @@ def test_fit_recovers_a_cost_per_weight() -> None:
 
     def network(config):
         choice = {d.name: config.choice.get(d.name, d.full_index) for d in problem.dims}
-        return _network_latency(problem, classes, config, truth, 0.002) + cost * problem.resource("params", choice, config.kept)
+        streamed = cost * problem.resource("params", choice, config.kept)
+        return _network_latency(problem, classes, config, truth, 0.002) + streamed
 
     measured = [network(c) for c in configs]
     fitted = fit_calibration(problem, classes, configs, measured)

@@ -140,7 +140,8 @@ def test_numbers_on_the_page_are_those_of_the_artifacts(run_dir, page):
         assert found[f"refine.{r['round']}.met"][0] == str(r["met"])
     assert refine["reason"] in page
     calibration = json.loads((run_dir / "calibration.json").read_text())["fit"]
-    for field in ("median_error_before", "median_error_held_out", "level", "measurement_disagreement", "noise_floor"):
+    for field in ("median_error_before", "median_error_held_out", "level", "measurement_disagreement", "noise_floor",
+                  "weights_share"):
         assert number(found[f"calibration.{field}"]) == calibration[field]
     # which model each accuracy belongs to, from what was evaluated
     for stage, name in (("dense (before pruning)", "eval_dense.json"), ("pruned (before finetuning)", "eval_pruned.json"),

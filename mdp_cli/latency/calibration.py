@@ -11,12 +11,15 @@ The correction is fitted to whole networks: a few pruned configurations of the v
 timed in turns with the dense one (``mdp_cli/calibrate.py``), and
 
     measured(config) ~= sum over kept terms t of  max(0, scale[class(t)] * table_t(config) + overhead)
+                                                  + weight_cost * weights_t(config)
 
 is fitted by bounded least squares on relative residuals, with one scale per op class present (``compute``:
-convs, linears, attention, MLPs; ``memory``: elementwise and normalisation ops, pools, concatenation) and one
+convs, linears, attention, MLPs; ``memory``: elementwise and normalisation ops, pools, concatenation), one
 per-term ``overhead`` (a kept term's fixed cost, gated with its block like the term; negative where a term
-timed alone pays more per call than it costs in the network, and then no entry below 0). Applied to a problem,
-every table becomes ``max(0, scale * table + overhead)``: the solver's model stays a sum of terms, and a calibrated
+timed alone pays more per call than it costs in the network, and then no entry below 0) and, where the problem
+counts weights, one ``weight_cost`` (an op timed alone keeps its weights in cache; a whole network streams
+them from memory). Applied to a problem, every table becomes ``max(0, scale * table + overhead) + weight_cost
+* weights``: the solver's model stays a sum of terms, and a calibrated
 problem is a plain ``mdp.problem`` (its provenance records the calibration). The shape is fitted on fractions
 of dense and used only where it predicts unseen configurations clearly better than the plain table; the level
 always: the dense network measured in turns, so that a budget in ms means the network's ms. Torch-free.
@@ -118,7 +121,8 @@ class Calibration:
         return dataclasses.replace(problem, terms=terms, constant_latency=constant, provenance={**problem.provenance, "calibration": record})
 
     def fitted(self) -> "Calibration":
-        """The fit's own scales and overhead, whether or not its rule uses them (benchmarks compare both)."""
+        """The fit's own scales, overhead and cost per weight, whether or not its rule uses them (benchmarks
+        compare both)."""
         return dataclasses.replace(self, scales=dict(self.fit["fitted_scales"]), overhead=self.fit["fitted_overhead"],
                                    weight_cost=self.fit.get("fitted_weight_cost", 0.0))
 
@@ -282,9 +286,10 @@ def measurement_disagreement(halves: tuple[Sequence[float], Sequence[float]]) ->
 def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: Sequence[Configuration],
                     measured: Sequence[float],
                     halves: tuple[Sequence[float], Sequence[float]] | None = None) -> Calibration:
-    """Fit scales and overhead to whole-network latencies ``measured`` (problem units, one per configuration;
-    configuration 0 must be the dense one): the relative errors of the predicted fractions of dense are
-    least-squared (``solve`` below). A class with no term keeps scale 1. The fit's report holds the
+    """Fit scales, overhead and cost per weight to whole-network latencies ``measured`` (problem units, one per
+    configuration; configuration 0 must be the dense one): the relative errors of the predicted fractions of
+    dense are least-squared (``solve`` below). A class with no term keeps scale 1, a problem without weight
+    counts gets no cost per weight. The fit's report holds the
     fraction-of-dense errors before and after, and leave-one-out errors (each configuration predicted by a fit
     without it) when there are enough configurations. ``halves`` (``halves_of``): the same latencies measured
     from the first and the second half of the rounds; their disagreement raises the noise floor of the rule
@@ -377,10 +382,10 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
 
     def solve(rows: np.ndarray) -> np.ndarray:
         """Fit in fractions of dense (what budgets are), where a common factor is invisible: the first class's
-        scale is held at 1, the other's (log-spaced within SCALE_BOUNDS) and the overhead are searched on a grid
-        that zooms in on the best point four times (two parameters at most: exact enough, and it cannot run
-        off like a local method on a flat valley); then everything is scaled so that the dense configuration
-        predicts its measured latency."""
+        scale is held at 1, the other's (log-spaced within SCALE_BOUNDS), the overhead and the weights' share are
+        searched on a grid that zooms in on the best point four times (three parameters at most, 41 values
+        each: exact enough, and it cannot run off like a local method on a flat valley), then polished; then
+        everything is scaled so that the dense configuration predicts its measured latency."""
         pruned = np.array([r for r in rows if r != 0])
         n_free = len(present) - 1
         limits = ([(math.log(SCALE_BOUNDS[0]), math.log(SCALE_BOUNDS[1]))] * n_free + [(low, high)]

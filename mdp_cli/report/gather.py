@@ -108,7 +108,8 @@ def read_calibration_record(path: Path) -> dict[str, Any]:
         values = fit.get(key)
         if values is not None and not (isinstance(values, list) and all(is_finite_number(v) for v in values)):
             raise SchemaError(f"{path}: field 'fit.{key}' must be a list of numbers; re-run 'mdp calibrate'")
-    for key in ("median_error_before", "median_error_held_out", "level", "measurement_disagreement", "noise_floor"):
+    for key in ("median_error_before", "median_error_held_out", "level", "measurement_disagreement", "noise_floor",
+                "weights_share"):
         if fit.get(key) is not None and not is_finite_number(fit[key]):
             raise SchemaError(f"{path}: field 'fit.{key}' must be a number; re-run 'mdp calibrate'")
     return {"scales": scales, "overhead": float(data["overhead"]), "fit": fit}

@@ -310,6 +310,8 @@ def _calibration(found: RunArtifacts) -> str:
          f.get("measurement_disagreement"), ".1%"),
         ("noise_floor", "noise floor of the rule (3 % since 2026-12-04, 4 % before; or the halves' disagreement if larger)", f.get("noise_floor"), ".1%"),
         ("level", "dense network / sum of its terms (tables scaled to it)", f.get("level"), ".2f"),
+        ("weights_share", "the fit's cost per weight kept: its share of the dense network's time", f.get("weights_share"),
+         ".1%"),
     ) if value is not None]
     scales = calibration["scales"]
     rows.append(f"<tr><th>scales (compute, memory); overhead per term</th><td>{scales['compute']:.3g}, "
