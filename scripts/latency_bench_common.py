@@ -34,8 +34,9 @@ def read_bench_result(path: str | Path):
     return data, analysis
 
 
-def kept_lut_problem(run: Mapping[str, Any], analysis, with_counts: bool = True):
-    """The problem a bench run's kept LUT (``--lut-dir``) builds, and its terms' calibration classes."""
+def kept_lut_problem(run: Mapping[str, Any], analysis):
+    """The problem a bench run's kept LUT (``--lut-dir``) builds (with weight counts, as the product builds it),
+    and its terms' calibration classes."""
     import mdp_cli.latency.cnn_ops  # noqa: F401  (registers the CNN latency ops)
     from mdp_cli.latency.calibration import term_class
     from mdp_cli.latency.lut import Lut
@@ -47,7 +48,7 @@ def kept_lut_problem(run: Mapping[str, Any], analysis, with_counts: bool = True)
         raise SystemExit(f"{lut_file}: the run's LUT is not there; run the bench with --lut-dir to keep its LUTs")
     lut = Lut.open(lut_file, device_name("cpu"), "float32", 1, 1, create=False,
                    runtime="onnxruntime" if lut_file.name.endswith("__onnxruntime.csv") else "eager")
-    problem = build_problem(analysis.space, lut, None, with_counts=with_counts)
+    problem = build_problem(analysis.space, lut, None)
     return problem, {t.name: term_class(t.op) for t in analysis.space.terms}
 
 

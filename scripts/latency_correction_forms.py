@@ -93,7 +93,7 @@ def summary(errors: np.ndarray, fractions: np.ndarray) -> dict[str, float | None
 
 
 def analyse_run(run: dict, analysis, seed: int, fit_rows: int, draws: int) -> dict:
-    problem, classes = kept_lut_problem(run, analysis, with_counts=True)
+    problem, classes = kept_lut_problem(run, analysis)
     dense_features = features(problem, classes, problem.dense_choice(), {})
     rows = [r for r in run["rows"] if r["config"] != 0]
     bench = [features(problem, classes, r["choice"], r["kept"]) for r in rows]

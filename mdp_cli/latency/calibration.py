@@ -171,15 +171,17 @@ def _full_choice(problem: Problem, config: Configuration) -> dict[str, int]:
 def features(problem: Problem, term_classes: Mapping[str, str], config: Configuration) -> np.ndarray:
     """[sum of compute tables, sum of memory tables, number of terms] over the terms a configuration keeps (the
     problem's constant latency, what nothing prunes, counts as compute)."""
-    choice = _full_choice(problem, config)
-    row = np.zeros(len(CLASSES) + 1)
-    row[CLASSES.index("compute")] = problem.constant_latency
-    for term in problem.terms:
-        if term.block is not None and not config.kept.get(term.block, True):
-            continue
-        row[CLASSES.index(term_classes[term.name])] += float(term.table[tuple(choice[d] for d in term.dims)])
-        row[-1] += 1.0
-    return row
+    return _feature_rows(problem, *kept_entries(problem, term_classes, [config]))[0]
+
+
+def _feature_rows(problem: Problem, entries: np.ndarray, kept: np.ndarray, term_class_index: np.ndarray) -> np.ndarray:
+    """``features`` of every configuration from ``kept_entries``' output."""
+    rows = np.zeros((len(entries), len(CLASSES) + 1))
+    for i in range(len(CLASSES)):
+        rows[:, i] = entries[:, term_class_index == i].sum(axis=1)
+    rows[:, CLASSES.index("compute")] += problem.constant_latency
+    rows[:, -1] = kept.sum(axis=1)
+    return rows
 
 
 def calibrated_entries(table: np.ndarray, scale: float, overhead: float) -> np.ndarray:
@@ -301,10 +303,10 @@ def fit_calibration(problem: Problem, term_classes: Mapping[str, str], configs: 
     if halves is not None and any(len(h) != len(configs) or any(not (v > 0 and math.isfinite(v)) for v in h)
                                   for h in halves):
         raise ValueError("halves must hold one positive latency per configuration, twice")
-    F = np.array([features(problem, term_classes, c) for c in configs])
+    entries, kept, term_class_index = kept_entries(problem, term_classes, configs)
+    F = _feature_rows(problem, entries, kept, term_class_index)
     y = np.asarray(measured, float)
     present = [i for i, name in enumerate(CLASSES) if any(term_classes[t.name] == name for t in problem.terms)]
-    entries, kept, term_class_index = kept_entries(problem, term_classes, configs)
     constant = problem.constant_latency
     n_scales = len(present)
     # the weights each configuration keeps: a cost per weight is fitted where the problem counts them
