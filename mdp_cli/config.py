@@ -104,9 +104,10 @@ class CalibrateSection:
     configurations of the model exported and timed in turns with the dense one, a scale per op class and a
     per-term overhead fitted to them, used where they predict unseen configurations clearly better."""
 
-    configs: int = setting(8, min=0, doc="pruned configurations timed (0: off; else at least 4) (--calibrate-configs)")
+    configs: int = setting(16, min=0, doc="pruned configurations timed (0: off; else at least 4) (--calibrate-configs)")
     seed: int = setting(0, min=0, doc="which configurations")
-    repeats: Optional[int] = setting(None, min=1, doc="timed calls per configuration, in turns (default profile.repeats)")
+    repeats: Optional[int] = setting(None, min=2, doc="timed calls per configuration, in turns, split between two passes "
+                                                       "(default profile.repeats; at least 2)")
     file: str = setting("", doc="a calibration JSON to apply to the problem ('mdp problem --calibration')")
 
 

@@ -169,18 +169,22 @@ def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discove
     """Fit the in-network calibration of the LUT for this model (``latency/calibration.py``): the dense model
     and ``calibrate.configs`` pruned configurations, each exported as ``mdp export`` would and timed in turns
     with the dense model as ``mdp export`` measures it (a timed call follows a call of the same network), in
-    the profile's device, dtype, batch, threads and runtime; writes ``mdp.calibration`` to ``out``."""
+    two passes over all of them (``latency/calibration_timing.py``), in the profile's device, dtype, batch,
+    threads and runtime; writes ``mdp.calibration`` to ``out``."""
     import torch
 
-    from mdp_cli.latency.calibration import (METHOD, fit_calibration, latencies_in_turns, random_configurations,
-                                             term_class)
+    from mdp_cli.latency.calibration import METHOD, fit_calibration, random_configurations, term_class
+    from mdp_cli.latency.calibration_timing import PASSES, time_in_two_passes
     from mdp_cli.latency.runtimes import check_runtime, runner
-    from mdp_cli.latency.timing import check_device, sample_calls_in_turns, threads
+    from mdp_cli.latency.timing import check_device, threads
 
     c, p = cfg["calibrate"], cfg["profile"]
     repeats = int(c["repeats"] or p["repeats"])
     if not c["configs"]:
         raise MdpError("calibrate.configs (--calibrate-configs) is 0: nothing to calibrate on; give at least 4")
+    if repeats < PASSES:
+        raise MdpError(f"calibrate.repeats (or profile.repeats, its default) is {repeats}: the calibration times "
+                       f"every configuration in {PASSES} passes; give at least {PASSES}")
     family = family_of_config(cfg)
     discovered = discovered or discover(cfg)
     lut = open_lut(cfg, lut_path)
@@ -195,12 +199,11 @@ def stage_calibrate(cfg: Mapping[str, Any], out: str | Path, discovered: Discove
         net = family.export_for_timing(discovered, sizes, dict(config.kept))
         calls.append(runner(net, x, runtime, device, p["dtype"], int(p["threads"])))
     echo(f"[calibrate] timing {len(configs) - 1} pruned configurations, each in turns with the dense model "
-         f"({repeats} calls each)")
+         f"({repeats} calls each, in {PASSES} passes over all of them)")
     # each in turns with dense, as the export's budget check measures: the fit aims at what the gate will see
     # (called alternately with other networks, a small network measured up to 15 % slower, docs/latency.md)
     with threads(int(p["threads"]) if device == "cpu" else None):
-        pairs = [sample_calls_in_turns(call, calls[0], int(p["warmup"]), repeats, device) for call in calls[1:]]
-    measured, halves = latencies_in_turns(pairs)
+        measured, halves = time_in_two_passes(calls, int(p["warmup"]), repeats, device)
     classes = {t.name: term_class(t.op) for t in discovered.space.terms}
     calibration = fit_calibration(problem, classes, configs, measured, halves)
     calibration.save(out, model=cfg["model"], lut=str(lut.path), device=lut.device, dtype=lut.dtype,

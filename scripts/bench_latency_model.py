@@ -19,7 +19,7 @@ the LUT read as measured (``median``) and relative to its reference op (``ref``,
 over ``--runs`` separate runs (each profiling a fresh LUT), and writes everything to a JSON file. Every
 configuration is timed in ``--passes`` passes minutes apart (the median is the measurement); how far the
 passes lie apart is the measurement's own repeatability, reported beside the errors (docs/latency.md §1).
-The in-network calibration is fitted on ``--calibrate`` configurations of its own (8, as ``mdp run`` does; 0
+The in-network calibration is fitted on ``--calibrate`` configurations of its own (16, as ``mdp run`` does; 0
 turns it off) and reported as the product uses it (``calibrated``) and applied regardless of its rule
 (``fitted``). Each run says whether the table as the product uses it meets issue 16's targets (median <= 3 %,
 worst <= 8 %, over all configurations and below 40 % of dense; ``targets`` in the JSON). With ``--runtime
@@ -56,8 +56,10 @@ from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
 from mdp_cli.latency.runtimes import runner, runtime_version  # noqa: E402
 from mdp_cli.latency.timing import (clock_for, sample_calls_in_turns, sample_calls_round_robin,  # noqa: E402
                                     sample_round_robin, summarize, threads)
-from mdp_cli.latency.calibration import (fit_calibration, halves_of, latencies_in_turns,  # noqa: E402
-                                         random_configurations, term_class)
+from mdp_cli.latency.calibration import (fit_calibration, halves_of, random_configurations,  # noqa: E402
+                                         term_class)
+from mdp_cli.latency.calibration_timing import time_in_two_passes  # noqa: E402
+from mdp_cli.config import CalibrateSection  # noqa: E402
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
 from latency_bench_common import TARGET_MEDIAN, TARGET_WORST, abs_summary, meets_targets  # noqa: E402
@@ -200,8 +202,9 @@ def calibrate(model, analysis, problem, dense_net, dense_call, x, args, run):
     for c in configs[1:]:
         sizes = {d.name: d.options[c.choice[d.name]] for d in problem.dims}
         nets.append(prune_cnn(model, analysis, sizes, dict(c.kept))[0])
-    if args.ruler == "turns":  # as mdp calibrate measures: each in turns with dense
-        measured, halves = latencies_in_turns([time_pair(in_runtime(n, x, args), dense_call, args) for n in nets[1:]])
+    if args.ruler == "turns":  # as mdp calibrate measures (the same function): each in turns with dense, two passes
+        measured, halves = time_in_two_passes([dense_call] + [in_runtime(n, x, args) for n in nets[1:]],
+                                              args.warmup, args.repeats, args.device)
     else:  # all of them one call each in turn (mdp calibrate until 2026-12-04)
         measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], args.device, args.dtype, args.warmup,
                                                         args.repeats, args.runtime))
@@ -236,7 +239,7 @@ def main() -> None:
     parser.add_argument("--recheck", type=float, help="re-time rows whose passes differ by more (default: the plan's)")
     parser.add_argument("--lut-dir", help="where the LUTs go (default: a temporary directory per run)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibrate", type=int, default=8,
+    parser.add_argument("--calibrate", type=int, default=CalibrateSection().configs,
                         help="fit the in-network calibration on this many configurations of its own, as mdp run does "
                              "(calibrate.configs), and report the table as its rule uses it (multidim_calibrated, "
                              "the one the targets are checked on) beside the plain one; 0: the plain table only")

@@ -29,7 +29,7 @@ def test_calibrate_then_problem_applies_it(profiled, tmp_path):
     calibration_file = tmp_path / "calibration.json"
     out = runner.invoke(main, ["calibrate", *profiled, "--configs", "4", "--warmup", "2", "--repeats", "10", "-o", str(calibration_file)])
     assert out.exit_code == 0, out.output
-    assert "timing 4 pruned configurations, each in turns with the dense model" in out.output
+    assert "timing 4 pruned configurations, each in turns with the dense model (10 calls each, in 2 passes" in out.output
     calibration = read_calibration(calibration_file)
     fit = calibration.fit
     assert fit["configurations"] == 5 and len(fit["measured"]) == 5 and all(m > 0 for m in fit["measured"])
@@ -56,6 +56,9 @@ def test_calibrate_refusals(profiled, tmp_path):
     runner = CliRunner()
     few = runner.invoke(main, ["calibrate", *profiled, "--configs", "2", "-o", str(tmp_path / "c.json")])
     assert few.exit_code == 2 and "calibrate.configs (--calibrate-configs) = 2 is not allowed" in few.output
+    # two passes need a call each
+    once = runner.invoke(main, ["calibrate", *profiled, "--repeats", "1", "-o", str(tmp_path / "c.json")])
+    assert once.exit_code != 0 and "calibrate.repeats" in once.output and not (tmp_path / "c.json").exists()
     # a calibration of another model cannot be applied to this one's problem
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"schema": "mdp.calibration", "version": 1, "provenance": {},

@@ -154,7 +154,9 @@ def test_resnet50_prediction_at_scale(tmp_path):
     other dims), with an absolute bound for gross failures. Here (quiet) it measured 2.2 % vs linear 22 %."""
     import torch
 
-    from mdp_cli.latency.calibration import fit_calibration, latencies_in_turns, random_configurations, term_class
+    from mdp_cli.config import CalibrateSection
+    from mdp_cli.latency.calibration import fit_calibration, random_configurations, term_class
+    from mdp_cli.latency.calibration_timing import time_in_two_passes
     from mdp_cli.latency.timing import sample_calls_in_turns, summarize
     from mdp_cli.latency.runtimes import runner
 
@@ -167,16 +169,15 @@ def test_resnet50_prediction_at_scale(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     dense_net, _ = prune_cnn(model, analysis, {}, {})
     # the calibrate stage's fit (pipeline.stage_calibrate), on its own configurations (not the ones checked below)
-    configs = random_configurations(plain, 8, seed=0)
+    configs = random_configurations(plain, CalibrateSection().configs, seed=0)
     calls = []
     for config in configs:
         sizes = {d.name: d.options[config.choice[d.name]] for d in plain.dims if d.name in config.choice}
         net, _ = prune_cnn(model, analysis, sizes, dict(config.kept))
         calls.append(runner(net, x, "eager", "cpu", "float32", 1))
-    with threads(1):
-        pairs = [sample_calls_in_turns(call, calls[0], 10, 30, "cpu") for call in calls[1:]]
+    with threads(1):  # as stage_calibrate does: the rule's noise floor sees the two passes
+        measured, halves = time_in_two_passes(calls, 10, 30, "cpu")
     classes = {t.name: term_class(t.op) for t in analysis.space.terms}
-    measured, halves = latencies_in_turns(pairs)  # as stage_calibrate does: the rule's noise floor sees the halves
     calibration = fit_calibration(plain, classes, configs, measured, halves)
     problem = calibration.apply(plain, "test")
     linear = linearize(plain)

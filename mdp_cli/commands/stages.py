@@ -189,7 +189,7 @@ def problem_command(config, importance, lut_path, output, **kw):
 @click.option("--warmup", type=int, help="Warm-up calls per model (default 10).")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False), help="LUT CSV (default: lut-dir/<this device>).")
 @click.option("--configs", "calibrate_configs", type=int,
-              help="Pruned configurations exported and timed in turns with the dense model (default 8, at least 4).")
+              help="Pruned configurations exported and timed in turns with the dense model (default 16, at least 4).")
 @click.option("--seed", "calibrate_seed", type=int, help="Which configurations (default 0).")
 @click.option("--repeats", "calibrate_repeats", type=int, help="Timed calls per model (default: profile.repeats, 30).")
 @click.option("--output", "-o", "--out", "output", type=click.Path(dir_okay=False, path_type=Path),
@@ -250,7 +250,7 @@ def export_command(config, solution, importance, output, **kw):
 @click.option("--refine-tolerance", type=float,
               help="Refine until the measured fraction of dense is within this of the budget (default 0.1).")
 @click.option("--calibrate-configs", type=int,
-              help="Pruned configurations timed to calibrate the LUT in-network (default 8; 0: off).")
+              help="Pruned configurations timed to calibrate the LUT in-network (default 16; 0: off).")
 def run_command(config, run_dir, force, quiet, no_gate, **kw):
     """Run profile -> score -> problem -> solve -> export (--refine: the closed loop) from CONFIG, skipping
     unchanged stages."""

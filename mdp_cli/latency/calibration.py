@@ -8,7 +8,7 @@ linearly, a call's fixed cost not at all), which is why a plain sum of LUT rows 
 pruned network stays.
 
 The correction is fitted to whole networks: a few pruned configurations of the very model are exported and
-timed in turns with the dense one (``mdp_cli/calibrate.py``), and
+timed in turns with the dense one, in two passes (``calibration_timing.py``), and
 
     measured(config) ~= sum over kept terms t of  max(0, scale[class(t)] * table_t(config) + overhead)
                                                   + weight_cost * weights_t(config)
@@ -44,8 +44,9 @@ SCHEMA = "mdp.calibration"
 VERSION = 2  # 2: weight_cost (v1 files read as weight_cost 0)
 # Which configurations are timed and how the correction is fitted: raised whenever either changes, so that a
 # cached calibration (``mdp run``) from another method is fitted again rather than kept (4: configurations
-# even in log of the fraction of dense, the overhead free to zero small entries, a cost per weight; 2026-12-05)
-METHOD = 4
+# even in log of the fraction of dense, the overhead free to zero small entries, a cost per weight; 5: 16
+# configurations, timed in two passes whose disagreement is the measurement's; both 2026-12-05)
+METHOD = 5
 CLASSES = ("compute", "memory")
 # Ops whose cost is a pass over memory rather than arithmetic: timed alone they pay what the network amortises.
 MEMORY_OPS = frozenset({"add", "mul", "cat", "bn", "act", "scalar", "maxpool", "avgpool", "adaptive_avgpool", "mean",
