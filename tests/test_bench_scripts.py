@@ -447,3 +447,11 @@ def test_calibration_spread_replay_scores_what_each_spread_would_give() -> None:
     assert high_only["high_pruning"]["worst"] > 0.08
     exact = replay.replay_spread(problem, classes, _synthetic_bench_rows(problem, classes, 1.0), spreads["log"])
     assert exact["accepted_on"] is None and exact["met"] and exact["overall"]["worst"] < 1e-9
+    # scored on equal-size subsets of the other rows: the share of them that meets the targets
+    assert replay.replay_spread(problem, classes, _synthetic_bench_rows(problem, classes, 1.0), spreads["log"],
+                                score_on=10)["met"] == 1.0
+    share = replay.replay_spread(problem, classes, rows, [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55], score_on=5)
+    small = [r for r in rows if r["fraction"] < 0.4]
+    assert 0.0 <= share["met"] < 1.0 and len(small) >= 4  # a subset holding a small network misses
+    with pytest.raises(SystemExit, match="--score-on 30: only 22 configurations"):
+        replay.replay_spread(problem, classes, rows, spreads["log"], score_on=30)

@@ -282,8 +282,8 @@ def _calibration(found: RunArtifacts) -> str:
     calibration = found.calibration
     if calibration is None:
         out.append(_absent("No calibration.json in this run (<code>calibrate.configs: 0</code>, or a run from before "
-                           "the stage): <code>mdp run</code> times the dense model and 8 pruned configurations in turns "
-                           "and fits how the table's terms add up inside the network (docs/latency.md)."))
+                           "the stage): <code>mdp run</code> times the dense model and 16 pruned configurations in "
+                           "turns and fits how the table's terms add up inside the network (docs/latency.md)."))
         return "\n".join(out)
     f = calibration["fit"]
     measured, plain, after = f.get("measured"), f.get("predicted_before"), f.get("predicted_after")
