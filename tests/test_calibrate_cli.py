@@ -1,5 +1,6 @@
 """`mdp calibrate` on a real (tiny) CNN: it times exported configurations, writes a valid mdp.calibration, and
-`mdp problem --calibration` applies exactly scale * table + overhead; bad settings and foreign files are refused."""
+`mdp problem --calibration` applies exactly max(0, scale * table + overhead) + weight_cost * weights; bad
+settings and foreign files are refused."""
 
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def test_calibrate_then_problem_applies_it(profiled, tmp_path):
     classes = calibration.term_classes
     for ta, tb in zip(a.terms, b.terms):
         scale = calibration.scales[classes[ta.name]]
-        np.testing.assert_allclose(tb.table, scale * ta.table + calibration.overhead, rtol=1e-12)
+        expected = (np.maximum(0.0, scale * ta.table + calibration.overhead)
+                    + calibration.weight_cost * np.asarray(ta.resources["params"], float))
+        np.testing.assert_allclose(tb.table, expected, rtol=1e-12)
     assert b.provenance["calibration"]["file"] == str(calibration_file)
 
 
