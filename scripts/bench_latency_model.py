@@ -62,7 +62,8 @@ from mdp_cli.latency.calibration_timing import time_in_two_passes  # noqa: E402
 from mdp_cli.config import CalibrateSection  # noqa: E402
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
-from latency_bench_common import TARGET_MEDIAN, TARGET_WORST, abs_summary, meets_targets  # noqa: E402
+from latency_bench_common import (HIGH_PRUNING_FRACTION, TARGET_MEDIAN, TARGET_WORST, abs_summary,  # noqa: E402
+                                  meets_targets, per_pass_summary)
 from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
 
 
@@ -149,7 +150,7 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
                   f"{row['pass_disagreement']:4.1%})  relative error: "
                   + "  ".join(f"{stat} {row[f'multidim_{stat}_rel_err']:+6.1%}" for stat in problems)
                   + f"  linear {row['linear_rel_err']:+6.1%}", flush=True)
-    high = [r for r in rows if r["measured_fraction"] < 0.4]
+    high = [r for r in rows if r["measured_fraction"] < HIGH_PRUNING_FRACTION]
     result = {"run": run, "profile_seconds": profile_s, "lut": summary["lut"], "rechecked": summary.get("rechecked", 0),
               "dense_measured_ms": rows[0]["dense_now_ms"], "dense_predicted_ms": problems["median"].dense_latency,
               "configs": len(rows), "high_pruning_configs": len(high),
@@ -168,6 +169,10 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
                                  "weight_cost_ms": calibration.weight_cost,
                                  **calibration.fit}
     result["targets"] = targets_verdict(result, "multidim_calibrated" if calibration is not None else "multidim_median")
+    if args.passes > 1:
+        # each table scored against every pass alone: a miss against the median that some pass meets is the
+        # machine's state moving between passes, not the table's shape (docs/latency.md §3)
+        result["per_pass"] = {f"multidim_{stat}": per_pass_summary(rows, f"multidim_{stat}") for stat in problems}
     return result
 
 
@@ -296,6 +301,13 @@ def main() -> None:
             print(f"run {r['run']} the measurement itself: {args.passes} passes apart by median {p['median']:5.1%} "
                   f"worst {p['worst']:5.1%}" + (f" | <40% of dense: median {h['median']:5.1%} worst {h['worst']:5.1%}"
                                                 if h else ""))
+        if "per_pass" in r:
+            table = r["targets"]["table"]
+            each = r["per_pass"][table]
+            print(f"run {r['run']} {table} against each pass alone: median "
+                  + " / ".join(f"{p['overall']['median']:.1%}" for p in each) + ", worst "
+                  + " / ".join(f"{p['overall']['worst']:.1%}" for p in each)
+                  + f"; targets met against {sum(p['met'] for p in each)} of {len(each)} passes")
     verdicts = [r["targets"] for r in runs]
     print(f"targets (median <= {TARGET_MEDIAN:.0%}, worst <= {TARGET_WORST:.0%}) for {verdicts[0]['table']}: met in "
           f"{sum(v['overall'] for v in verdicts)} of {len(runs)} runs overall, "
@@ -307,7 +319,7 @@ def main() -> None:
             if values:
                 spread[name + subset] = {f"{stat}_{bound}": fn(v[stat] for v in values)
                                          for stat in ("median", "worst") for bound, fn in (("min", min), ("max", max))}
-    write_json(args.out, {"schema": "mdp.bench_latency", "version": 4,
+    write_json(args.out, {"schema": "mdp.bench_latency", "version": 5,
                           "provenance": provenance(hardware=platform_name(args.device), clock=clock_for(args.device, 1),
                                                    runtime_version=runtime_version(args.runtime), **vars(args)),
                           "model": args.model, "resolution": args.resolution, "spread_over_runs": spread, "runs": runs})

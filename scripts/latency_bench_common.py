@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 # issue 16's targets for the error of the predicted fraction of dense, overall and below 40 % of dense
 TARGET_MEDIAN, TARGET_WORST = 0.03, 0.08
+# the issue's high-pruning subset: networks measured below this fraction of dense
+HIGH_PRUNING_FRACTION = 0.4
 
 
 def meets_targets(summary: Mapping[str, float] | None) -> bool:
@@ -98,3 +100,30 @@ def abs_summary(errors: Sequence[float]) -> dict[str, float]:
     """Median and worst absolute value of ``errors``, and their signed mean."""
     values = [abs(e) for e in errors]
     return {"median": statistics.median(values), "worst": max(values), "mean_signed": statistics.fmean(errors)}
+
+
+def errors_against_each_pass(rows: Sequence[Mapping[str, Any]], name: str) -> list[list[float]]:
+    """Per pass of a ``bench_latency_model.py`` run: the error of ``name``'s predicted fraction of dense
+    (``row[name + '_rel_err']``, against the median of the passes) re-taken against that pass's fraction alone.
+    A table that is right for the machine as one pass found it, and wrong for another, is wrong about the
+    machine's state, not the networks' shape (docs/latency.md §3, "Against each pass alone")."""
+    count = len(rows[0]["passes"])
+    errors: list[list[float]] = [[] for _ in range(count)]
+    for row in rows:
+        predicted = row["measured_fraction"] * (1 + row[f"{name}_rel_err"])
+        for p, timed in enumerate(row["passes"]):
+            errors[p].append(predicted / timed["fraction"] - 1)
+    return errors
+
+
+def per_pass_summary(rows: Sequence[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
+    """For each pass: ``abs_summary`` of ``errors_against_each_pass`` over all rows and over those below 40 % of
+    dense (by the median of the passes, as the run's own subsets), and whether both meet issue 16's targets."""
+    high = [k for k, row in enumerate(rows) if row["measured_fraction"] < HIGH_PRUNING_FRACTION]
+    out = []
+    for errors in errors_against_each_pass(rows, name):
+        overall = abs_summary(errors)
+        subset = abs_summary([errors[k] for k in high]) if high else None
+        out.append({"overall": overall, "high_pruning": subset,
+                    "met": meets_targets(overall) and (subset is None or meets_targets(subset))})
+    return out
