@@ -209,7 +209,7 @@ def calibrate(model, analysis, problem, dense_net, dense_call, x, args, run):
         nets.append(prune_cnn(model, analysis, sizes, dict(c.kept))[0])
     if args.ruler == "turns":  # as mdp calibrate measures (the same function): each in turns with dense, two passes
         measured, halves = time_in_two_passes([dense_call] + [in_runtime(n, x, args) for n in nets[1:]],
-                                              args.warmup, args.repeats, args.device)
+                                              args.warmup, args.calibrate_repeats or args.repeats, args.device)
     else:  # all of them one call each in turn (mdp calibrate until 2026-12-04)
         measured, halves = halves_of(sample_round_robin([(n, x) for n in nets], args.device, args.dtype, args.warmup,
                                                         args.repeats, args.runtime))
@@ -248,6 +248,9 @@ def main() -> None:
                         help="fit the in-network calibration on this many configurations of its own, as mdp run does "
                              "(calibrate.configs), and report the table as its rule uses it (multidim_calibrated, "
                              "the one the targets are checked on) beside the plain one; 0: the plain table only")
+    parser.add_argument("--calibrate-repeats", type=int,
+                        help="timed calls per calibration configuration, split between its two passes (default "
+                             "--repeats, as calibrate.repeats defaults to profile.repeats); at least 2")
     parser.add_argument("--max-ratio", type=float, default=0.55,
                         help="every other configuration keeps widths near 1 - U(0.05, this) of full: 0.55 takes "
                              "ResNets below 40 %% of dense (cost ~ width^2); a network whose cost follows width "
@@ -275,6 +278,8 @@ def main() -> None:
                              "carries half its error), the passes' disagreement its repeatability")
     parser.add_argument("--out", default="bench_latency_model.json")
     args = parser.parse_args()
+    if args.calibrate_repeats is not None and args.calibrate_repeats < 2:
+        parser.error(f"--calibrate-repeats {args.calibrate_repeats}: the calibration's two passes need at least 2")
     if not 0.0 <= args.low_share <= 1.0:
         parser.error(f"--low-share {args.low_share}: must lie in [0, 1]")
 
