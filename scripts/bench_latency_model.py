@@ -56,14 +56,13 @@ from mdp_cli.latency.profile import GRID_TIMING, profile_space  # noqa: E402
 from mdp_cli.latency.runtimes import runner, runtime_version  # noqa: E402
 from mdp_cli.latency.timing import (clock_for, sample_calls_in_turns, sample_calls_round_robin,  # noqa: E402
                                     sample_round_robin, summarize, threads)
-from mdp_cli.latency.calibration import (fit_calibration, halves_of, random_configurations,  # noqa: E402
-                                         term_class)
+from mdp_cli.latency.calibration import (HIGH_PRUNING, fit_calibration, halves_of,  # noqa: E402
+                                         random_configurations, term_class)
 from mdp_cli.latency.calibration_timing import time_in_two_passes  # noqa: E402
 from mdp_cli.config import CalibrateSection  # noqa: E402
 from mdp_cli.solve.linear import linearize  # noqa: E402
 from mdp_cli.space.cnn import discover_space  # noqa: E402
-from latency_bench_common import (HIGH_PRUNING_FRACTION, TARGET_MEDIAN, TARGET_WORST, abs_summary,  # noqa: E402
-                                  meets_targets, per_pass_summary)
+from latency_bench_common import TARGET_MEDIAN, TARGET_WORST, abs_summary, meets_targets, per_pass_summary  # noqa: E402
 from mdp_cli.latency.to_problem import build_problem, choice_indices  # noqa: E402
 
 
@@ -150,7 +149,7 @@ def measure_run(model, analysis, args, lut_dir: Path, run: int) -> dict:
                   f"{row['pass_disagreement']:4.1%})  relative error: "
                   + "  ".join(f"{stat} {row[f'multidim_{stat}_rel_err']:+6.1%}" for stat in problems)
                   + f"  linear {row['linear_rel_err']:+6.1%}", flush=True)
-    high = [r for r in rows if r["measured_fraction"] < HIGH_PRUNING_FRACTION]
+    high = [r for r in rows if r["measured_fraction"] < HIGH_PRUNING]
     result = {"run": run, "profile_seconds": profile_s, "lut": summary["lut"], "rechecked": summary.get("rechecked", 0),
               "dense_measured_ms": rows[0]["dense_now_ms"], "dense_predicted_ms": problems["median"].dense_latency,
               "configs": len(rows), "high_pruning_configs": len(high),

@@ -13,8 +13,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 # issue 16's targets for the error of the predicted fraction of dense, overall and below 40 % of dense
 TARGET_MEDIAN, TARGET_WORST = 0.03, 0.08
-# the issue's high-pruning subset: networks measured below this fraction of dense
-HIGH_PRUNING_FRACTION = 0.4
 
 
 def meets_targets(summary: Mapping[str, float] | None) -> bool:
@@ -119,7 +117,9 @@ def errors_against_each_pass(rows: Sequence[Mapping[str, Any]], name: str) -> li
 def per_pass_summary(rows: Sequence[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
     """For each pass: ``abs_summary`` of ``errors_against_each_pass`` over all rows and over those below 40 % of
     dense (by the median of the passes, as the run's own subsets), and whether both meet issue 16's targets."""
-    high = [k for k, row in enumerate(rows) if row["measured_fraction"] < HIGH_PRUNING_FRACTION]
+    from mdp_cli.latency.calibration import HIGH_PRUNING
+
+    high = [k for k, row in enumerate(rows) if row["measured_fraction"] < HIGH_PRUNING]
     out = []
     for errors in errors_against_each_pass(rows, name):
         overall = abs_summary(errors)
